@@ -1,0 +1,250 @@
+"""Decoder stacks per architecture family, written for export: explicit additive masks, KV caches as
+tensors, standard ONNX ops only. They reuse the Hugging Face model's own leaf layers (linears, norms,
+embeddings, rotary tables) so the numbers match transformers, and own only the wiring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from args_runtime.errors import UnsupportedModelError
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class StackShape:
+    """What the runtime must know to feed a stack's KV cache."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    max_positions: int
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v with q [B,H,S,D], k/v [B,Hkv,T,D] (grouped heads), bias [B,1,S,T].
+    Scores and softmax run in float32, as transformers' eager attention does for half precision."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)
+
+
+def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """[B,S,H*D] -> [B,H,S,D]."""
+    b, s, _ = x.shape
+    return x.view(b, s, heads, head_dim).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B,H,S,D] -> [B,S,H*D]."""
+    b, h, s, d = x.shape
+    return x.transpose(1, 2).reshape(b, s, h * d)
+
+
+def extend_cache(past: KV, k: torch.Tensor, v: torch.Tensor, keep: int | torch.Tensor) -> tuple[KV, KV]:
+    """Append new keys/values to the past; return (keys/values to attend over, the present to keep).
+    Only the first `keep` new entries go into the present: candidate tokens are attended, never cached."""
+    full_k = torch.cat([past[0], k], dim=2)
+    full_v = torch.cat([past[1], v], dim=2)
+    end = past[0].shape[2] + keep
+    return (full_k, full_v), (full_k[:, :, :end], full_v[:, :, :end])
+
+
+class DecoderStack(nn.Module):
+    """Embeddings → blocks → final norm, with caches in and presents out. Subclasses per family."""
+
+    shape: StackShape
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor, past: list[KV], keep: int | torch.Tensor
+    ) -> tuple[torch.Tensor, list[KV]]:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- Llama family (Llama, Mistral, Qwen2)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class LlamaStack(DecoderStack):
+    """Pre-norm RMSNorm blocks, rotary positions, grouped-query attention, SwiGLU MLP."""
+
+    def __init__(self, backbone: nn.Module, config) -> None:
+        super().__init__()
+        self.embed = backbone.embed_tokens
+        self.layers = backbone.layers
+        self.norm = backbone.norm
+        self.rotary = backbone.rotary_emb
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+        self.shape = StackShape(len(self.layers), self.kv_heads, self.head_dim, config.hidden_size, config.max_position_embeddings)
+
+    def forward(self, input_ids, position_ids, bias, past, keep):
+        x = self.embed(input_ids)
+        cos, sin = self.rotary(x, position_ids)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        presents = []
+        for layer, layer_past in zip(self.layers, past):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = split_heads(attn.q_proj(h), self.heads, self.head_dim)
+            k = split_heads(attn.k_proj(h), self.kv_heads, self.head_dim)
+            v = split_heads(attn.v_proj(h), self.kv_heads, self.head_dim)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            (k_all, v_all), present = extend_cache(layer_past, k, v, keep)
+            presents.append(present)
+            x = x + attn.o_proj(merge_heads(attend(q, k_all, v_all, bias, self.scale)))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.norm(x), presents
+
+
+# ---------------------------------------------------------------- OPT
+
+
+class OptStack(DecoderStack):
+    """Learned positions (offset 2), pre- or post-LayerNorm blocks, ReLU MLP, optional in/out projections."""
+
+    POSITION_OFFSET = 2
+
+    def __init__(self, backbone: nn.Module, config) -> None:
+        super().__init__()
+        decoder = backbone.decoder
+        self.embed = decoder.embed_tokens
+        self.positions = decoder.embed_positions
+        self.project_in = decoder.project_in
+        self.project_out = decoder.project_out
+        self.final_norm = decoder.final_layer_norm
+        self.layers = decoder.layers
+        self.pre_norm = config.do_layer_norm_before
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.shape = StackShape(len(self.layers), self.heads, self.head_dim, config.hidden_size, config.max_position_embeddings)
+
+    def forward(self, input_ids, position_ids, bias, past, keep):
+        x = self.embed(input_ids)
+        if self.project_in is not None:
+            x = self.project_in(x)
+        x = x + nn.functional.embedding(position_ids + self.POSITION_OFFSET, self.positions.weight)
+        presents = []
+        for layer, layer_past in zip(self.layers, past):
+            attn = layer.self_attn
+            h = layer.self_attn_layer_norm(x) if self.pre_norm else x
+            q = split_heads(attn.q_proj(h), self.heads, self.head_dim)
+            k = split_heads(attn.k_proj(h), self.heads, self.head_dim)
+            v = split_heads(attn.v_proj(h), self.heads, self.head_dim)
+            (k_all, v_all), present = extend_cache(layer_past, k, v, keep)
+            presents.append(present)
+            x = x + attn.out_proj(merge_heads(attend(q, k_all, v_all, bias, self.head_dim**-0.5)))
+            if not self.pre_norm:
+                x = layer.self_attn_layer_norm(x)
+            h = layer.final_layer_norm(x) if self.pre_norm else x
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+            if not self.pre_norm:
+                x = layer.final_layer_norm(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if self.project_out is not None:
+            x = self.project_out(x)
+        return x, presents
+
+
+# ---------------------------------------------------------------- GPT-2
+
+
+class Gpt2Stack(DecoderStack):
+    """Learned absolute positions, pre-LayerNorm blocks with fused QKV (Conv1D), GELU MLP."""
+
+    def __init__(self, backbone: nn.Module, config) -> None:
+        super().__init__()
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            raise UnsupportedModelError("GPT-2 with scale_attn_by_inverse_layer_idx=True is not supported; use a standard GPT-2 config")
+        self.wte, self.wpe, self.blocks, self.ln_f = backbone.wte, backbone.wpe, backbone.h, backbone.ln_f
+        self.heads = config.n_head
+        self.head_dim = config.n_embd // self.heads
+        self.scale = self.head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
+        self.shape = StackShape(len(self.blocks), self.heads, self.head_dim, config.n_embd, config.n_positions)
+
+    def forward(self, input_ids, position_ids, bias, past, keep):
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        presents = []
+        for block, layer_past in zip(self.blocks, past):
+            q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.heads * self.head_dim, dim=2)
+            q, k, v = (split_heads(t, self.heads, self.head_dim) for t in (q, k, v))
+            (k_all, v_all), present = extend_cache(layer_past, k, v, keep)
+            presents.append(present)
+            x = x + block.attn.c_proj(merge_heads(attend(q, k_all, v_all, bias, self.scale)))
+            x = x + block.mlp(block.ln_2(x))
+        return self.ln_f(x), presents
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass
+class Family:
+    """How to find the backbone and heads of one architecture family's HF models."""
+
+    name: str
+    stack: Callable[[nn.Module, object], DecoderStack]
+    backbone_attr: str
+    lm_head_attr: str = "lm_head"
+    score_attr: str = "score"
+    check: Callable[[object], None] = lambda config: None
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(*model_types: str, **kwargs) -> None:
+    for model_type in model_types:
+        FAMILIES[model_type] = Family(name=model_type, **kwargs)
+
+
+def _check_llama(config) -> None:
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type == "dynamic":
+        raise UnsupportedModelError("dynamic NTK rope scaling changes with sequence length and cannot be exported; use a static rope type")
+    if getattr(config, "model_type", "") == "qwen2" and getattr(config, "use_sliding_window", False):
+        raise UnsupportedModelError("Qwen2 with use_sliding_window=True is not supported; set use_sliding_window=False")
+
+
+register("llama", "mistral", "qwen2", stack=LlamaStack, backbone_attr="model", check=_check_llama)
+register("opt", stack=OptStack, backbone_attr="model")
+register("gpt2", stack=Gpt2Stack, backbone_attr="transformer")
+
+
+def family_of(config) -> Family:
+    """The registered family of an HF config, or UnsupportedModelError listing what is supported."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        supported = ", ".join(sorted(FAMILIES))
+        raise UnsupportedModelError(
+            f"architecture {model_type!r} is not supported by args-export; supported model_type values: {supported}"
+        )
+    family = FAMILIES[model_type]
+    family.check(config)
+    return family
+
+
+def context_limit(config) -> int | None:
+    """A limit the architecture puts on the context beyond its position table (Mistral's sliding window)."""
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "model_type", "") == "mistral" and window:
+        return int(window)
+    return None

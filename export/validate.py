@@ -1,0 +1,84 @@
+"""Check freshly exported graphs against PyTorch: ONNX Runtime (CPU) drives them through the runtime's own
+model wrappers for a prefill, several decode steps and k-candidate scoring; transformers computes the same
+logits and, for every candidate, the RM's reward on the full sequence prefix + candidate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from args_runtime.backend import OrtBackend
+from args_runtime.errors import ExportError
+from args_runtime.manifest import GraphSpec
+from args_runtime.models import LanguageModel, PrefixState, RewardModel
+
+from .architectures import Family
+from .reference import hf_rewards
+
+TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (5e-2, 2e-2), "bfloat16": (2e-1, 5e-2)}  # (atol, rtol of max |ref|)
+
+
+@dataclass
+class Check:
+    name: str
+    max_abs_diff: float
+    limit: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.max_abs_diff <= self.limit)
+
+
+@dataclass
+class ValidationReport:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, ours: np.ndarray, ref: np.ndarray, dtype: str) -> None:
+        atol, rtol = TOLERANCES[dtype]
+        diff = float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64))))
+        self.checks.append(Check(name, diff, atol + rtol * float(np.max(np.abs(ref)))))
+
+    def lines(self) -> list[str]:
+        return [f"{'✓' if c.ok else '✗'} {c.name}: max |onnx - torch| = {c.max_abs_diff:.3g} (limit {c.limit:.3g})" for c in self.checks]
+
+    def as_dict(self) -> dict:
+        return {c.name: {"max_abs_diff": c.max_abs_diff, "limit": c.limit, "ok": c.ok} for c in self.checks}
+
+    def raise_if_failed(self) -> None:
+        failed = [c for c in self.checks if not c.ok]
+        if failed:
+            raise ExportError(
+                "exported graphs disagree with PyTorch beyond tolerance:\n  " + "\n  ".join(self.lines())
+                + "\nThis is a bug in args-export for this architecture: please report it with the model's config.json"
+            )
+
+
+@torch.no_grad()
+def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf, rm_hf, rm_family: Family, k: int, steps: int = 3, seed: int = 0) -> ValidationReport:
+    """Prefill + `steps` decode steps on a batch of two random prompts; compare logits and k rewards each step."""
+    report = ValidationReport()
+    lm = LanguageModel(OrtBackend(folder / lm_spec.file), lm_spec)
+    rm = RewardModel(OrtBackend(folder / rm_spec.file), rm_spec)
+    gen = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
+    prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)
+    lm.reset(2), rm.reset(2)
+    sequence, hf_cache, hf_feed = prompts, None, prompts
+    for step in range(steps + 1):
+        values, candidates = lm.extend(ids, positions, prefix, k)
+        rewards = rm.extend_and_score(ids, positions, prefix, candidates)
+        out = lm_hf(input_ids=hf_feed, past_key_values=hf_cache, use_cache=True)
+        hf_cache, ref_logits = out.past_key_values, out.logits[:, -1, :].float()
+        report.add(f"lm top-{k} logits, step {step}", values, np.take_along_axis(ref_logits.numpy(), candidates, axis=1), lm_spec.dtype)
+        with_cands = torch.cat([sequence.repeat_interleave(k, dim=0), torch.from_numpy(candidates).reshape(-1, 1)], dim=1)
+        ref_rewards = hf_rewards(rm_hf, rm_family, with_cands).reshape(2, k)
+        report.add(f"rm rewards of {k} candidates, step {step}", rewards, ref_rewards.numpy(), rm_spec.dtype)
+        chosen = candidates[:, :1]
+        sequence = torch.cat([sequence, torch.from_numpy(chosen)], dim=1)
+        hf_feed = torch.from_numpy(chosen)
+        ids = chosen
+        _, positions = prefix.next_inputs()
+    return report

@@ -1,0 +1,27 @@
+"""One exception type per family of failure, each message naming the bad value and the fix."""
+
+from __future__ import annotations
+
+
+class ArgsError(Exception):
+    """Base class of every error args-rt raises on purpose."""
+
+
+class BundleError(ArgsError):
+    """A bundle folder is missing, corrupt, foreign, or of another format version."""
+
+
+class ExportError(ArgsError):
+    """Exporting a model failed, or the exported graph disagrees with PyTorch."""
+
+
+class UnsupportedModelError(ExportError):
+    """The model's architecture or configuration is one args-export cannot export."""
+
+
+class TokenizerMismatchError(ExportError):
+    """The LM and the RM do not share one tokenizer, so RM scores would read other tokens."""
+
+
+class GenerationError(ArgsError, ValueError):
+    """A generate() argument is out of range for the call or for the bundle."""

@@ -1,0 +1,238 @@
+"""ArgsGenerator: load a bundle, then generate or stream with ARGS (or plain greedy) over one prompt or a batch."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import open_backend
+from .decode import Step, args_decode, greedy_decode
+from .errors import GenerationError
+from .manifest import Manifest, load_manifest
+from .models import LanguageModel, RewardModel
+from .selection import StochasticChooser, choose_greedy
+from .tokenizer import Prompt, Tokenizer
+
+LOOP_IMPL = "python"
+METHODS = ("greedy", "stochastic")
+
+
+@dataclass
+class GenerationResult:
+    """What one prompt produced: new tokens only, their text, and why generation stopped."""
+
+    token_ids: list[int]
+    text: str
+    chosen_logits: list[float]
+    rewards: list[float]
+    finish_reason: str  # "eos" | "stop" | "length" | "context"
+    prompt_tokens: int
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenEvent:
+    """One streamed token: its id, the text it adds, its logit and reward; `result` is set on the last one."""
+
+    token_id: int
+    text: str
+    logit: float
+    reward: float
+    result: GenerationResult | None = None
+
+
+@dataclass
+class Settings:
+    """Checked generation arguments."""
+
+    k: int
+    w: float
+    max_new_tokens: int
+    method: str
+    temperature: float
+    seed: int | None
+    ignore_eos: bool
+    stop: list[str]
+
+
+class _Row:
+    """Per-prompt bookkeeping: tokens so far and whether (and why) the row has finished."""
+
+    def __init__(self, prompt_len: int, budget: int, context_budget: int) -> None:
+        self.prompt_len, self.ids, self.logits, self.rewards = prompt_len, [], [], []
+        self.limit, self.limit_reason = (budget, "length") if budget <= context_budget else (context_budget, "context")
+        self.finish_reason: str | None = None
+        self.text = ""
+
+
+class ArgsGenerator:
+    """ARGS decoding over an exported bundle (see args-export). Torch-free: numpy, ONNX Runtime, tokenizers."""
+
+    def __init__(self, bundle: Path, manifest: Manifest, lm: LanguageModel, rm: RewardModel, tokenizer: Tokenizer, backend: str) -> None:
+        self.bundle, self.manifest, self.lm, self.rm, self.tokenizer, self.backend = bundle, manifest, lm, rm, tokenizer, backend
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        *,
+        lm_device: str | None = None,
+        rm_device: str | None = None,
+        backend: str = "onnxruntime",
+        threads: int | None = None,
+        verify_checksums: bool = True,
+    ) -> "ArgsGenerator":
+        bundle = Path(path)
+        manifest = load_manifest(bundle, verify_checksums=verify_checksums)
+        lm = LanguageModel(open_backend(backend, bundle / manifest.lm.file, lm_device or device, threads), manifest.lm)
+        rm = RewardModel(open_backend(backend, bundle / manifest.rm.file, rm_device or device, threads), manifest.rm)
+        return cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend)
+
+    # ------------------------------------------------------------------ public API
+
+    def generate(self, prompt: Prompt | list[Prompt], **kwargs: Any) -> GenerationResult | list[GenerationResult]:
+        """ARGS-generate for one prompt (text, chat messages or ids) or a list of prompts (a batch).
+        Keywords: k=10, w=1.0, max_new_tokens=128, method="greedy"|"stochastic", temperature=0.7, seed=0,
+        ignore_eos=False, stop=None (a string or a list of strings)."""
+        prompts, is_batch = self._split_batch(prompt)
+        results = self._finish(self._drive(prompts, self.settings(**kwargs), greedy=False))
+        return results if is_batch else results[0]
+
+    def stream(self, prompt: Prompt, **kwargs: Any) -> Iterator[TokenEvent]:
+        """Like generate() for one prompt, yielding each token as it is chosen; the last event carries the result."""
+        prompts, is_batch = self._split_batch(prompt)
+        if is_batch:
+            raise GenerationError("stream() takes one prompt; use generate() for a batch")
+        drive = self._drive(prompts, self.settings(**kwargs), greedy=False)
+        yield from self._stream_events(drive)
+
+    def greedy(self, prompt: Prompt | list[Prompt], max_new_tokens: int = 128, ignore_eos: bool = False, stop: str | list[str] | None = None):
+        """Plain greedy decoding of the LM alone, the baseline ARGS is measured against."""
+        prompts, is_batch = self._split_batch(prompt)
+        settings = self.settings(k=1, w=0.0, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, stop=stop)
+        results = self._finish(self._drive(prompts, settings, greedy=True))
+        return results if is_batch else results[0]
+
+    def settings(
+        self,
+        k: int = 10,
+        w: float = 1.0,
+        max_new_tokens: int = 128,
+        method: str = "greedy",
+        temperature: float = 0.7,
+        seed: int | None = 0,
+        ignore_eos: bool = False,
+        stop: str | list[str] | None = None,
+    ) -> Settings:
+        """Check generation arguments against their ranges and the bundle's limits."""
+        max_k = self.manifest.max_k
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= max_k:
+            raise GenerationError(f"k={k!r} is out of range: this bundle supports 1 <= k <= {max_k} (re-export with --max-k for more)")
+        if not isinstance(w, (int, float, np.floating)) or isinstance(w, bool) or not math.isfinite(w):
+            raise GenerationError(f"w={w!r} must be a finite number (the reward weight)")
+        if method not in METHODS:
+            raise GenerationError(f"method={method!r} is not one of {METHODS}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+            raise GenerationError(f"temperature={temperature!r} must be a finite number > 0")
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise GenerationError(f"stop={stop!r} must be a non-empty string or a list of them")
+        return Settings(int(k), float(w), int(max_new_tokens), method, float(temperature), seed, bool(ignore_eos), stops)
+
+    # ------------------------------------------------------------------ the drive loop shared by generate/stream
+
+    def _split_batch(self, prompt: Any) -> tuple[list[list[int]], bool]:
+        is_batch = isinstance(prompt, list) and bool(prompt) and all(isinstance(p, (str, list)) for p in prompt)
+        prompts = [self.tokenizer.encode(p) for p in (prompt if is_batch else [prompt])]
+        limit = self.manifest.max_context
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise GenerationError(f"prompt {i} is empty: give at least one token")
+            if len(ids) >= limit:
+                raise GenerationError(
+                    f"prompt {i} has {len(ids)} tokens, but the bundle's context is {limit} tokens (the prompt must leave room "
+                    f"for at least one new token): shorten the prompt or re-export with a larger --max-context"
+                )
+        return prompts, is_batch
+
+    def _drive(self, prompts: list[list[int]], s: Settings, greedy: bool) -> Iterator[tuple[list[_Row], list[int], float]]:
+        """Run the decode loop, keep each row's bookkeeping; yield (rows, rows that got a token, elapsed s) per step."""
+        pad = self.manifest.tokenizer.pad_token_id
+        if greedy:
+            steps = greedy_decode(self.lm, prompts, pad)
+        else:
+            choose = choose_greedy if s.method == "greedy" else StochasticChooser(s.temperature, s.seed)
+            steps = args_decode(self.lm, self.rm, prompts, pad, s.k, s.w, choose)
+        # Rows share one left-padded cache: the longest prompt's positions run out of context first, for all.
+        context_budget = self.manifest.max_context - max(len(p) for p in prompts)
+        rows = [_Row(len(p), s.max_new_tokens, context_budget) for p in prompts]
+        eos = set(self.manifest.tokenizer.eos_token_ids)
+        start = time.perf_counter()
+        try:
+            for step in steps:
+                active = [i for i, r in enumerate(rows) if r.finish_reason is None]
+                for i in active:
+                    self._append(rows[i], step, i, eos, s)
+                yield rows, active, time.perf_counter() - start
+                if all(r.finish_reason is not None for r in rows):
+                    return
+        finally:
+            steps.close()
+
+    def _append(self, row: _Row, step: Step, i: int, eos: set[int], s: Settings) -> None:
+        token = int(step.tokens[i])
+        row.ids.append(token)
+        row.logits.append(float(step.logits[i]))
+        row.rewards.append(float(step.rewards[i]))
+        if token in eos and not s.ignore_eos:
+            row.finish_reason = "eos"
+        elif s.stop:
+            text = self.tokenizer.decode(row.ids)
+            hits = [text.find(stop) for stop in s.stop if stop in text]
+            if hits:
+                row.finish_reason, row.text = "stop", text[: min(hits)]
+        if row.finish_reason is None and len(row.ids) >= row.limit:
+            row.finish_reason = row.limit_reason
+
+    def _finish(self, drive: Iterator[tuple[list[_Row], list[int], float]]) -> list[GenerationResult]:
+        first = elapsed = 0.0
+        rows: list[_Row] = []
+        for n, (rows, _, elapsed) in enumerate(drive):
+            if n == 0:
+                first = elapsed
+        return [self._result(r, first, elapsed) for r in rows]
+
+    def _stream_events(self, drive) -> Iterator[TokenEvent]:
+        first, shown = None, ""
+        for rows, active, elapsed in drive:
+            row = rows[0]
+            first = elapsed if first is None else first
+            text = row.text if row.finish_reason == "stop" else self.tokenizer.decode(row.ids)
+            delta = "" if text.endswith("\ufffd") else text[len(shown) :]
+            shown += delta
+            done = row.finish_reason is not None
+            result = self._result(row, first, elapsed) if done else None
+            yield TokenEvent(row.ids[-1], delta, row.logits[-1], row.rewards[-1], result)
+
+    def _result(self, row: _Row, first_s: float, total_s: float) -> GenerationResult:
+        text = row.text if row.finish_reason == "stop" else self.tokenizer.decode(row.ids)
+        n = len(row.ids)
+        timings = {
+            "time_to_first_token_ms": first_s * 1e3,
+            "decode_ms_per_token": (total_s - first_s) * 1e3 / (n - 1) if n > 1 else 0.0,
+            "total_ms": total_s * 1e3,
+            "loop": LOOP_IMPL,
+            "backend": self.backend,
+            "lm_device": self.lm.backend.device,
+            "rm_device": self.rm.backend.device,
+        }
+        return GenerationResult(row.ids, text, row.logits, row.rewards, row.finish_reason or "length", row.prompt_len, timings)

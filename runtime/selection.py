@@ -1,0 +1,38 @@
+"""Choosing among the k candidates from their ARGS scores: greedy (argmax) or stochastic (seeded softmax sampling)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def args_scores(lm_logits: np.ndarray, rewards: np.ndarray, w: float) -> np.ndarray:
+    """score(v) = LM_logit(v | x) + w * reward([x, v]), for each row's k candidates."""
+    return lm_logits + np.float32(w) * rewards
+
+
+def choose_greedy(scores: np.ndarray) -> np.ndarray:
+    """Argmax per row; ties go to the first index, i.e. the candidate the LM ranks higher."""
+    return np.argmax(scores, axis=-1)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class StochasticChooser:
+    """Samples from softmax(score / temperature) per row with a seeded stream.
+
+    One uniform draw per row per step, in row order, inverted through the cumulative distribution: a
+    stream simple enough that another implementation (the C++ loop) can reproduce it exactly."""
+
+    def __init__(self, temperature: float, seed: int | None) -> None:
+        self.temperature = temperature
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        probs = softmax(scores.astype(np.float64) / self.temperature)
+        cdf = np.cumsum(probs, axis=-1)
+        draws = self.rng.random(scores.shape[0]) * cdf[:, -1]
+        picks = np.array([np.searchsorted(c, u, side="right") for c, u in zip(cdf, draws)])
+        return np.minimum(picks, scores.shape[-1] - 1)
