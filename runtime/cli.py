@@ -1,0 +1,72 @@
+"""`args-generate`: ARGS decoding from the command line over an exported bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from .errors import ArgsError
+
+DESCRIPTION = """\
+Generate text with ARGS (reward-guided search): at each step the LM proposes its top-k tokens, the reward
+model scores each continuation, and the decoder picks argmax (or samples) of logit + w * reward.
+Runs on ONNX Runtime; no PyTorch needed."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="args-generate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder written by args-export")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="raw text prompt (no chat template)")
+    src.add_argument("--chat", help="a user message; the bundle's chat template is applied")
+    p.add_argument("--k", type=int, default=10, help="candidates per step (the LM's top-k), default 10")
+    p.add_argument("--w", type=float, default=1.0, help="reward weight w in logit + w*reward, default 1.0 (0 = plain greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--method", choices=["greedy", "stochastic"], default="greedy")
+    p.add_argument("--temperature", type=float, default=0.7, help="for --method stochastic")
+    p.add_argument("--seed", type=int, default=0, help="for --method stochastic")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are chosen")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--verbose", action="store_true", help="print which loop and backend run, and timings, on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .generator import LOOP_IMPL, ArgsGenerator
+
+    kwargs = dict(
+        k=args.k, w=args.w, max_new_tokens=args.max_new_tokens, method=args.method, temperature=args.temperature,
+        seed=args.seed, ignore_eos=args.ignore_eos, stop=args.stop or None,
+    )
+    prompt = [{"role": "user", "content": args.chat}] if args.chat is not None else args.prompt
+    try:
+        gen = ArgsGenerator.from_bundle(args.bundle, device=args.device)
+        if args.verbose:
+            print(f"args-generate: loop={LOOP_IMPL} backend={gen.backend} device={args.device}", file=sys.stderr)
+        if args.stream and not args.json:
+            result = None
+            for event in gen.stream(prompt, **kwargs):
+                print(event.text, end="", flush=True)
+                result = event.result
+            print()
+        else:
+            result = gen.generate(prompt, **kwargs)
+            print(json.dumps(asdict(result), indent=2) if args.json else result.text)
+    except ArgsError as e:
+        print(f"args-generate: error: {e}", file=sys.stderr)
+        return 2
+    if args.verbose and result is not None:
+        t = result.timings
+        print(f"{len(result.token_ids)} tokens ({result.finish_reason}); first token {t['time_to_first_token_ms']:.0f} ms; "
+              f"{t['decode_ms_per_token']:.1f} ms/token", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

