@@ -72,6 +72,19 @@ def _max_context(requested: int | None, lm_config, rm_config) -> int:
     return requested
 
 
+def _check_device(dtype: str) -> str:
+    """Where the exported graphs can be checked: ORT CPU runs fp32 and fp16, only ORT CUDA runs bf16."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if dtype == "bf16" and not has_cuda:
+        raise ExportError(
+            "--dtype bf16 graphs can only be checked on ONNX Runtime CUDA (ORT CPU has no bf16 kernels), and this machine has "
+            "no CUDAExecutionProvider: export with --dtype fp16, or export on a GPU machine with `pip install 'args-rt[gpu]'`"
+        )
+    return "cuda" if has_cuda and dtype != "fp32" else "cpu"
+
+
 def _special_ids(tokenizer, lm) -> tuple[list[int], int]:
     eos = getattr(lm.generation_config, "eos_token_id", None)
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -87,6 +100,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     out = Path(opts.out).expanduser()
     if opts.dtype not in DTYPES:
         raise ExportError(f"--dtype {opts.dtype!r} is not one of {sorted(DTYPES)}")
+    check_device = _check_device(opts.dtype)
     if out.exists() and not opts.force:
         raise ExportError(f"{out} already exists: pass --force to replace it, or choose another --out")
     with log.stage("reading configs and tokenizers"):
@@ -119,8 +133,8 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
                 (work / CHAT_TEMPLATE_FILE).write_text(template)
             eos_ids, pad_id = _special_ids(lm_tok, lm)
             tok_spec = TokenizerSpec(TOKENIZER_FILE, CHAT_TEMPLATE_FILE if template else None, eos_ids, pad_id, lm_tok.bos_token, lm_tok.eos_token)
-        with log.stage("checking the graphs against PyTorch (ONNX Runtime CPU)"):
-            report = validate_graphs(work, lm_spec, rm_spec, lm, rm, rm_family, k=min(4, opts.max_k))
+        with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
+            report = validate_graphs(work, lm_spec, rm_spec, lm, rm, rm_family, k=min(4, opts.max_k), device=check_device)
             for line in report.lines():
                 log.say("    " + line)
             report.raise_if_failed()
@@ -130,7 +144,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
             manifest = Manifest(
                 lm=lm_spec, rm=rm_spec, tokenizer=tok_spec, max_context=max_context, max_k=opts.max_k,
                 files={f.name: sha256_file(f) for f in sorted(work.iterdir())},
-                validation={"device": "onnxruntime-cpu", "checks": report.as_dict()},
+                validation={"device": f"onnxruntime-{check_device}", "checks": report.as_dict()},
                 created_by=f"args-export {__version__} (torch {torch.__version__}, {_versions()})",
             )
             (work / MANIFEST_FILE).write_text(manifest.to_json())

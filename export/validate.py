@@ -57,11 +57,12 @@ class ValidationReport:
 
 
 @torch.no_grad()
-def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf, rm_hf, rm_family: Family, k: int, steps: int = 3, seed: int = 0) -> ValidationReport:
+def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf, rm_hf, rm_family: Family, k: int, steps: int = 3, seed: int = 0, device: str = "cpu"
+) -> ValidationReport:
     """Prefill + `steps` decode steps on a batch of two random prompts; compare logits and k rewards each step."""
     report = ValidationReport()
-    lm = LanguageModel(OrtBackend(folder / lm_spec.file), lm_spec)
-    rm = RewardModel(OrtBackend(folder / rm_spec.file), rm_spec)
+    lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec)
+    rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec)
     gen = torch.Generator().manual_seed(seed)
     prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
     prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)

@@ -94,6 +94,9 @@ class OrtBackend(Backend):
         return value if isinstance(value, np.ndarray) else value.numpy()
 
     def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
+        if dtype == "bfloat16":  # numpy has no bfloat16: same-width uint16 bits, typed as ONNX element type 16
+            # A host value; ORT moves it to the session's device on binding (it is empty: nothing to copy).
+            return self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, np.uint16), 16)
         array = np.zeros(shape, dtype=NUMPY_DTYPES[dtype])
         if self.device_type == "cpu":
             return array

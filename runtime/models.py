@@ -49,7 +49,7 @@ class CachedGraph:
 
     def reset(self, batch: int) -> None:
         shape = (batch, self.spec.num_kv_heads, 0, self.spec.head_dim)
-        empty = self.backend.empty(shape, self.spec.dtype if self.spec.dtype != "bfloat16" else "float32")
+        empty = self.backend.empty(shape, self.spec.dtype)
         self.past = {name: empty for name in self.past_names}
 
     def run(self, feeds: dict[str, np.ndarray], host_outputs: tuple[str, ...]) -> list[np.ndarray]:

@@ -169,3 +169,24 @@ def test_real_smollm2_export_matches_pytorch(smollm2_pair):
     assert manifest.lm.architecture == "llama" and manifest.lm.num_layers == 30 and manifest.lm.num_kv_heads == 3
     assert manifest.tokenizer.pad_token_id == 2 and 2 in manifest.tokenizer.eos_token_ids
     assert all(c["ok"] for c in manifest.validation["checks"].values())
+
+
+def test_fp16_export_is_checked_on_cpu(tmp_path, tiny_pairs):
+    pair = tiny_pairs["llama"]
+    manifest = export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "fp16", dtype="fp16", max_k=8), quiet=True)
+    assert manifest.lm.dtype == manifest.rm.dtype == "float16"
+    assert all(c["ok"] for c in manifest.validation["checks"].values())
+    from args_runtime import ArgsGenerator
+
+    assert len(ArgsGenerator.from_bundle(tmp_path / "fp16").generate("Hi", k=4, max_new_tokens=6, ignore_eos=True).token_ids) == 6
+
+
+def test_bf16_without_cuda_fails_before_any_work(tmp_path, tiny_pairs):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine can check bf16 graphs on CUDA")
+    pair = tiny_pairs["llama"]
+    with pytest.raises(ExportError, match="bf16 graphs can only be checked on ONNX Runtime CUDA"):
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "bf16", dtype="bf16"), quiet=True)
+    assert list(tmp_path.iterdir()) == []

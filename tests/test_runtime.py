@@ -274,3 +274,11 @@ def test_generate_cli_json_and_errors(tiny_pairs):
     assert len(out["token_ids"]) == 5 and out["finish_reason"] == "length" and out["timings"]["loop"] == "python"
     bad = subprocess.run([sys.executable, "-m", "args_runtime.cli", bundle, "--prompt", "Hi", "--k", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "args-generate: error: k=0 is out of range" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reward_changes_the_choice(generators):
+    """Guards the reference matrix against being vacuous: with w > 0 the RM must actually steer the tokens."""
+    gen = generators["llama"]
+    plain = gen.generate(TEXT_PROMPTS[0], k=10, w=0.0, max_new_tokens=32, ignore_eos=True).token_ids
+    steered = gen.generate(TEXT_PROMPTS[0], k=10, w=1.0, max_new_tokens=32, ignore_eos=True).token_ids
+    assert sum(a != b for a, b in zip(plain, steered)) > 8
