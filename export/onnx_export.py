@@ -32,10 +32,18 @@ def _spec_list(names_shapes_dtypes) -> list[TensorSpec]:
     return [TensorSpec(name, list(shape), dtype) for name, shape, dtype in names_shapes_dtypes]
 
 
-def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def _cache_io(stack: DecoderStack, cache_dtype: str) -> tuple[list, list]:
+    """past_key_values.{i}.key|value inputs and present.{i}.key|value outputs, [batch, kv_heads, seq, head_dim]."""
     s = stack.shape
-    past = [(n, ["batch_size", s.num_kv_heads, "past_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "past_key_values")]
-    present = [(n, ["batch_size", s.num_kv_heads, "total_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "present")]
+
+    def specs(prefix: str, seq: str) -> list:
+        return [(n, ["batch_size", s.num_kv_heads, seq, s.head_dim], cache_dtype) for n in kv_names(s.num_layers, prefix)]
+
+    return specs("past_key_values", "past_sequence_length"), specs("present", "total_sequence_length")
+
+
+def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    past, present = _cache_io(stack, cache_dtype)
     inputs = [
         ("input_ids", ["batch_size", "sequence_length"], "int64"),
         ("position_ids", ["batch_size", "sequence_length"], "int64"),
@@ -52,9 +60,7 @@ def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str) -> tupl
 
 
 def rm_io(stack: DecoderStack, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    s = stack.shape
-    past = [(n, ["batch_size", s.num_kv_heads, "past_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "past_key_values")]
-    present = [(n, ["batch_size", s.num_kv_heads, "total_sequence_length", s.head_dim], cache_dtype) for n in kv_names(s.num_layers, "present")]
+    past, present = _cache_io(stack, cache_dtype)
     inputs = [
         ("input_ids", ["batch_size", "sequence_length"], "int64"),
         ("position_ids", ["batch_size", "sequence_length"], "int64"),

@@ -282,3 +282,16 @@ def test_reward_changes_the_choice(generators):
     plain = gen.generate(TEXT_PROMPTS[0], k=10, w=0.0, max_new_tokens=32, ignore_eos=True).token_ids
     steered = gen.generate(TEXT_PROMPTS[0], k=10, w=1.0, max_new_tokens=32, ignore_eos=True).token_ids
     assert sum(a != b for a, b in zip(plain, steered)) > 8
+
+
+def test_rm_cache_does_not_grow_with_k(generators):
+    """The RM keeps one prefix cache whatever k is (the official code keeps k copies)."""
+    gen = generators["llama"]
+    sizes = {}
+    for k in (1, 40):
+        res = gen.generate(TEXT_PROMPTS[0], k=k, w=1.0, max_new_tokens=16, ignore_eos=True)
+        sizes[k] = gen.rm.cache_bytes()
+        spec = gen.manifest.rm
+        tokens = res.prompt_tokens + len(res.token_ids) - 1  # the last chosen token is never fed back
+        assert sizes[k] == 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * 4
+    assert sizes[1] == sizes[40]
