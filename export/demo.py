@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle: {bundle}  (ONNX Runtime CPU, {LOOP_IMPL} loop)")
     print(f"prompt: {args.prompt}")
     print("note: the reward model is SmolLM2's backbone with a seeded, untrained score head; its rewards steer, but mean nothing yet\n")
-    for title, res in ((f"ARGS-greedy k={args.k} w={args.w}", args_res), ("plain greedy", greedy_res)):
+    reward = f", mean reward of chosen tokens {sum(args_res.rewards) / len(args_res.rewards):+.3f}"
+    for title, res, extra in ((f"ARGS-greedy k={args.k} w={args.w}", args_res, reward), ("plain greedy (LM only)", greedy_res, "")):
         t = res.timings
         print(f"--- {title}: {len(res.token_ids)} tokens, {t['decode_ms_per_token']:.1f} ms/token, "
-              f"first token {t['time_to_first_token_ms']:.0f} ms, mean reward {sum(res.rewards) / max(len(res.rewards), 1):+.3f}")
+              f"first token {t['time_to_first_token_ms']:.0f} ms{extra}")
         print(res.text.strip() + "\n")
     return 0
 
