@@ -66,7 +66,8 @@ def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf,
     gen = torch.Generator().manual_seed(seed)
     prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
     prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)
-    lm.reset(2), rm.reset(2)
+    lm.reset(2)
+    rm.reset(2)
     sequence, hf_cache, hf_feed = prompts, None, prompts
     for step in range(steps + 1):
         values, candidates = lm.extend(ids, positions, prefix, k)

@@ -86,7 +86,8 @@ def test_stochastic_frequencies_follow_softmax_of_scores(generators):
     prompt, k, w, temperature, n = TEXT_PROMPTS[1], 5, 1.0, 2.0, 4000
     ids = gen.tokenizer.encode(prompt)
     prefix, batch_ids, positions = PrefixState.for_prompts([ids], gen.manifest.tokenizer.pad_token_id)
-    gen.lm.reset(1), gen.rm.reset(1)
+    gen.lm.reset(1)
+    gen.rm.reset(1)
     logits, candidates = gen.lm.extend(batch_ids, positions, prefix, k)
     rewards = gen.rm.extend_and_score(batch_ids, positions, prefix, candidates)
     expected = softmax(args_scores(logits, rewards, w)[0].astype(np.float64) / temperature)
