@@ -154,7 +154,8 @@ def test_result_fields_and_timings(generators):
     res = generators["qwen2"].generate(TEXT_PROMPTS[0], k=3, w=2.0, max_new_tokens=8, ignore_eos=True)
     assert len(res.chosen_logits) == len(res.rewards) == len(res.token_ids) == 8
     assert res.timings["loop"] == "python" and res.timings["backend"] == "onnxruntime"
-    assert res.timings["time_to_first_token_ms"] > 0 and res.timings["decode_ms_per_token"] > 0
+    for key in ("time_to_first_token_ms", "decode_ms_per_token", "total_ms"):  # present and filled, not a speed target
+        assert res.timings[key] > 0, key
     assert res.prompt_tokens == len(generators["qwen2"].tokenizer.encode(TEXT_PROMPTS[0]))
 
 
