@@ -106,12 +106,13 @@ class ArgsGenerator:
         return results if is_batch else results[0]
 
     def stream(self, prompt: Prompt, **kwargs: Any) -> Iterator[TokenEvent]:
-        """Like generate() for one prompt, yielding each token as it is chosen; the last event carries the result."""
+        """Like generate() for one prompt, yielding each token as it is chosen; the last event carries the result.
+        Text that could still begin a stop string is held back until it is known not to be one."""
         prompts, is_batch = self._split_batch(prompt)
         if is_batch:
             raise GenerationError("stream() takes one prompt; use generate() for a batch")
-        drive = self._drive(prompts, self.settings(**kwargs), greedy=False)
-        yield from self._stream_events(drive)
+        settings = self.settings(**kwargs)
+        yield from self._stream_events(self._drive(prompts, settings, greedy=False), settings.stop)
 
     def greedy(self, prompt: Prompt | list[Prompt], max_new_tokens: int = 128, ignore_eos: bool = False, stop: str | list[str] | None = None):
         """Plain greedy decoding of the LM alone, the baseline ARGS is measured against."""
@@ -164,8 +165,8 @@ class ArgsGenerator:
                 )
         return prompts, is_batch
 
-    def _drive(self, prompts: list[list[int]], s: Settings, greedy: bool) -> Iterator[tuple[list[_Row], list[int], float]]:
-        """Run the decode loop, keep each row's bookkeeping; yield (rows, rows that got a token, elapsed s) per step."""
+    def _drive(self, prompts: list[list[int]], s: Settings, greedy: bool) -> Iterator[tuple[list[_Row], float]]:
+        """Run the decode loop, keep each row's bookkeeping; yield (rows, elapsed seconds) after every step."""
         pad = self.manifest.tokenizer.pad_token_id
         if greedy:
             steps = greedy_decode(self.lm, prompts, pad)
@@ -179,10 +180,10 @@ class ArgsGenerator:
         start = time.perf_counter()
         try:
             for step in steps:
-                active = [i for i, r in enumerate(rows) if r.finish_reason is None]
-                for i in active:
-                    self._append(rows[i], step, i, eos, s)
-                yield rows, active, time.perf_counter() - start
+                for i, row in enumerate(rows):
+                    if row.finish_reason is None:
+                        self._append(row, step, i, eos, s)
+                yield rows, time.perf_counter() - start
                 if all(r.finish_reason is not None for r in rows):
                     return
         finally:
@@ -203,23 +204,24 @@ class ArgsGenerator:
         if row.finish_reason is None and len(row.ids) >= row.limit:
             row.finish_reason = row.limit_reason
 
-    def _finish(self, drive: Iterator[tuple[list[_Row], list[int], float]]) -> list[GenerationResult]:
+    def _finish(self, drive: Iterator[tuple[list[_Row], float]]) -> list[GenerationResult]:
         first = elapsed = 0.0
         rows: list[_Row] = []
-        for n, (rows, _, elapsed) in enumerate(drive):
+        for n, (rows, elapsed) in enumerate(drive):
             if n == 0:
                 first = elapsed
         return [self._result(r, first, elapsed) for r in rows]
 
-    def _stream_events(self, drive) -> Iterator[TokenEvent]:
+    def _stream_events(self, drive: Iterator[tuple[list[_Row], float]], stops: list[str]) -> Iterator[TokenEvent]:
         first, shown = None, ""
-        for rows, active, elapsed in drive:
+        for rows, elapsed in drive:
             row = rows[0]
             first = elapsed if first is None else first
-            text = row.text if row.finish_reason == "stop" else self.tokenizer.decode(row.ids)
-            delta = "" if text.endswith("\ufffd") else text[len(shown) :]
-            shown += delta
             done = row.finish_reason is not None
+            text = row.text if row.finish_reason == "stop" else self.tokenizer.decode(row.ids)
+            visible = text if done else text[: _safe_length(text, stops)]
+            delta = visible[len(shown) :]
+            shown += delta
             result = self._result(row, first, elapsed) if done else None
             yield TokenEvent(row.ids[-1], delta, row.logits[-1], row.rewards[-1], result)
 
@@ -236,3 +238,12 @@ class ArgsGenerator:
             "rm_device": self.rm.backend.device,
         }
         return GenerationResult(row.ids, text, row.logits, row.rewards, row.finish_reason or "length", row.prompt_len, timings)
+
+
+def _safe_length(text: str, stops: list[str]) -> int:
+    """How much of a growing text can be shown: not a partial UTF-8 character, nor a tail that may begin a stop string."""
+    end = len(text) - 1 if text.endswith("\ufffd") else len(text)
+    for cut in range(max(0, end - max((len(s) for s in stops), default=0) + 1), end):
+        if any(stop.startswith(text[cut:end]) for stop in stops):
+            return cut
+    return end

@@ -297,3 +297,17 @@ def test_rm_cache_does_not_grow_with_k(generators):
         tokens = res.prompt_tokens + len(res.token_ids) - 1  # the last chosen token is never fed back
         assert sizes[k] == 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * 4
     assert sizes[1] == sizes[40]
+
+
+def test_stream_never_shows_text_a_stop_string_later_removes(generators):
+    gen = generators["llama"]
+    kw = dict(k=5, w=1.0, max_new_tokens=20, ignore_eos=True)
+    full = gen.generate(TEXT_PROMPTS[0], **kw)
+    # A stop string spanning two whole tokens: the first arrives before the match is complete.
+    ends = [len(gen.tokenizer.decode(full.token_ids[:j])) for j in range(8, 11)]
+    stop = full.text[ends[0] : ends[2]]
+    assert ends[0] < ends[1] < ends[2] and full.text.find(stop) == ends[0]
+    events = list(gen.stream(TEXT_PROMPTS[0], stop=stop, **kw))
+    result = events[-1].result
+    assert result.finish_reason == "stop"
+    assert "".join(e.text for e in events) == result.text
