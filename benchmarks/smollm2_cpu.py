@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from args_export.demo import cache_dir, prepare_bundle
+from args_export.demo import cache_dir, demo_paths, prepare_bundle
 from args_export.architectures import family_of
 from args_export.reference import ReferenceARGS
 from args_runtime import ArgsGenerator
@@ -49,9 +49,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     bundle = prepare_bundle(cache_dir())
+    lm_dir, rm_dir, _ = demo_paths(cache_dir())
     gen = ArgsGenerator.from_bundle(bundle)
-    lm = AutoModelForCausalLM.from_pretrained(cache_dir() / "smollm2-135m-instruct").eval()
-    rm = AutoModelForSequenceClassification.from_pretrained(cache_dir() / "smollm2-135m-seeded-rm").eval()
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
     reference = ReferenceARGS(lm, rm, family_of(rm.config))
     ids = gen.tokenizer.encode(PROMPT)
     n, k, w = args.new_tokens, args.k, args.w

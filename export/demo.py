@@ -18,18 +18,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ARGS_RT_CACHE", Path.home() / ".cache" / "args-rt"))
 
 
+def demo_paths(cache: Path) -> tuple[Path, Path, Path]:
+    """Where the demo keeps the converted LM, the seeded RM and their bundle."""
+    return cache / "smollm2-135m-instruct", cache / "smollm2-135m-seeded-rm", cache / "smollm2-demo-bundle"
+
+
 def prepare_bundle(cache: Path, force: bool = False) -> Path:
     """SmolLM2 (LM) + a reward model on its backbone → bundle, each step cached under `cache`."""
     from .bundle import ExportOptions, export_bundle
     from .models_on_disk import convert_gguf, seeded_reward_model, smollm2_gguf
 
-    bundle = cache / "smollm2-demo-bundle"
+    lm_dir, rm_dir, bundle = demo_paths(cache)
     if (bundle / "manifest.json").is_file() and not force:
         return bundle
     cache.mkdir(parents=True, exist_ok=True)
     print("args-demo: first run: converting SmolLM2-135M-Instruct and exporting the bundle (about a minute)", file=sys.stderr)
-    lm = convert_gguf(smollm2_gguf(), cache / "smollm2-135m-instruct")
-    rm = seeded_reward_model(lm, cache / "smollm2-135m-seeded-rm")
+    lm = convert_gguf(smollm2_gguf(), lm_dir)
+    rm = seeded_reward_model(lm, rm_dir)
     export_bundle(ExportOptions(lm, rm, bundle, max_context=2048, force=True))
     return bundle
 
