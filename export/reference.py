@@ -38,6 +38,11 @@ class ReferenceARGS:
 
     def __init__(self, lm, rm, rm_family: Family) -> None:
         self.lm, self.rm, self.rm_family = lm, rm, rm_family
+        self._caches: dict[str, object] = {}  # the latest caches, kept only so cache_bytes() can size them
+
+    def cache_bytes(self) -> dict[str, int]:
+        """Bytes held now by the LM's cache and by the RM's k-fold cache (after the last step taken)."""
+        return {name: _tensor_bytes(cache) for name, cache in self._caches.items()}
 
     @torch.no_grad()
     def steps(self, prompt: list[int], k: int, w: float, method: str = "greedy", temperature: float = 0.7, seed: int | None = 0) -> Iterator[tuple[int, float, float]]:
@@ -57,6 +62,7 @@ class ReferenceARGS:
             token = int(top_ids[0, pick])
             yield token, float(top_logits[0, pick]), float(rewards[pick])
             rm_cache.reorder_cache(torch.full((k,), pick))  # the winner's row, candidate included, to all k rows
+            self._caches = {"lm": lm_cache, "rm": rm_cache}
             feed = torch.tensor([[token]])
 
     def generate(self, prompt: list[int], k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(), **kw) -> list[int]:
@@ -77,6 +83,18 @@ def hf_greedy(lm, prompt: list[int], max_new_tokens: int, eos_ids: set[int] = fr
         eos_token_id=sorted(eos_ids) or None, pad_token_id=0,
     )
     return out[0, len(prompt) :].tolist()
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of every tensor inside a cache object (a transformers Cache, or nested tuples/lists of tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_tensor_bytes(o) for o in obj)
+    layers = getattr(obj, "layers", None)  # transformers >= 4.56: DynamicCache.layers[i].keys / .values
+    if layers is not None:
+        return sum(_tensor_bytes([getattr(layer, "keys", None), getattr(layer, "values", None)]) for layer in layers)
+    return 0 if obj is None else sum(_tensor_bytes(v) for v in vars(obj).values() if isinstance(v, (torch.Tensor, list, tuple)))
 
 
 def as_numpy(x) -> np.ndarray:

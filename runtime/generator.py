@@ -205,33 +205,36 @@ class ArgsGenerator:
             row.finish_reason = row.limit_reason
 
     def _finish(self, drive: Iterator[tuple[list[_Row], float]]) -> list[GenerationResult]:
-        first = elapsed = 0.0
+        clock: list[float] = []
         rows: list[_Row] = []
-        for n, (rows, elapsed) in enumerate(drive):
-            if n == 0:
-                first = elapsed
-        return [self._result(r, first, elapsed) for r in rows]
+        for rows, elapsed in drive:
+            clock.append(elapsed)
+        return [self._result(r, clock) for r in rows]
 
     def _stream_events(self, drive: Iterator[tuple[list[_Row], float]], stops: list[str]) -> Iterator[TokenEvent]:
-        first, shown = None, ""
+        clock: list[float] = []
+        shown = ""
         for rows, elapsed in drive:
             row = rows[0]
-            first = elapsed if first is None else first
+            clock.append(elapsed)
             done = row.finish_reason is not None
             text = row.text if row.finish_reason == "stop" else self.tokenizer.decode(row.ids)
             visible = text if done else text[: _safe_length(text, stops)]
             delta = visible[len(shown) :]
             shown += delta
-            result = self._result(row, first, elapsed) if done else None
+            result = self._result(row, clock) if done else None
             yield TokenEvent(row.ids[-1], delta, row.logits[-1], row.rewards[-1], result)
 
-    def _result(self, row: _Row, first_s: float, total_s: float) -> GenerationResult:
+    def _result(self, row: _Row, clock: list[float]) -> GenerationResult:
+        """`clock[i]`: seconds from the start until step i's token was chosen (the batch shares the steps)."""
         text = row.text if row.finish_reason == "stop" else self.tokenizer.decode(row.ids)
         n = len(row.ids)
+        mine = clock[:n]
         timings = {
-            "time_to_first_token_ms": first_s * 1e3,
-            "decode_ms_per_token": (total_s - first_s) * 1e3 / (n - 1) if n > 1 else 0.0,
-            "total_ms": total_s * 1e3,
+            "time_to_first_token_ms": mine[0] * 1e3,
+            "decode_ms_per_token": (mine[-1] - mine[0]) * 1e3 / (n - 1) if n > 1 else 0.0,
+            "total_ms": mine[-1] * 1e3,
+            "step_ms": [round((b - a) * 1e3, 4) for a, b in zip(mine, mine[1:])],  # decode steps, after the first token
             "loop": LOOP_IMPL,
             "backend": self.backend,
             "lm_device": self.lm.backend.device,

@@ -156,6 +156,9 @@ def test_result_fields_and_timings(generators):
     assert res.timings["loop"] == "python" and res.timings["backend"] == "onnxruntime"
     for key in ("time_to_first_token_ms", "decode_ms_per_token", "total_ms"):  # present and filled, not a speed target
         assert res.timings[key] > 0, key
+    # One entry per decode step after the first token; with the first token's time they add up to the total.
+    first, steps, total = (res.timings[key] for key in ("time_to_first_token_ms", "step_ms", "total_ms"))
+    assert len(steps) == 7 and abs(first + sum(steps) - total) < 0.01
     assert res.prompt_tokens == len(generators["qwen2"].tokenizer.encode(TEXT_PROMPTS[0]))
 
 
