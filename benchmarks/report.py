@@ -1,0 +1,199 @@
+"""Turn timed runs into records (medians, percentiles, tokens/s), judge the issue's targets, and write the
+results for machines (JSON, CSV) and for people (a printed table, PNG plots)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .contenders import Run
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured setting: k candidates, prompt length, new tokens, batch size."""
+
+    k: int
+    prompt_tokens: int
+    new_tokens: int
+    batch: int
+
+
+@dataclass
+class Record:
+    """One contender on one case, summarised over its repeats."""
+
+    sweep: str
+    contender: str
+    kind: str
+    engine: str
+    k: int
+    prompt_tokens: int
+    new_tokens: int
+    batch: int
+    repeats: int
+    ms_per_token: float  # median over repeats of the mean decode-step time (steps after the first token)
+    p50_ms: float  # percentiles over all decode steps of all repeats
+    p90_ms: float
+    p99_ms: float
+    tokens_per_s: float  # batch / ms_per_token
+    first_token_ms: float  # median time to first token (prefill and first choice)
+    lm_cache_bytes: int | None
+    rm_cache_bytes: int | None
+    identical_to_reference: bool | None = None
+    peak_rss_mib: float | None = None
+    device_mib: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def summarise(sweep: str, contender, case: Case, runs: list[Run], steps: int | None = None) -> Record:
+    """Summarise repeats of one contender; `steps` keeps only the first N-1 decode steps (an N-token generation)."""
+    keep = (case.new_tokens if steps is None else steps) - 1
+    per_run = [r.step_ms[:keep] for r in runs]
+    pooled = np.concatenate([np.asarray(s, float) for s in per_run]) if keep > 0 else np.zeros(1)
+    ms = statistics.median(float(np.mean(s)) if s else 0.0 for s in per_run)
+    p50, p90, p99 = (float(v) for v in np.percentile(pooled, [50, 90, 99]))
+    last = runs[-1].cache_bytes
+    return Record(
+        sweep, contender.name, contender.kind, contender.engine, case.k, case.prompt_tokens, steps or case.new_tokens, case.batch,
+        len(runs), ms, p50, p90, p99, case.batch * 1e3 / ms if ms else 0.0, statistics.median(r.first_ms for r in runs),
+        last.get("lm"), last.get("rm"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: could not be measured in this run
+
+    def line(self) -> str:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[self.met]
+        return f"[{verdict:>12}] {self.name}: {self.goal}; measured {self.measured}"
+
+
+def judge_targets(records: list[Record], on_gpu: bool, model_label: str) -> list[Target]:
+    """The issue's targets, as met / not met, from this run's records (never asserted in tests)."""
+
+    def find(kind: str, sweep: str = "headline", **match: Any) -> Record | None:
+        for r in records:
+            if r.kind == kind and r.sweep == sweep and all(getattr(r, key) == v for key, v in match.items()):
+                return r
+        return None
+
+    targets: list[Target] = []
+    ref, ours = find("reference"), find("args")
+    if ref and ours:
+        ratio = ref.ms_per_token / ours.ms_per_token
+        same = bool(ours.identical_to_reference)
+        goal = "≥ 3× fewer ms/token than the reference ARGS, identical tokens" if not on_gpu else "≥ 5× fewer ms/token than the reference ARGS"
+        targets.append(Target(
+            f"speed-up over the reference ({model_label}, k={ours.k}, {ours.new_tokens} tokens)", goal,
+            f"{ref.ms_per_token:.1f} → {ours.ms_per_token:.1f} ms/token = {ratio:.2f}×, identical tokens: {same}",
+            ratio >= (5.0 if on_gpu else 3.0) and (same or on_gpu),
+        ))
+    floor = find("floor")
+    if ours and floor:
+        ratio = ours.ms_per_token / floor.ms_per_token
+        targets.append(Target("ARGS step vs the two-model floor (same engine)", "≤ 1.15× the floor",
+                              f"{ours.ms_per_token:.1f} vs {floor.ms_per_token:.1f} ms/token = {ratio:.2f}×", ratio <= 1.15))
+    lengths = sorted({r.new_tokens for r in records if r.kind == "args" and r.sweep == "new_tokens"})
+    if len(lengths) >= 2:
+        short, long = find("args", "new_tokens", new_tokens=lengths[0]), find("args", "new_tokens", new_tokens=lengths[-1])
+        ratio = long.ms_per_token / short.ms_per_token
+        targets.append(Target(f"flat cost per token ({lengths[-1]} vs {lengths[0]} new tokens)", "≤ 1.2×",
+                              f"{long.ms_per_token:.1f} vs {short.ms_per_token:.1f} ms/token = {ratio:.2f}×", ratio <= 1.2))
+    ks = sorted({r.k for r in records if r.kind == "args" and r.sweep == "k"})
+    if len(ks) >= 2:
+        low, high = find("args", "k", k=ks[0]), find("args", "k", k=ks[-1])
+        ratio = high.rm_cache_bytes / low.rm_cache_bytes
+        targets.append(Target(f"RM cache bytes at k={ks[-1]} vs k={ks[0]}", "≤ 1.05×",
+                              f"{high.rm_cache_bytes} vs {low.rm_cache_bytes} bytes = {ratio:.2f}×", ratio <= 1.05))
+    if on_gpu and ours:
+        targets.append(Target(f"GPU latency ({model_label}, k={ours.k})", "≤ 12 ms/token on an H100 (7B-shaped LM + RM, fp16)",
+                              f"{ours.ms_per_token:.1f} ms/token", ours.ms_per_token <= 12.0 if "7b" in model_label.lower() else None))
+    else:
+        targets.append(Target("GPU latency (7B-shaped LM + RM, fp16, k=10)", "≤ 12 ms/token on an H100 and ≥ 5× the reference",
+                              "no GPU in this run", None))
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def print_table(records: list[Record]) -> None:
+    head = f"{'sweep':10s} {'contender':22s} {'engine':30s} {'k':>3s} {'prompt':>6s} {'new':>5s} {'B':>3s} " \
+           f"{'ms/tok':>8s} {'p50':>7s} {'p90':>7s} {'p99':>7s} {'tok/s':>7s} {'TTFT ms':>8s} {'same':>5s}"
+    print(head)
+    print("-" * len(head))
+    for r in records:
+        same = "" if r.identical_to_reference is None else ("yes" if r.identical_to_reference else "NO")
+        print(f"{r.sweep:10s} {r.contender:22s} {r.engine[:30]:30s} {r.k:3d} {r.prompt_tokens:6d} {r.new_tokens:5d} {r.batch:3d} "
+              f"{r.ms_per_token:8.2f} {r.p50_ms:7.2f} {r.p90_ms:7.2f} {r.p99_ms:7.2f} {r.tokens_per_s:7.1f} {r.first_token_ms:8.1f} {same:>5s}")
+
+
+def write_results(out: Path, stem: str, meta: dict[str, Any], records: list[Record], targets: list[Target]) -> list[Path]:
+    """JSON (everything), CSV (one row per record) and PNG plots; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in records]
+    doc = {**meta, "targets": [asdict(t) for t in targets], "records": rows}
+    written = [out / f"{stem}.json", out / f"{stem}.csv"]
+    written[0].write_text(json.dumps(doc, indent=2))
+    with written[1].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "notes"] + ["notes"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "notes": "; ".join(row["notes"])})
+    written += plot(out, stem, records, meta.get("machine", {}).get("label", ""))
+    return written
+
+
+PLOTS = {"k": ("k", "candidates k"), "prompt": ("prompt_tokens", "prompt tokens (context)"),
+         "new_tokens": ("new_tokens", "new tokens"), "batch": ("batch", "batch size")}
+
+
+def plot(out: Path, stem: str, records: list[Record], machine_label: str) -> list[Path]:
+    """One PNG per sweep: ms/token against the swept value, a line per contender and engine."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install 'args-rt[bench]')")
+        return []
+    written = []
+    for sweep, (attr, label) in PLOTS.items():
+        mine = [r for r in records if r.sweep == sweep]
+        if len({getattr(r, attr) for r in mine}) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for line in sorted({(r.contender, r.engine) for r in mine}):
+            points = sorted((getattr(r, attr), r.ms_per_token) for r in mine if (r.contender, r.engine) == line)
+            ax.plot(*zip(*points), marker="o", label=f"{line[0]} ({line[1]})")
+        ax.set_xscale("log", base=2)
+        ticks = sorted({getattr(r, attr) for r in mine})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(label)
+        ax.set_ylabel("ms per token (median)")
+        ax.set_title(f"ms/token vs {label}\n{machine_label}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"{stem}_vs_{sweep}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

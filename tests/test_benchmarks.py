@@ -1,0 +1,103 @@
+"""args-bench: the harness runs end to end on a tiny pair and writes well-formed results; its summaries and
+target verdicts are computed correctly. No speed is asserted here: figures live in benchmarks/results."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from args_benchmarks import latency
+from args_benchmarks.contenders import FloorContender, GreedyContender, Run
+from args_benchmarks.report import Case, Record, judge_targets, summarise
+from args_runtime import ArgsGenerator
+
+KINDS = {"reference", "args", "greedy", "floor"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, tiny_pairs):
+    pair = tiny_pairs["llama"]
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--bundle", str(pair.bundle), "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--quick", "--repeats", "1", "--out", str(out)]
+    assert latency.main(argv) == 0
+    return out, json.loads((out / "latency.json").read_text())
+
+
+def test_quick_run_covers_every_contender_and_sweep(quick_run):
+    _, doc = quick_run
+    records = doc["records"]
+    assert {r["kind"] for r in records} == KINDS
+    assert {r["sweep"] for r in records} == {"headline", "k", "prompt", "new_tokens"}
+    assert sorted({r["k"] for r in records if r["sweep"] == "k"}) == [1, 10]
+    assert sorted({r["new_tokens"] for r in records if r["sweep"] == "new_tokens"}) == [8, 24]
+    for r in records:
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"], r
+        assert r["lm_cache_bytes"] > 0 and (r["rm_cache_bytes"] is None) == (r["kind"] == "greedy"), r
+    # On the same models the runtime must choose exactly the reference's tokens, in every case.
+    assert all(r["identical_to_reference"] is True for r in records if r["kind"] == "args")
+    # The reference's RM holds k copies of the prefix; ours holds one, whatever k is.
+    ref_k10 = next(r for r in records if r["sweep"] == "k" and r["k"] == 10 and r["kind"] == "reference")
+    ours_k10 = next(r for r in records if r["sweep"] == "k" and r["k"] == 10 and r["kind"] == "args")
+    assert ref_k10["rm_cache_bytes"] > 9 * ours_k10["rm_cache_bytes"]
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["label"]
+
+
+def test_quick_run_probes_memory_in_separate_processes(quick_run):
+    _, doc = quick_run
+    headline = [r for r in doc["records"] if r["sweep"] == "headline"]
+    assert {r["kind"] for r in headline} == KINDS
+    assert all(r["peak_rss_mib"] and r["peak_rss_mib"] > 10 for r in headline)
+
+
+def test_quick_run_writes_csv_plots_and_targets(quick_run):
+    out, doc = quick_run
+    with (out / "latency.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(doc["records"]) and rows[0]["contender"]
+    for sweep in ("k", "prompt", "new_tokens"):
+        assert (out / f"latency_vs_{sweep}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    verdicts = {t["name"].split(" (")[0]: t["met"] for t in doc["targets"]}
+    assert set(verdicts) >= {"speed-up over the reference", "ARGS step vs the two-model floor", "flat cost per token", "RM cache bytes at k=10 vs k=1"}
+    assert verdicts["RM cache bytes at k=10 vs k=1"] is True
+
+
+def test_floor_decodes_the_lms_greedy_tokens(tiny_pairs):
+    gen = ArgsGenerator.from_bundle(tiny_pairs["qwen2"].bundle)
+    prompts = latency.make_prompts(gen.tokenizer, 12, 3)
+    assert [len(p) for p in prompts] == [12, 12, 12] and prompts[0] != prompts[1]
+    floor = FloorContender(gen, "cpu").run(prompts, 10, 1.0, 6)
+    greedy = GreedyContender(gen, "cpu").run(prompts, 10, 1.0, 6)
+    assert floor.tokens == greedy.tokens and len(floor.step_ms) == 5
+
+
+def _record(kind: str, ms: float, sweep: str = "headline", **kw) -> Record:
+    base = dict(k=10, prompt_tokens=32, new_tokens=128, batch=1, repeats=1, p50_ms=ms, p90_ms=ms, p99_ms=ms, tokens_per_s=1e3 / ms,
+                first_token_ms=1.0, lm_cache_bytes=100, rm_cache_bytes=100)
+    return Record(sweep=sweep, contender=kind, kind=kind, engine="cpu", ms_per_token=ms, **{**base, **kw})
+
+
+def test_summary_takes_the_median_of_repeat_means_and_pooled_percentiles():
+    runs = [Run([[1]], 5.0, [1.0, 1.0, 1.0, 9.0]), Run([[1]], 7.0, [2.0, 2.0, 2.0, 2.0]), Run([[1]], 6.0, [4.0, 4.0, 4.0, 4.0])]
+    contender = GreedyContender.__new__(GreedyContender)
+    contender.name, contender.engine = "g", "cpu"
+    record = summarise("headline", contender, Case(1, 4, 5, 2), runs)
+    assert record.ms_per_token == 3.0  # repeat means 3, 2, 4
+    assert record.p50_ms == 2.0 and record.first_token_ms == 6.0 and record.tokens_per_s == pytest.approx(2 / 3e-3)
+    assert summarise("n", contender, Case(1, 4, 5, 2), runs, steps=3).ms_per_token == 2.0  # first 2 steps only
+
+
+def test_targets_turn_on_the_measured_ratios():
+    ok = [_record("reference", 300.0), _record("args", 90.0, identical_to_reference=True), _record("floor", 80.0)]
+    verdicts = {t.name.split(" (")[0]: t.met for t in judge_targets(ok, on_gpu=False, model_label="m")}
+    assert verdicts["speed-up over the reference"] is True and verdicts["ARGS step vs the two-model floor"] is True
+    slow = [_record("reference", 300.0), _record("args", 101.0, identical_to_reference=True), _record("floor", 80.0)]
+    verdicts = {t.name.split(" (")[0]: t.met for t in judge_targets(slow, on_gpu=False, model_label="m")}
+    assert verdicts["speed-up over the reference"] is False and verdicts["ARGS step vs the two-model floor"] is False
+    wrong = [_record("reference", 300.0), _record("args", 90.0, identical_to_reference=False)]
+    assert judge_targets(wrong, on_gpu=False, model_label="m")[0].met is False  # fast but different tokens: not met
+    grows = [_record("args", 10.0, "new_tokens", new_tokens=64), _record("args", 13.0, "new_tokens", new_tokens=1024),
+             _record("args", 10.0, "k", k=1, rm_cache_bytes=100), _record("args", 10.0, "k", k=40, rm_cache_bytes=4000)]
+    verdicts = {t.name.split(" (")[0]: t.met for t in judge_targets(grows, on_gpu=False, model_label="m")}
+    assert verdicts["flat cost per token"] is False and verdicts["RM cache bytes at k=40 vs k=1"] is False
