@@ -13,6 +13,7 @@ under benchmarks/results/<machine>/.
     args-bench --quick               # a minute: small sweeps, 2 repeats (CI smoke)
     args-bench --lm DIR --rm DIR     # any exportable pair (a bundle is exported once and cached)
     args-bench --bundle DIR          # an existing bundle (the reference loads the manifest's source folders)
+    args-bench --random-shape llama-7b --dtype fp16 --devices cuda   # the GPU target: 7B-shaped random pair
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def ensure_bundle(args: argparse.Namespace, plan: Plan) -> Path:
     from args_export.demo import cache_dir, demo_paths, prepare_bundle
 
     cache = cache_dir()
+    if args.random_shape:
+        from .shapes import random_pair
+
+        args.lm, args.rm = (str(p) for p in random_pair(args.random_shape, args.dtype, cache, plan.max_context()))
     if not args.lm:
         prepare_bundle(cache)  # converts SmolLM2 and builds the demo RM once
         args.lm, args.rm = (str(p) for p in demo_paths(cache)[:2])
@@ -158,7 +163,8 @@ def measure(contenders: list[Contender], cases: list[tuple[str, Case]], args, to
             print(f"skipping {case}: prompt + new tokens exceed the bundle's context ({max_context})", file=sys.stderr)
             continue
         if case not in runs_by_case:
-            runs_by_case[case] = run_case(contenders, case, args, tokenizer)
+            repeats = args.repeats if sweep == "headline" else args.sweep_repeats
+            runs_by_case[case] = run_case(contenders, case, repeats, args, tokenizer)
         runs = runs_by_case[case]
         reference = next((i for i in runs if contenders[i].kind == "reference"), None)
         for n in plan.new_tokens if sweep == "new_tokens" else [case.new_tokens]:
@@ -171,14 +177,14 @@ def measure(contenders: list[Contender], cases: list[tuple[str, Case]], args, to
     return records
 
 
-def run_case(contenders: list[Contender], case: Case, args, tokenizer) -> dict[int, list[Run]]:
+def run_case(contenders: list[Contender], case: Case, repeats: int, args, tokenizer) -> dict[int, list[Run]]:
     """`repeats` rounds; each round runs every applicable contender once, in turn (interleaved)."""
     prompts = make_prompts(tokenizer, case.prompt_tokens, case.batch)
     skip_reference = case.batch > 1 or case.new_tokens > args.reference_max_new_tokens
     runs = {i: [] for i, c in enumerate(contenders) if not (c.kind == "reference" and skip_reference)}
     print(f"case k={case.k} prompt={case.prompt_tokens} new={case.new_tokens} batch={case.batch}: "
-          f"{len(runs)} contenders × {args.repeats} repeats", file=sys.stderr, flush=True)
-    for _ in range(args.repeats):
+          f"{len(runs)} contenders × {repeats} repeats", file=sys.stderr, flush=True)
+    for _ in range(repeats):
         for i, contender_runs in runs.items():
             contender_runs.append(contenders[i].run(prompts, case.k, args.w, case.new_tokens))
     return runs
@@ -247,6 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--lm", help="LM folder (Hugging Face causal LM)")
     src.add_argument("--rm", help="RM folder (sequence-classification head on a decoder, same tokenizer)")
     src.add_argument("--bundle", help="an exported bundle; the reference loads its manifest's source folders")
+    src.add_argument("--random-shape", choices=["llama-7b", "llama-tiny"], help="seeded random LM + RM of this shape, built here (the GPU target uses llama-7b with --dtype fp16)")
     src.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of the exported bundle")
     what = p.add_argument_group("what to measure")
     what.add_argument("--k", type=int, default=10, help="k of the headline case and of the sweeps over other values")
@@ -259,7 +266,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--new-tokens", type=ints, default=[64, 256, 1024])
     what.add_argument("--batches", type=ints, default=None, help="default 1 on CPU, 1,4,16 on GPU")
     what.add_argument("--devices", default=None, help="comma-separated engines' devices (default: cpu, and cuda when available)")
-    what.add_argument("--repeats", type=int, default=3, help="timed repeats per case (medians are reported)")
+    what.add_argument("--repeats", type=int, default=3, help="timed repeats of the headline case (medians are reported)")
+    what.add_argument("--sweep-repeats", type=int, default=None, help="timed repeats of each sweep case (default: --repeats)")
     what.add_argument("--threads", type=int, default=None, help="intra-op threads for ONNX Runtime and torch")
     what.add_argument("--no-reference", action="store_true", help="skip the transformers reference")
     what.add_argument("--reference-max-new-tokens", type=int, default=10**9, help="skip the reference on longer generations")
@@ -276,6 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for name, value in quick.items():
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, value)
+    args.sweep_repeats = args.sweep_repeats or args.repeats
     return args
 
 
@@ -323,7 +332,7 @@ def run_all(args: argparse.Namespace, plan: Plan, bundle: Path, on_gpu: bool) ->
     targets = judge_targets(records, on_gpu, model_label)
     info = machine()
     meta = {"machine": info, "bundle": str(bundle), "models": model_label, "w": args.w, "plan": plan.__dict__,
-            "repeats": args.repeats, "devices": args.devices, "wall_s": round(time.time() - started, 1),
+            "repeats": args.repeats, "sweep_repeats": args.sweep_repeats, "devices": args.devices, "wall_s": round(time.time() - started, 1),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print_table(records)
     print()

@@ -101,3 +101,19 @@ def test_targets_turn_on_the_measured_ratios():
              _record("args", 10.0, "k", k=1, rm_cache_bytes=100), _record("args", 10.0, "k", k=40, rm_cache_bytes=4000)]
     verdicts = {t.name.split(" (")[0]: t.met for t in judge_targets(grows, on_gpu=False, model_label="m")}
     assert verdicts["flat cost per token"] is False and verdicts["RM cache bytes at k=40 vs k=1"] is False
+
+
+def test_random_shape_pair_is_seeded_and_exportable(cache_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from args_benchmarks.shapes import random_pair
+    from args_export.bundle import ExportOptions, export_bundle
+
+    lm_dir, rm_dir = random_pair("llama-tiny", "fp32", cache_dir, max_positions=256)
+    lm_config, rm_config = AutoConfig.from_pretrained(lm_dir), AutoConfig.from_pretrained(rm_dir)
+    assert (lm_config.hidden_size, lm_config.num_hidden_layers, lm_config.vocab_size) == (64, 2, 49152)
+    assert rm_config.num_labels == 1 and rm_config.max_position_embeddings == 256
+    manifest = export_bundle(ExportOptions(lm_dir, rm_dir, tmp_path / "bundle", max_k=12), quiet=True)
+    assert manifest.max_context == 256
+    with pytest.raises(ValueError, match="unknown shape"):
+        random_pair("llama-70b", "fp32", cache_dir)
