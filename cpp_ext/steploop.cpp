@@ -139,6 +139,9 @@ class StepLoop {
                           static_cast<uint64_t>(rng_.inc >> 64), static_cast<uint64_t>(rng_.inc));
   }
 
+  // The last sampled row's cumulative distribution (for tests: it must equal numpy's bit for bit).
+  py::array_t<double> last_cdf() const { return py::array_t<double>(k_, probs_.data()); }
+
   py::array_t<i64> tokens_;
   py::array_t<float> logits_, rewards_;
   py::array_t<int8_t> finish_;
@@ -197,6 +200,7 @@ PYBIND11_MODULE(_steploop, m) {
            py::arg("limits"))
       .def("step", &StepLoop::step, py::arg("logits"), py::arg("candidates"), py::arg("rewards"))
       .def("rng_state", &StepLoop::rng_state)
+      .def("last_cdf", &StepLoop::last_cdf)
       .def_readonly("tokens", &StepLoop::tokens_)
       .def_readonly("logits", &StepLoop::logits_)
       .def_readonly("rewards", &StepLoop::rewards_)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from args_runtime import ArgsGenerator
+from args_runtime.selection import args_scores, softmax
 from args_runtime.stepper import CppStepper, PythonStepper, StepConfig
 
 from .conftest import ARCHS, CHAT_PROMPTS, TEXT_PROMPTS
@@ -58,6 +59,9 @@ def _run_steppers(config, logits, candidates, rewards):
         assert np.array_equal(a.logits, b.logits) and np.array_equal(a.rewards, b.rewards)
         assert np.array_equal(a.finish, b.finish) and np.array_equal(a.positions, b.positions)
         assert np.array_equal(a.next_ids, b.next_ids) and np.array_equal(a_mask, cpp.attention_mask)
+        if config.method == "stochastic":  # the last row's distribution, to the bit (sum order, exp, division)
+            last = args_scores(logits[t], rewards[t], config.w)[-1:].astype(np.float64) / config.temperature
+            assert np.cumsum(softmax(last), axis=-1)[0].tobytes() == cpp.loop.last_cdf().tobytes()
     return py, cpp
 
 
@@ -70,8 +74,9 @@ def test_stepper_matches_on_random_scores(method, temperature, k):
         data = np.random.default_rng(seed + 100 * k)
         steps, batch = 40, 3
         logits = (data.normal(size=(steps, batch, k)) * 4).astype(np.float32)
-        logits[::7, :, : max(1, k // 2)] = 1.0  # ties
         rewards = data.normal(size=(steps, batch, k)).astype(np.float32)
+        logits[::7, :, : max(1, k // 2)] = 1.0  # tied scores: the first wins
+        rewards[::7, :, : max(1, k // 2)] = 0.5
         candidates = data.integers(0, 49152, size=(steps, batch, k), dtype=np.int64)
         config = StepConfig(k, 1.3, method, temperature, seed, [candidates[5, 0, 0]], False, [10, 25, 40])
         py, cpp = _run_steppers(config, logits, candidates, rewards)
