@@ -13,7 +13,9 @@ environment variable ARGS_RT_LOOP=python|cpp, or `loop=` on ArgsGenerator.from_b
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,8 +25,15 @@ from .selection import StochasticChooser, args_scores, choose_greedy
 
 try:
     from . import _steploop
-except ImportError:  # built without the extension (ARGS_RT_NO_CPP_EXT, no compiler): the Python loop runs
+except ImportError as error:  # built without the extension (ARGS_RT_NO_CPP_EXT, no compiler): the Python loop runs
     _steploop = None
+    # The install records what happened to the extension (CMakeLists.txt); a source checkout has no record.
+    _status_file = Path(__file__).with_name("cpp_ext_status.txt")
+    _status = _status_file.read_text().strip() if _status_file.exists() else "skipped"
+    if not _status.startswith("skipped"):
+        _why = _status if _status.startswith("failed") else f"built, but it does not import: {error}"
+        warnings.warn(f"args_runtime: the C++ step loop is not available ({_why}); using the Python loop. "
+                      f"Reinstall with ARGS_RT_REQUIRE_CPP_EXT=1 to see the build error.", RuntimeWarning, stacklevel=2)
 
 LOOPS = ("python", "cpp")
 RUNNING, EOS, LIMIT = 0, 1, 2  # Step.finish codes
