@@ -1,7 +1,8 @@
 """args-rt runtime: ARGS (reward-guided search) decoding over exported ONNX bundles, without torch."""
 
 from .errors import ArgsError, BundleError, ExportError, GenerationError, TokenizerMismatchError, UnsupportedModelError
-from .generator import LOOP_IMPL, ArgsGenerator, GenerationResult, TokenEvent
+from .generator import ArgsGenerator, GenerationResult, TokenEvent
+from .stepper import LOOP_IMPL
 
 __all__ = [
     "ArgsError",

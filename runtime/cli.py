@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .generator import LOOP_IMPL, ArgsGenerator
+    from .generator import ArgsGenerator
 
     kwargs = dict(
         k=args.k, w=args.w, max_new_tokens=args.max_new_tokens, method=args.method, temperature=args.temperature,
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gen = ArgsGenerator.from_bundle(args.bundle, device=args.device)
         if args.verbose:
-            print(f"args-generate: loop={LOOP_IMPL} backend={gen.backend} device={args.device}", file=sys.stderr)
+            print(f"args-generate: loop={gen.loop} backend={gen.backend} lm_device={gen.lm.backend.device} "
+                  f"rm_device={gen.rm.backend.device}", file=sys.stderr)
         if args.stream and not args.json:
             result = None
             for event in gen.stream(prompt, **kwargs):

@@ -3,57 +3,44 @@
     LM proposes its top-k next tokens → RM scores the k continuations in one pass against its cache →
     score = logit + w·reward → choose → both models append the chosen token.
 
-The loop yields every step and never decides when to stop: the caller closes it (EOS, stop strings,
-token budget), so generate() and stream() share it.
+The combine/choose/append bookkeeping lives in a stepper (runtime/stepper.py: numpy or the optional C++
+extension); the loop does not know which. It yields every step and never decides when to stop: the caller
+closes it (EOS, stop strings, token budget), so generate() and stream() share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import numpy as np
 
-from .models import LanguageModel, PrefixState, RewardModel
-from .selection import args_scores
+from .models import LanguageModel, RewardModel
+from .stepper import CppStepper, PythonStepper, Step
 
-Chooser = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class Step:
-    """One chosen token per row, with the LM logit and the reward that chose it."""
-
-    tokens: np.ndarray  # [B] int64
-    logits: np.ndarray  # [B] float32
-    rewards: np.ndarray  # [B] float32
+Stepper = PythonStepper | CppStepper
 
 
-def args_decode(lm: LanguageModel, rm: RewardModel, prompts: list[list[int]], pad_id: int, k: int, w: float, choose: Chooser) -> Iterator[Step]:
+def args_decode(lm: LanguageModel, rm: RewardModel, stepper: Stepper, k: int) -> Iterator[Step]:
     """ARGS over a batch of prompts; yields one Step per generated token until the caller stops."""
-    prefix, ids, positions = PrefixState.for_prompts(prompts, pad_id)
-    lm.reset(len(prompts))
-    rm.reset(len(prompts))
-    rows = np.arange(len(prompts))
-    logits, candidates = lm.extend(ids, positions, prefix, k)
-    rewards = rm.extend_and_score(ids, positions, prefix, candidates)
+    ids, positions = stepper.prompt_ids, stepper.prompt_positions
+    lm.reset(len(ids))
+    rm.reset(len(ids))
+    logits, candidates = lm.extend(ids, positions, stepper, k)  # LM top-k
+    rewards = rm.extend_and_score(ids, positions, stepper, candidates)  # RM reward of each prefix + candidate
     while True:
-        pick = choose(args_scores(logits, rewards, w))
-        token = candidates[rows, pick]
-        yield Step(token, logits[rows, pick], rewards[rows, pick])
-        chosen = token[:, None]
-        _, positions = prefix.next_inputs()
-        logits, candidates = lm.extend(chosen, positions, prefix, k)
-        rewards = rm.extend_and_score(chosen, positions, prefix, candidates)
+        step = stepper.step(logits, candidates, rewards)  # score = logit + w·reward, choose, next inputs
+        yield step
+        logits, candidates = lm.extend(step.next_ids, step.positions, stepper, k)
+        rewards = rm.extend_and_score(step.next_ids, step.positions, stepper, candidates)
 
 
-def greedy_decode(lm: LanguageModel, prompts: list[list[int]], pad_id: int) -> Iterator[Step]:
-    """Plain greedy decoding of the LM alone (the baseline ARGS is compared with)."""
-    prefix, ids, positions = PrefixState.for_prompts(prompts, pad_id)
-    lm.reset(len(prompts))
-    logits, candidates = lm.extend(ids, positions, prefix, 1)
+def greedy_decode(lm: LanguageModel, stepper: Stepper) -> Iterator[Step]:
+    """Plain greedy decoding of the LM alone (the baseline ARGS is compared with): k = 1, no rewards."""
+    ids, positions = stepper.prompt_ids, stepper.prompt_positions
+    lm.reset(len(ids))
+    no_rewards = np.zeros((len(ids), 1), np.float32)
+    logits, candidates = lm.extend(ids, positions, stepper, 1)
     while True:
-        token = candidates[:, 0]
-        yield Step(token, logits[:, 0], np.zeros(len(prompts), np.float32))
-        _, positions = prefix.next_inputs()
-        logits, candidates = lm.extend(token[:, None], positions, prefix, 1)
+        step = stepper.step(logits, candidates, no_rewards)
+        yield step
+        logits, candidates = lm.extend(step.next_ids, step.positions, stepper, 1)

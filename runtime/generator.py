@@ -12,14 +12,13 @@ from typing import Any
 import numpy as np
 
 from .backend import open_backend
-from .decode import Step, args_decode, greedy_decode
+from .decode import args_decode, greedy_decode
 from .errors import GenerationError
 from .manifest import Manifest, load_manifest
 from .models import LanguageModel, RewardModel
-from .selection import StochasticChooser, choose_greedy
+from .stepper import EOS, LIMIT, LOOP_IMPL, Step, StepConfig, make_stepper, resolve_loop
 from .tokenizer import Prompt, Tokenizer
 
-LOOP_IMPL = "python"
 METHODS = ("greedy", "stochastic")
 
 
@@ -76,6 +75,7 @@ class ArgsGenerator:
 
     def __init__(self, bundle: Path, manifest: Manifest, lm: LanguageModel, rm: RewardModel, tokenizer: Tokenizer, backend: str) -> None:
         self.bundle, self.manifest, self.lm, self.rm, self.tokenizer, self.backend = bundle, manifest, lm, rm, tokenizer, backend
+        self.loop = LOOP_IMPL  # "cpp" | "python": which stepper does the per-step bookkeeping
 
     @classmethod
     def from_bundle(
@@ -88,12 +88,17 @@ class ArgsGenerator:
         backend: str = "onnxruntime",
         threads: int | None = None,
         verify_checksums: bool = True,
+        loop: str | None = None,
     ) -> "ArgsGenerator":
+        """Open a bundle. `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL, i.e. "cpp" when built)."""
+        loop = resolve_loop(loop)
         bundle = Path(path)
         manifest = load_manifest(bundle, verify_checksums=verify_checksums)
         lm = LanguageModel(open_backend(backend, bundle / manifest.lm.file, lm_device or device, threads), manifest.lm)
         rm = RewardModel(open_backend(backend, bundle / manifest.rm.file, rm_device or device, threads), manifest.rm)
-        return cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend)
+        gen = cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend)
+        gen.loop = loop
+        return gen
 
     # ------------------------------------------------------------------ public API
 
@@ -167,41 +172,39 @@ class ArgsGenerator:
 
     def _drive(self, prompts: list[list[int]], s: Settings, greedy: bool) -> Iterator[tuple[list[_Row], float]]:
         """Run the decode loop, keep each row's bookkeeping; yield (rows, elapsed seconds) after every step."""
-        pad = self.manifest.tokenizer.pad_token_id
-        if greedy:
-            steps = greedy_decode(self.lm, prompts, pad)
-        else:
-            choose = choose_greedy if s.method == "greedy" else StochasticChooser(s.temperature, s.seed)
-            steps = args_decode(self.lm, self.rm, prompts, pad, s.k, s.w, choose)
         # Rows share one left-padded cache: the longest prompt's positions run out of context first, for all.
         context_budget = self.manifest.max_context - max(len(p) for p in prompts)
         rows = [_Row(len(p), s.max_new_tokens, context_budget) for p in prompts]
-        eos = set(self.manifest.tokenizer.eos_token_ids)
+        config = StepConfig(s.k, s.w, s.method, s.temperature, s.seed, list(self.manifest.tokenizer.eos_token_ids), s.ignore_eos,
+                            [r.limit for r in rows])
+        stepper = make_stepper(self.loop, prompts, self.manifest.tokenizer.pad_token_id, config)
+        steps = greedy_decode(self.lm, stepper) if greedy else args_decode(self.lm, self.rm, stepper, s.k)
         start = time.perf_counter()
         try:
             for step in steps:
                 for i, row in enumerate(rows):
                     if row.finish_reason is None:
-                        self._append(row, step, i, eos, s)
+                        self._append(row, step, i, s)
                 yield rows, time.perf_counter() - start
                 if all(r.finish_reason is not None for r in rows):
                     return
         finally:
             steps.close()
 
-    def _append(self, row: _Row, step: Step, i: int, eos: set[int], s: Settings) -> None:
-        token = int(step.tokens[i])
-        row.ids.append(token)
+    def _append(self, row: _Row, step: Step, i: int, s: Settings) -> None:
+        """Record row i's token; the stepper flagged EOS and the token limit, stop strings are matched on text here."""
+        finish = step.finish[i]
+        row.ids.append(int(step.tokens[i]))
         row.logits.append(float(step.logits[i]))
         row.rewards.append(float(step.rewards[i]))
-        if token in eos and not s.ignore_eos:
+        if finish == EOS:
             row.finish_reason = "eos"
         elif s.stop:
             text = self.tokenizer.decode(row.ids)
             hits = [text.find(stop) for stop in s.stop if stop in text]
             if hits:
                 row.finish_reason, row.text = "stop", text[: min(hits)]
-        if row.finish_reason is None and len(row.ids) >= row.limit:
+        if row.finish_reason is None and finish == LIMIT:
             row.finish_reason = row.limit_reason
 
     def _finish(self, drive: Iterator[tuple[list[_Row], float]]) -> list[GenerationResult]:
@@ -235,7 +238,7 @@ class ArgsGenerator:
             "decode_ms_per_token": (mine[-1] - mine[0]) * 1e3 / (n - 1) if n > 1 else 0.0,
             "total_ms": mine[-1] * 1e3,
             "step_ms": [round((b - a) * 1e3, 4) for a, b in zip(mine, mine[1:])],  # decode steps, after the first token
-            "loop": LOOP_IMPL,
+            "loop": self.loop,
             "backend": self.backend,
             "lm_device": self.lm.backend.device,
             "rm_device": self.rm.backend.device,

@@ -4,11 +4,18 @@ prefix; the bookkeeping both share (padding mask, next positions) lives in one P
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from .backend import Backend
 from .manifest import GraphSpec
+
+
+class Masked(Protocol):
+    """What a model run needs of the prefix: its attention mask (a PrefixState, or a stepper that owns one)."""
+
+    attention_mask: np.ndarray
 
 
 @dataclass
@@ -69,7 +76,7 @@ class CachedGraph:
 class LanguageModel(CachedGraph):
     """Extends its cache by some tokens; proposes the top-k next tokens of each row."""
 
-    def extend(self, ids: np.ndarray, positions: np.ndarray, prefix: PrefixState, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def extend(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, k: int) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": prefix.attention_mask}
         values, topk_ids = self.run(feeds, ("topk_values", "topk_ids"))
         return np.ascontiguousarray(values[:, :k]), np.ascontiguousarray(topk_ids[:, :k])
@@ -78,7 +85,7 @@ class LanguageModel(CachedGraph):
 class RewardModel(CachedGraph):
     """Extends its cache by some tokens and, in the same pass, scores candidate next tokens against it."""
 
-    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: PrefixState, candidates: np.ndarray) -> np.ndarray:
+    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, candidates: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": prefix.attention_mask, "candidate_ids": candidates}
         (rewards,) = self.run(feeds, ("rewards",))
         return rewards

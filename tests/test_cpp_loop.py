@@ -1,0 +1,188 @@
+"""The optional C++ step loop gives the same tokens, logits, rewards, texts and finish reasons as the Python loop.
+
+Skipped when args_runtime._steploop is not built (pip install with -Ccmake.define.ARGS_RT_NO_CPP_EXT=ON, or
+no compiler); the fallback test runs either way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from args_runtime import ArgsGenerator
+from args_runtime.selection import args_scores, softmax
+from args_runtime.stepper import CppStepper, PythonStepper, StepConfig
+
+from .conftest import ARCHS, CHAT_PROMPTS, TEXT_PROMPTS
+
+try:
+    from args_runtime import _steploop
+except ImportError:
+    _steploop = None
+
+needs_cpp = pytest.mark.skipif(_steploop is None, reason="args_runtime._steploop is not built (installed without the C++ step loop)")
+
+
+def _both(bundle):
+    return ArgsGenerator.from_bundle(bundle, loop="python"), ArgsGenerator.from_bundle(bundle, loop="cpp")
+
+
+@pytest.fixture(scope="module")
+def loops(tiny_pairs):
+    if _steploop is None:
+        pytest.skip("args_runtime._steploop is not built (installed without the C++ step loop)")
+    return {name: _both(pair.bundle) for name, pair in tiny_pairs.items()}
+
+
+def assert_same(a, b):
+    for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+        assert x.token_ids == y.token_ids
+        assert x.chosen_logits == y.chosen_logits and x.rewards == y.rewards
+        assert (x.text, x.finish_reason, x.prompt_tokens) == (y.text, y.finish_reason, y.prompt_tokens)
+        assert (x.timings["loop"], y.timings["loop"]) == ("python", "cpp")
+
+
+# ---------------------------------------------------------------- the stepper alone, on random scores
+
+
+def _run_steppers(config, logits, candidates, rewards):
+    prompts = [[5] * (3 + i) for i in range(logits.shape[1])]
+    py, cpp = PythonStepper(prompts, 0, config), CppStepper(prompts, 0, config)
+    for t in range(logits.shape[0]):
+        a = py.step(logits[t], candidates[t], rewards[t])
+        a_mask = py.attention_mask.copy()
+        b = cpp.step(logits[t], candidates[t], rewards[t])
+        assert np.array_equal(a.tokens, b.tokens), (config, t)
+        assert np.array_equal(a.logits, b.logits) and np.array_equal(a.rewards, b.rewards)
+        assert np.array_equal(a.finish, b.finish) and np.array_equal(a.positions, b.positions)
+        assert np.array_equal(a.next_ids, b.next_ids) and np.array_equal(a_mask, cpp.attention_mask)
+        if config.method == "stochastic":  # the last row's distribution, to the bit (sum order, exp, division)
+            last = args_scores(logits[t], rewards[t], config.w)[-1:].astype(np.float64) / config.temperature
+            assert np.cumsum(softmax(last), axis=-1)[0].tobytes() == cpp.loop.last_cdf().tobytes()
+    return py, cpp
+
+
+@needs_cpp
+@pytest.mark.parametrize("method,temperature", [("greedy", 0.7), ("stochastic", 0.7), ("stochastic", 1.0), ("stochastic", 0.05), ("stochastic", 5.0)])
+@pytest.mark.parametrize("k", [1, 2, 7, 8, 10, 17, 40, 200])
+def test_stepper_matches_on_random_scores(method, temperature, k):
+    """Many random score matrices (ties included), several seeds: the same picks, the same rng stream."""
+    for seed in (0, 1, 12345):
+        data = np.random.default_rng(seed + 100 * k)
+        steps, batch = 40, 3
+        logits = (data.normal(size=(steps, batch, k)) * 4).astype(np.float32)
+        rewards = data.normal(size=(steps, batch, k)).astype(np.float32)
+        logits[::7, :, : max(1, k // 2)] = 1.0  # tied scores: the first wins
+        rewards[::7, :, : max(1, k // 2)] = 0.5
+        candidates = data.integers(0, 49152, size=(steps, batch, k), dtype=np.int64)
+        config = StepConfig(k, 1.3, method, temperature, seed, [candidates[5, 0, 0]], False, [10, 25, 40])
+        py, cpp = _run_steppers(config, logits, candidates, rewards)
+        if method == "stochastic":  # both consumed exactly one draw per row per step
+            state = py.choose.rng.bit_generator.state["state"]
+            hi, lo, inc_hi, inc_lo = cpp.loop.rng_state()
+            assert (hi << 64 | lo, inc_hi << 64 | inc_lo) == (state["state"], state["inc"])
+
+
+@needs_cpp
+def test_stochastic_stepper_depends_on_the_stream():
+    """Guards the guard: near-uniform scores make every pick depend on the draw, so a wrong rng would show."""
+    k, steps = 10, 50
+    logits = np.zeros((steps, 1, k), np.float32)
+    candidates = np.tile(np.arange(k, dtype=np.int64), (steps, 1, 1))
+    picks = {}
+    for seed in (1, 2):
+        config = StepConfig(k, 0.0, "stochastic", 1.0, seed, [], True, [steps])
+        cpp = CppStepper([[5]], 0, config)
+        picks[seed] = [int(cpp.step(logits[t], candidates[t], logits[t]).tokens[0]) for t in range(steps)]
+        py = PythonStepper([[5]], 0, config)
+        assert picks[seed] == [int(py.step(logits[t], candidates[t], logits[t]).tokens[0]) for t in range(steps)]
+    assert picks[1] != picks[2] and len(set(picks[1])) > 5
+
+
+# ---------------------------------------------------------------- whole generations on the tiny bundles
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_args_greedy_identical(loops, arch):
+    py, cpp = loops[arch]
+    for k, w in ((1, 0.0), (5, 0.5), (10, 3.0), (40, 1.0)):
+        kw = dict(k=k, w=w, max_new_tokens=24, ignore_eos=True)
+        assert_same(py.generate(CHAT_PROMPTS[1], **kw), cpp.generate(CHAT_PROMPTS[1], **kw))
+
+
+@pytest.mark.parametrize("seed", [0, 3, 4, 99])
+@pytest.mark.parametrize("temperature", [0.3, 0.7, 2.0])
+def test_stochastic_identical(loops, seed, temperature):
+    py, cpp = loops["llama"]
+    kw = dict(k=10, w=1.0, max_new_tokens=32, method="stochastic", temperature=temperature, seed=seed, ignore_eos=True)
+    a, b = py.generate(TEXT_PROMPTS[0], **kw), cpp.generate(TEXT_PROMPTS[0], **kw)
+    assert_same(a, b)
+    if temperature >= 0.7:  # the sample really depends on the seed here, so equal tokens test the stream
+        other = cpp.generate(TEXT_PROMPTS[0], **{**kw, "seed": seed + 1000})
+        assert other.token_ids != b.token_ids
+
+
+@pytest.mark.parametrize("method", ["greedy", "stochastic"])
+@pytest.mark.parametrize("arch", ["llama", "opt", "gpt2"])
+def test_uneven_batch_identical(loops, method, arch):
+    py, cpp = loops[arch]
+    batch = [TEXT_PROMPTS[1], CHAT_PROMPTS[0], TEXT_PROMPTS[0]]
+    kw = dict(k=8, w=1.5, max_new_tokens=20, method=method, seed=7)
+    assert_same(py.generate(batch, **kw), cpp.generate(batch, **kw))
+
+
+def test_eos_stops_and_max_tokens_identical(loops):
+    py, cpp = loops["llama"]
+    # Find a setting that stops on EOS early with the Python loop, then require the same from C++.
+    for w in (0.0, 1.0, 2.0, 4.0, 8.0):
+        a = py.generate(TEXT_PROMPTS, k=40, w=w, max_new_tokens=48)
+        if any(r.finish_reason == "eos" for r in a):
+            break
+    assert_same(a, cpp.generate(TEXT_PROMPTS, k=40, w=w, max_new_tokens=48))
+    assert_same(py.generate(TEXT_PROMPTS, k=4, w=w, max_new_tokens=48, ignore_eos=True),
+                cpp.generate(TEXT_PROMPTS, k=4, w=w, max_new_tokens=48, ignore_eos=True))
+    for n in (1, 2, 7):
+        assert_same(py.generate(TEXT_PROMPTS[0], k=5, w=1.0, max_new_tokens=n), cpp.generate(TEXT_PROMPTS[0], k=5, w=1.0, max_new_tokens=n))
+
+
+def test_stop_strings_and_stream_identical(loops):
+    py, cpp = loops["llama"]
+    full = py.generate(TEXT_PROMPTS[0], k=5, w=1.0, max_new_tokens=24, ignore_eos=True)
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
+    kw = dict(k=5, w=1.0, max_new_tokens=24, ignore_eos=True, stop=[stop, "zzzz"])
+    a, b = py.generate(TEXT_PROMPTS[0], **kw), cpp.generate(TEXT_PROMPTS[0], **kw)
+    assert a.finish_reason == "stop"
+    assert_same(a, b)
+    assert [e.text for e in py.stream(TEXT_PROMPTS[0], **kw)] == [e.text for e in cpp.stream(TEXT_PROMPTS[0], **kw)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "opt-350m-style"])
+def test_plain_greedy_identical(loops, arch):
+    py, cpp = loops[arch]
+    for prompt in (TEXT_PROMPTS, CHAT_PROMPTS[1]):
+        assert_same(py.greedy(prompt, max_new_tokens=24), cpp.greedy(prompt, max_new_tokens=24))
+
+
+# ---------------------------------------------------------------- the fallback
+
+
+def test_python_fallback_when_forced(tiny_pairs):
+    code = ("import args_runtime, sys; from args_runtime import ArgsGenerator; g = ArgsGenerator.from_bundle(sys.argv[1]); "
+            "r = g.generate('Hi', k=3, max_new_tokens=2); print(args_runtime.LOOP_IMPL, r.timings['loop'])")
+    env = {**os.environ, "ARGS_RT_LOOP": "python"}
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_pairs["llama"].bundle)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["python", "python"]
+
+
+def test_default_loop_is_the_built_one(tiny_pairs):
+    """Without overrides the loop is "cpp" exactly when the extension is built: a broken build cannot pass silently
+    where ARGS_RT_EXPECT_LOOP says which one it must be (CI sets it to cpp)."""
+    env = {k: v for k, v in os.environ.items() if k != "ARGS_RT_LOOP"}
+    out = subprocess.run([sys.executable, "-c", "import args_runtime; print(args_runtime.LOOP_IMPL)"], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ("cpp" if _steploop is not None else "python")
+    if os.environ.get("ARGS_RT_EXPECT_LOOP"):
+        assert out.stdout.strip() == os.environ["ARGS_RT_EXPECT_LOOP"]
