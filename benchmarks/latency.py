@@ -114,14 +114,32 @@ def ensure_bundle(args: argparse.Namespace, plan: Plan) -> Path:
     return bundle
 
 
-def contender_factories(args: argparse.Namespace, bundle: Path) -> list[Callable[[], Contender]]:
-    """Constructors, not objects: a memory probe builds only its own contender in a process of its own."""
-    from args_runtime import LOOP_IMPL, ArgsGenerator
+@dataclass
+class Entry:
+    """One contender to build: what it is, on which engine, and how to build it (lazily)."""
+
+    kind: str
+    engine: str
+    make: Callable[[], Contender]
+
+
+def available_loops() -> list[str]:
+    from args_runtime import stepper
+
+    return ["python", "cpp"] if stepper._steploop is not None else ["python"]
+
+
+def contender_entries(args: argparse.Namespace, bundle: Path) -> list[Entry]:
+    """Constructors, not objects: a memory probe builds only its own contender in a process of its own.
+    ARGS and greedy run once per device and step loop; the floor (no step loop) once per device."""
+    from args_runtime import ArgsGenerator
     from args_runtime.manifest import load_manifest
 
     manifest = load_manifest(bundle, verify_checksums=False)
-    factories: list[Callable[[], Contender]] = []
+    entries: list[Entry] = []
     if not args.no_reference:
+        device = "cuda" if any(d.startswith("cuda") for d in args.devices) else "cpu"
+
         def reference() -> Contender:
             import torch
 
@@ -129,19 +147,24 @@ def contender_factories(args: argparse.Namespace, bundle: Path) -> list[Callable
             from args_export.reference import ReferenceARGS
 
             dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[manifest.lm.dtype]
-            device = "cuda" if any(d.startswith("cuda") for d in args.devices) else "cpu"
             if args.threads:
                 torch.set_num_threads(args.threads)
             lm, _ = load_lm(resolve_source(args.lm or manifest.lm.source, "LM"), dtype)
             rm, rm_family = load_rm(resolve_source(args.rm or manifest.rm.source, "RM"), dtype)
             return ReferenceContender(ReferenceARGS(lm.to(device), rm.to(device), rm_family), device)
 
-        factories.append(reference)
+        entries.append(Entry("reference", f"transformers eager {device}", reference))
+
+    def ours(kind, device: str, loop: str | None, engine: str) -> Callable[[], Contender]:
+        return lambda: kind(ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=loop), engine)
+
     for device in args.devices:
-        engine = f"onnxruntime {device}, {LOOP_IMPL} loop"
-        for kind in (ArgsContender, GreedyContender, FloorContender):
-            factories.append(lambda kind=kind, device=device, engine=engine: kind(ArgsGenerator.from_bundle(bundle, device, threads=args.threads), engine))
-    return factories
+        for loop in args.loops:
+            engine = f"onnxruntime {device}, {loop} loop"
+            entries += [Entry("args", engine, ours(ArgsContender, device, loop, engine)),
+                        Entry("greedy", engine, ours(GreedyContender, device, loop, engine))]
+        entries.append(Entry("floor", f"onnxruntime {device}", ours(FloorContender, device, None, f"onnxruntime {device}")))
+    return entries
 
 
 def make_prompts(tokenizer, length: int, batch: int) -> list[list[int]]:
@@ -210,7 +233,7 @@ def probe_memory(args: argparse.Namespace, index: int, n_contenders: int) -> dic
 
 
 def run_probe(args: argparse.Namespace, plan: Plan, bundle: Path) -> None:
-    contender = contender_factories(args, bundle)[args.probe]()
+    contender = contender_entries(args, bundle)[args.probe].make()
     from args_runtime.tokenizer import Tokenizer
     from args_runtime.manifest import load_manifest
 
@@ -266,6 +289,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--new-tokens", type=ints, default=[64, 256, 1024])
     what.add_argument("--batches", type=ints, default=None, help="default 1 on CPU, 1,4,16 on GPU")
     what.add_argument("--devices", default=None, help="comma-separated engines' devices (default: cpu, and cuda when available)")
+    what.add_argument("--loops", default=None, help="comma-separated step loops for args-rt: python, cpp (default: every one built here)")
     what.add_argument("--repeats", type=int, default=3, help="timed repeats of the headline case (medians are reported)")
     what.add_argument("--sweep-repeats", type=int, default=None, help="timed repeats of each sweep case (default: --repeats)")
     what.add_argument("--threads", type=int, default=None, help="intra-op threads for ONNX Runtime and torch")
@@ -297,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         args.devices = args.devices.split(",") if args.devices else (["cpu", "cuda"] if cuda else ["cpu"])
+        args.loops = args.loops.split(",") if args.loops else available_loops()[::-1]  # the default loop first
         on_gpu = any(d.startswith("cuda") for d in args.devices)
         plan = Plan(args.k, args.prompt_tokens, args.headline_new_tokens, args.sweep_new_tokens, args.k_values,
                     args.prompt_lengths, args.new_tokens, args.batches or ([1, 4, 16] if on_gpu else [1]))
@@ -316,23 +341,23 @@ def run_all(args: argparse.Namespace, plan: Plan, bundle: Path, on_gpu: bool) ->
 
     manifest = load_manifest(bundle, verify_checksums=False)
     tokenizer = Tokenizer(bundle, manifest.tokenizer)
-    factories = contender_factories(args, bundle)
-    contenders = [make() for make in factories]
+    entries = contender_entries(args, bundle)
+    contenders = [entry.make() for entry in entries]
     started = time.time()
     warm_up(contenders, tokenizer, plan)
     records = measure(contenders, plan.cases(), args, tokenizer, manifest.max_context, plan)
     if not args.no_memory:
         del contenders  # the probes run one at a time in processes of their own
-        for index in range(len(factories)):
-            probe = probe_memory(args, index, len(factories))
+        for index, entry in enumerate(entries):
+            probe = probe_memory(args, index, len(entries))
             for r in records:
-                if r.sweep == "headline" and index == _index_of(r, args):
+                if r.sweep == "headline" and (r.kind, r.engine) == (entry.kind, entry.engine):
                     r.peak_rss_mib, r.device_mib = probe.get("peak_rss_mib"), probe.get("device_mib")
     model_label = f"{Path(manifest.lm.source).name} + {Path(manifest.rm.source).name}, {manifest.lm.dtype}"
-    targets = judge_targets(records, on_gpu, model_label)
+    targets = judge_targets(records, on_gpu, model_label, primary=f"onnxruntime {args.devices[0]}, {args.loops[0]} loop")
     info = machine()
     meta = {"machine": info, "bundle": str(bundle), "models": model_label, "w": args.w, "plan": plan.__dict__,
-            "repeats": args.repeats, "sweep_repeats": args.sweep_repeats, "devices": args.devices, "wall_s": round(time.time() - started, 1),
+            "repeats": args.repeats, "sweep_repeats": args.sweep_repeats, "devices": args.devices, "loops": args.loops, "wall_s": round(time.time() - started, 1),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print_table(records)
     print()
@@ -342,15 +367,6 @@ def run_all(args: argparse.Namespace, plan: Plan, bundle: Path, on_gpu: bool) ->
     for path in write_results(out, args.name, meta, records, targets):
         print(f"written {path}")
     return 0
-
-
-def _index_of(record: Record, args: argparse.Namespace) -> int:
-    """The factory index that built a record's contender (reference first, then ARGS/greedy/floor per device)."""
-    offset = 0 if args.no_reference else 1
-    if record.kind == "reference":
-        return 0
-    device = record.engine.split(",")[0].split()[-1]
-    return offset + 3 * args.devices.index(device) + ["args", "greedy", "floor"].index(record.kind)
 
 
 if __name__ == "__main__":

@@ -82,12 +82,14 @@ class Target:
         return f"[{verdict:>12}] {self.name}: {self.goal}; measured {self.measured}"
 
 
-def judge_targets(records: list[Record], on_gpu: bool, model_label: str) -> list[Target]:
-    """The issue's targets, as met / not met, from this run's records (never asserted in tests)."""
+def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary: str | None = None) -> list[Target]:
+    """The issue's targets, as met / not met, from this run's records (never asserted in tests). `primary`:
+    the engine whose args-rt records are judged (e.g. "onnxruntime cpu, cpp loop"; default: the first seen)."""
 
     def find(kind: str, sweep: str = "headline", **match: Any) -> Record | None:
         for r in records:
-            if r.kind == kind and r.sweep == sweep and all(getattr(r, key) == v for key, v in match.items()):
+            on_engine = primary is None or kind == "reference" or primary.startswith(r.engine)
+            if r.kind == kind and r.sweep == sweep and on_engine and all(getattr(r, key) == v for key, v in match.items()):
                 return r
         return None
 
