@@ -16,7 +16,7 @@ from .decode import args_decode, greedy_decode
 from .errors import GenerationError
 from .manifest import Manifest, load_manifest
 from .models import LanguageModel, RewardModel
-from .stepper import EOS, LIMIT, LOOP_IMPL, Step, StepConfig, make_stepper, resolve_loop
+from .stepper import EOS, LIMIT, Step, StepConfig, make_stepper, resolve_loop
 from .tokenizer import Prompt, Tokenizer
 
 METHODS = ("greedy", "stochastic")
@@ -73,9 +73,10 @@ class _Row:
 class ArgsGenerator:
     """ARGS decoding over an exported bundle (see args-export). Torch-free: numpy, ONNX Runtime, tokenizers."""
 
-    def __init__(self, bundle: Path, manifest: Manifest, lm: LanguageModel, rm: RewardModel, tokenizer: Tokenizer, backend: str) -> None:
+    def __init__(self, bundle: Path, manifest: Manifest, lm: LanguageModel, rm: RewardModel, tokenizer: Tokenizer, backend: str,
+                 loop: str | None = None) -> None:
         self.bundle, self.manifest, self.lm, self.rm, self.tokenizer, self.backend = bundle, manifest, lm, rm, tokenizer, backend
-        self.loop = LOOP_IMPL  # "cpp" | "python": which stepper does the per-step bookkeeping
+        self.loop = resolve_loop(loop)  # "cpp" | "python": which stepper does the per-step bookkeeping
 
     @classmethod
     def from_bundle(
@@ -91,14 +92,11 @@ class ArgsGenerator:
         loop: str | None = None,
     ) -> "ArgsGenerator":
         """Open a bundle. `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL, i.e. "cpp" when built)."""
-        loop = resolve_loop(loop)
         bundle = Path(path)
         manifest = load_manifest(bundle, verify_checksums=verify_checksums)
         lm = LanguageModel(open_backend(backend, bundle / manifest.lm.file, lm_device or device, threads), manifest.lm)
         rm = RewardModel(open_backend(backend, bundle / manifest.rm.file, rm_device or device, threads), manifest.rm)
-        gen = cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend)
-        gen.loop = loop
-        return gen
+        return cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend, loop)
 
     # ------------------------------------------------------------------ public API
 
