@@ -248,7 +248,8 @@ def peak_rss_mib() -> float:
         line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
         return round(int(line.split()[1]) / 1024, 1)
     except (OSError, StopIteration):
-        
+        import resource
+
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

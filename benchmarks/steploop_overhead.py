@@ -7,16 +7,14 @@ Two host figures per loop, in µs per step:
   * non-backend: a whole generation's time minus the time inside the backends' run calls, per step
     (the stepper plus the rest of the per-step Python: feeds, cache swap, row bookkeeping).
 
-    python benchmarks/steploop_overhead.py [--k 10] [--new-tokens 64] [--batch 1 4] [--repeats 3]
+    python -m args_benchmarks.steploop_overhead [--k 10] [--new-tokens 64] [--batch 1 4] [--repeats 3]
 
-Prints a table and writes benchmarks/results/<hostname>/steploop_overhead.json."""
+Prints a table and writes benchmarks/results/<machine>/steploop_overhead.json."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,13 +25,10 @@ from args_export.demo import cache_dir, prepare_bundle
 from args_runtime import ArgsGenerator
 from args_runtime.stepper import LOOPS, StepConfig, make_stepper
 
+from .latency import RESULTS, machine
+
 PROMPTS = [[{"role": "user", "content": "Give me one tip for a calm morning."}], [{"role": "user", "content": "Name a planet."}],
            [{"role": "user", "content": "Write a haiku about tea, please, with a seasonal word."}], [{"role": "user", "content": "Hi!"}]]
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
 
 
 class TimedBackend:
@@ -94,7 +89,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
     args = p.parse_args()
 
     bundle = prepare_bundle(cache_dir())
@@ -127,7 +122,7 @@ def main() -> None:
               f"{r['non_backend_us_per_step_python']:10.1f} {r['non_backend_us_per_step_cpp']:10.1f} | "
               f"{r['ms_per_token_python']:7.2f} {r['ms_per_token_cpp']:7.2f} | {r['identical_tokens']}")
     result = {"machine": machine(), "k": args.k, "new_tokens": args.new_tokens, "repeats": args.repeats, "rows": rows}
-    out = args.out / platform.node().split(".")[0]
+    out = args.out or RESULTS / result["machine"]["label"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "steploop_overhead.json").write_text(json.dumps(result, indent=2))
     print(f"written {out / 'steploop_overhead.json'}")
