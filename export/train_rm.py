@@ -164,9 +164,12 @@ def train_frozen(model, family, train_rows, held_rows, opts: TrainOptions):
 
     @torch.no_grad()
     def features(rows):
-        out = [last_token_hidden(backbone, rows[i : i + opts.batch_size], pad)
-               for i in tqdm(range(0, len(rows), opts.batch_size), desc="backbone features", unit="batch", leave=False)]
-        return torch.cat(out) if out else torch.zeros(0, head.in_features)
+        """Each distinct sequence once (pairs share replies), in length order (little padding)."""
+        unique = sorted({tuple(r) for r in rows}, key=len)
+        out = [last_token_hidden(backbone, [list(r) for r in unique[i : i + opts.batch_size]], pad)
+               for i in tqdm(range(0, len(unique), opts.batch_size), desc="backbone features", unit="batch")]
+        table = dict(zip(unique, torch.cat(out))) if out else {}
+        return torch.stack([table[tuple(r)] for r in rows]) if rows else torch.zeros(0, head.in_features)
 
     feats = features([r for pair in train_rows for r in pair])
     held = features([r for pair in held_rows for r in pair])
