@@ -8,7 +8,8 @@ ms/token. Writes a table (stdout), JSON, CSV and a PNG (w against reward, divers
 Decoding runs with ignore_eos and the replies are cut after their first EOS, as the paper's code does, so
 every row of a batch decodes the same number of steps and ms/token (res.timings' decode_ms_per_token, one
 batched step of --batch prompts) is the same kind of figure for every method; for best-of-n it is n times the
-sampling runs' figure. Metrics are defined in args_export.quality."""
+sampling runs' figure (sampled through the ARGS loop with w=0, so the RM runs needlessly there: an LM-only
+sampler would cost about n × greedy's figure). Metrics are defined in args_export.quality."""
 
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="4 prompts × 16 tokens, best-of-2 (a smoke test for CI)")
-    p.add_argument("--prompts", type=int, help="number of held-out prompts (default: all 48; quick: 4)")
-    p.add_argument("--new-tokens", type=int, help="tokens per reply (default 48; quick: 16)")
+    p.add_argument("--prompts", type=int, help="number of held-out prompts (default 32 of the 48; quick: 4)")
+    p.add_argument("--new-tokens", type=int, help="tokens per reply (default 40; quick: 16)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--best-of", type=int, help="n of best-of-n (default 4; quick: 2)")
     p.add_argument("--batch", type=int, default=8, help="prompts decoded together")
@@ -122,8 +123,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results" / socket.gethostname() / "quality")
     args = p.parse_args()
-    args.new_tokens = args.new_tokens or (16 if args.quick else 48)
-    n_prompts = args.prompts or (4 if args.quick else None)
+    args.new_tokens = args.new_tokens or (16 if args.quick else 40)
+    n_prompts = args.prompts or (4 if args.quick else 32)
     n_best = args.best_of or (2 if args.quick else 4)
 
     torch.set_num_threads(1)
