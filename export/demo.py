@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="args-demo", description=__doc__)
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="user message (the chat template is applied)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--w", type=float, default=1.5, help="reward weight (the paper's setting is 1.5)")
+    p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5: this RM spans several units per token, and from w=1 ARGS games it with gibberish; the paper used 1.5 with its RM)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--rebuild", action="store_true", help="re-export the cached bundle")
     args = p.parse_args(argv)
