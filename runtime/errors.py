@@ -25,3 +25,7 @@ class TokenizerMismatchError(ExportError):
 
 class GenerationError(ArgsError, ValueError):
     """A generate() argument is out of range for the call or for the bundle."""
+
+
+class TrainingError(ArgsError, ValueError):
+    """Reward-model training cannot start: bad or empty preference data, a bad option, or an existing output."""

@@ -1,0 +1,170 @@
+"""The paper's quality comparison on our engines: greedy, ARGS-greedy over w, ARGS-stochastic and best-of-n,
+on the held-out ("eval") prompts of export/data/sentiment_prompts.jsonl, with the demo bundle (SmolLM2-135M-
+Instruct + the positive-sentiment RM). Per method: average RM reward, diversity, coherence, VADER sentiment,
+ms/token. Writes a table (stdout), JSON, CSV and a PNG (w against reward, diversity, coherence).
+
+    python benchmarks/quality/run.py [--quick] [--out DIR] [--prompts N] [--new-tokens N]
+
+Decoding runs with ignore_eos and the replies are cut after their first EOS, as the paper's code does, so
+every row of a batch decodes the same number of steps and ms/token (res.timings' decode_ms_per_token, one
+batched step of --batch prompts) is the same kind of figure for every method; for best-of-n it is n times the
+sampling runs' figure (sampled through the ARGS loop with w=0, so the RM runs needlessly there: an LM-only
+sampler would cost about n × greedy's figure). Metrics are defined in args_export.quality."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from args_export.demo import cache_dir, demo_paths, prepare_bundle
+from args_export.quality import RewardScorer, SentenceEmbedder, cut_at_eos, diversity
+from args_export.sentiment_data import load_prompts, vader
+from args_runtime import ArgsGenerator
+
+WS = (0.5, 1.0, 2.0, 4.0)
+
+
+def methods(k: int, n_best: int) -> list[dict]:
+    """name, how to decode, and the w it is plotted at (None: not on the w axis)."""
+    rows = [{"name": "greedy", "kind": "greedy", "w": 0.0}]
+    rows += [{"name": f"ARGS-greedy w={w:g}", "kind": "args", "k": k, "w": w, "method": "greedy"} for w in WS]
+    rows.append({"name": "ARGS-stochastic w=2 T=0.7", "kind": "args", "k": k, "w": 2.0, "method": "stochastic", "temperature": 0.7})
+    rows.append({"name": f"best-of-{n_best} (LM top-{k} T=0.7)", "kind": "best", "k": k, "n": n_best, "w": None})
+    return rows
+
+
+def decode(gen: ArgsGenerator, m: dict, chats: list, new_tokens: int, seed: int):
+    """Results for a batch of chats, and the ms/token of one decoding pass."""
+    if m["kind"] == "greedy":
+        res = gen.greedy(chats, max_new_tokens=new_tokens, ignore_eos=True)
+    else:
+        res = gen.generate(chats, k=m["k"], w=m["w"], method=m["method"], temperature=m.get("temperature", 0.7),
+                           seed=seed, max_new_tokens=new_tokens, ignore_eos=True)
+    return res, statistics.mean(r.timings["decode_ms_per_token"] for r in res)
+
+
+def run_method(gen, scorer, m: dict, prompts: list[str], args) -> tuple[list[list[int]], float]:
+    """Token ids of one reply per prompt, and ms/token."""
+    eos = set(gen.manifest.tokenizer.eos_token_ids)
+    replies, ms = [], []
+    for i in range(0, len(prompts), args.batch):
+        chats = [[{"role": "user", "content": p}] for p in prompts[i : i + args.batch]]
+        ids = [gen.tokenizer.encode(c) for c in chats]
+        if m["kind"] != "best":
+            res, t = decode(gen, m, chats, args.new_tokens, args.seed + i)
+            replies += [cut_at_eos(r.token_ids, eos) for r in res]
+            ms.append(t)
+            continue
+        sample = {**m, "kind": "args", "w": 0.0, "method": "stochastic", "temperature": 0.7}
+        cands, t_total = [], 0.0
+        for j in range(m["n"]):
+            res, t = decode(gen, sample, chats, args.new_tokens, args.seed + 1000 * (j + 1) + i)
+            cands.append([cut_at_eos(r.token_ids, eos) for r in res])
+            t_total += t
+        scores = [scorer.rewards(ids, c) for c in cands]
+        replies += [cands[max(range(m["n"]), key=lambda j: scores[j][row])][row] for row in range(len(chats))]
+        ms.append(t_total)
+    return replies, statistics.mean(ms)
+
+
+def evaluate(gen, scorer, embedder, analyzer, prompts, replies_ids) -> dict:
+    texts = [gen.tokenizer.decode(r).strip() for r in replies_ids]
+    prompt_ids = [gen.tokenizer.encode([{"role": "user", "content": p}]) for p in prompts]
+    rewards = scorer.rewards(prompt_ids, replies_ids)
+    return {
+        "reward": statistics.mean(rewards),
+        "diversity": statistics.mean(diversity(t) for t in texts),
+        "coherence": statistics.mean(embedder.coherence(prompts, texts)),
+        "sentiment": statistics.mean(analyzer.polarity_scores(t)["compound"] for t in texts),
+        "samples": [{"prompt": p, "reply": t} for p, t in zip(prompts[:3], texts[:3])],
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    on_axis = [r for r in rows if r["w"] is not None and r["method"] != "ARGS-stochastic w=2 T=0.7"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, label in zip(axes, ("reward", "diversity", "coherence"), ("average reward (RM)", "diversity", "coherence")):
+        ax.plot([r["w"] for r in on_axis], [r[key] for r in on_axis], "o-", label="ARGS-greedy (w=0: greedy)")
+        for r, marker in zip([r for r in rows if r not in on_axis], ("s", "^")):
+            ax.axhline(r[key], ls="--", lw=1, color="C1" if marker == "s" else "C2", label=r["method"])
+        ax.set_xlabel("w")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M-Instruct + sentiment RM, k=10: quality against the reward weight w", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="4 prompts × 16 tokens, best-of-2 (a smoke test for CI)")
+    p.add_argument("--prompts", type=int, help="number of held-out prompts (default 32 of the 48; quick: 4)")
+    p.add_argument("--new-tokens", type=int, help="tokens per reply (default 40; quick: 16)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--best-of", type=int, help="n of best-of-n (default 4; quick: 2)")
+    p.add_argument("--batch", type=int, default=8, help="prompts decoded together")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results" / socket.gethostname() / "quality")
+    args = p.parse_args()
+    args.new_tokens = args.new_tokens or (16 if args.quick else 40)
+    n_prompts = args.prompts or (4 if args.quick else 32)
+    n_best = args.best_of or (2 if args.quick else 4)
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    bundle = prepare_bundle(cache_dir())
+    _, rm_dir, _ = demo_paths(cache_dir())
+    gen = ArgsGenerator.from_bundle(bundle, threads=args.threads)
+    scorer = RewardScorer(rm_dir, set(gen.manifest.tokenizer.eos_token_ids))
+    embedder, analyzer = SentenceEmbedder(), vader()
+    prompts = load_prompts("eval")[:n_prompts]
+    gen.generate([[{"role": "user", "content": prompts[0]}]], k=args.k, w=1.0, max_new_tokens=2)  # warm-up
+
+    rows = []
+    for m in methods(args.k, n_best):
+        replies, ms = run_method(gen, scorer, m, prompts, args)
+        row = {"method": m["name"], "w": m["w"], **evaluate(gen, scorer, embedder, analyzer, prompts, replies), "ms_per_token": ms}
+        rows.append(row)
+        print(f"{row['method']:<32} reward {row['reward']:+.3f}  diversity {row['diversity']:.3f}  coherence {row['coherence']:.3f}  "
+              f"sentiment {row['sentiment']:+.3f}  {ms:.1f} ms/token", file=sys.stderr)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    meta = {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "bundle": str(bundle), "prompts": len(prompts),
+            "new_tokens": args.new_tokens, "k": args.k, "best_of": n_best, "batch": args.batch, "seed": args.seed,
+            "quick": args.quick, "wall_s": round(time.perf_counter() - start, 1)}
+    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    keys = ["method", "w", "reward", "diversity", "coherence", "sentiment", "ms_per_token"]
+    with open(args.out / "quality.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.out / "quality.png")
+
+    print(f"| method | average reward | diversity | coherence | VADER sentiment | ms/token |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['reward']:+.3f} | {r['diversity']:.3f} | {r['coherence']:.3f} | {r['sentiment']:+.3f} | {r['ms_per_token']:.1f} |")
+    print(f"\n{len(prompts)} held-out prompts × {args.new_tokens} tokens, batch {args.batch}, {cpu} ({os.cpu_count()} cores), "
+          f"{meta['wall_s']:.0f} s; wrote {args.out}/quality.{{json,csv,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
