@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
-import socket
 import statistics
 import sys
 import time
@@ -121,7 +118,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=8, help="prompts decoded together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results" / socket.gethostname() / "quality")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>/quality)")
     args = p.parse_args()
     args.new_tokens = args.new_tokens or (16 if args.quick else 40)
     n_prompts = args.prompts or (4 if args.quick else 32)
@@ -145,9 +142,12 @@ def main() -> int:
         print(f"{row['method']:<32} reward {row['reward']:+.3f}  diversity {row['diversity']:.3f}  coherence {row['coherence']:.3f}  "
               f"sentiment {row['sentiment']:+.3f}  {ms:.1f} ms/token", file=sys.stderr)
 
+    from args_benchmarks.latency import RESULTS, machine
+
+    info = machine()
+    args.out = args.out or RESULTS / info["label"] / "quality"
     args.out.mkdir(parents=True, exist_ok=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    meta = {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "bundle": str(bundle), "prompts": len(prompts),
+    meta = {"machine": info, "bundle": str(bundle), "prompts": len(prompts),
             "new_tokens": args.new_tokens, "k": args.k, "best_of": n_best, "batch": args.batch, "seed": args.seed,
             "quick": args.quick, "wall_s": round(time.perf_counter() - start, 1)}
     (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -158,10 +158,10 @@ def main() -> int:
         writer.writerows(rows)
     plot(rows, args.out / "quality.png")
 
-    print(f"| method | average reward | diversity | coherence | VADER sentiment | ms/token |\n|---|---|---|---|---|---|")
+    print("| method | average reward | diversity | coherence | VADER sentiment | ms/token |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['reward']:+.3f} | {r['diversity']:.3f} | {r['coherence']:.3f} | {r['sentiment']:+.3f} | {r['ms_per_token']:.1f} |")
-    print(f"\n{len(prompts)} held-out prompts × {args.new_tokens} tokens, batch {args.batch}, {cpu} ({os.cpu_count()} cores), "
+    print(f"\n{len(prompts)} held-out prompts × {args.new_tokens} tokens, batch {args.batch}, {info['cpu']} ({info['cores']} cores), "
           f"{meta['wall_s']:.0f} s; wrote {args.out}/quality.{{json,csv,png}}")
     return 0
 
