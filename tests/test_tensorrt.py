@@ -69,3 +69,51 @@ def test_tiny_bundle_ops_supported_by_tensorrt(tiny_pairs, arch):
 def test_smollm2_bundle_ops_supported_by_tensorrt(smollm2_pair):
     reports = check_paths([smollm2_pair.bundle])
     assert all(r.ok for r in reports), "\n".join(r.describe() for r in reports)
+
+
+def test_manifest_engines_round_trip_and_old_bundles_load(tiny_pairs):
+    import json
+
+    from args_runtime.manifest import Manifest, load_manifest
+
+    m = load_manifest(tiny_pairs["llama"].bundle)
+    assert m.engines == {}
+    raw = json.loads(m.to_json())
+    raw.pop("engines")  # a bundle written before the field existed
+    assert Manifest.from_dict(raw).engines == {}
+    m.engines = {"lm": {"file": "lm.engine", "tensorrt_version": "10.8.0", "compute_capability": "sm_90"}}
+    assert Manifest.from_dict(json.loads(m.to_json())).engines == m.engines
+
+
+def test_engine_stamp_mismatch_names_both_and_rebuild():
+    from args_runtime.errors import BundleError
+    from args_runtime.tensorrt_stamp import check_engine_stamp
+
+    stamp = {"file": "lm.engine", "tensorrt_version": "10.8.0", "compute_capability": "sm_90"}
+    check_engine_stamp(stamp, "10.8.0", "sm_90")
+    with pytest.raises(BundleError, match=r"10\.8\.0.*sm_90.*10\.9\.0.*sm_89.*args-export --tensorrt-only b"):
+        check_engine_stamp(stamp, "10.9.0", "sm_89", bundle="b")
+
+
+def test_profiles_cover_prefill_decode_and_candidates():
+    from args_export.tensorrt_build import lm_profiles, rm_profile
+
+    p = lm_profiles(max_batch=4, max_context=1024)
+    assert p["prefill"]["sequence"] == (1, 128, 1024) and p["prefill"]["past"][2] == 1023
+    assert p["decode"]["sequence"] == (1, 1, 1) and p["decode"]["batch"] == (1, 2, 4)
+    for prof in p.values():
+        assert all(lo <= opt <= hi for lo, opt, hi in prof.values())
+    assert rm_profile(4, 1024, 64)["candidates"] == (0, 64, 64)
+
+
+def test_missing_tensorrt_gives_install_hint():
+    from args_export.tensorrt_build import require_tensorrt
+    from args_runtime.errors import ExportError
+
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is importable here")
+    except ImportError:
+        pass
+    with pytest.raises(ExportError, match=r"args-rt\[trt\]"):
+        require_tensorrt()
