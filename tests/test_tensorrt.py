@@ -117,3 +117,17 @@ def test_missing_tensorrt_gives_install_hint():
         pass
     with pytest.raises(ExportError, match=r"args-rt\[trt\]"):
         require_tensorrt()
+
+
+def test_cli_tensorrt_without_tensorrt_fails_cleanly(tmp_path, capsys):
+    from args_export.cli import main as export_main
+
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is importable here")
+    except ImportError:
+        pass
+    out = tmp_path / "bundle"
+    assert export_main(["--lm", str(tmp_path / "lm"), "--rm", str(tmp_path / "rm"), "--out", str(out), "--tensorrt"]) == 2
+    assert "args-rt[trt]" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
