@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, metavar="N", help="longest prompt + generated text the runtime will accept (default: the models' position limit)")
     p.add_argument("--max-k", type=int, default=64, metavar="K", help="largest number of ARGS candidates per step; the LM graph outputs its top-K (default 64)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT and an NVIDIA GPU; "
+                   "fails before writing anything when TensorRT is missing: pip install 'args-rt[trt]'). Engine build not implemented yet")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout when done")
     p.add_argument("--quiet", action="store_true", help="no progress log on stderr")
     return p
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     from .bundle import ExportOptions, export_bundle
 
     try:
+        if args.tensorrt:
+            from .tensorrt_build import require_tensorrt
+
+            require_tensorrt()  # before any file is written
+            raise ArgsError("--tensorrt: the engine build is not implemented yet (see README, TensorRT)")
         manifest = export_bundle(
             ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force), quiet=args.quiet
         )
