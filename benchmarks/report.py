@@ -106,21 +106,16 @@ def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary
         ))
     floor = find("floor")
     if ours and floor:
-        ratio = ours.ms_per_token / floor.ms_per_token
-        targets.append(Target("ARGS step vs the two-model floor (same engine)", "≤ 1.15× the floor",
-                              f"{ours.ms_per_token:.1f} vs {floor.ms_per_token:.1f} ms/token = {ratio:.2f}×", ratio <= 1.15))
+        targets.append(_at_most("ARGS step vs the two-model floor (same engine)", 1.15, ours.ms_per_token, floor.ms_per_token, "ms/token"))
     lengths = sorted({r.new_tokens for r in records if r.kind == "args" and r.sweep == "new_tokens"})
     if len(lengths) >= 2:
         short, long = find("args", "new_tokens", new_tokens=lengths[0]), find("args", "new_tokens", new_tokens=lengths[-1])
-        ratio = long.ms_per_token / short.ms_per_token
-        targets.append(Target(f"flat cost per token ({lengths[-1]} vs {lengths[0]} new tokens)", "≤ 1.2×",
-                              f"{long.ms_per_token:.1f} vs {short.ms_per_token:.1f} ms/token = {ratio:.2f}×", ratio <= 1.2))
+        targets.append(_at_most(f"flat cost per token ({lengths[-1]} vs {lengths[0]} new tokens)", 1.2,
+                                long.ms_per_token, short.ms_per_token, "ms/token"))
     ks = sorted({r.k for r in records if r.kind == "args" and r.sweep == "k"})
     if len(ks) >= 2:
         low, high = find("args", "k", k=ks[0]), find("args", "k", k=ks[-1])
-        ratio = high.rm_cache_bytes / low.rm_cache_bytes
-        targets.append(Target(f"RM cache bytes at k={ks[-1]} vs k={ks[0]}", "≤ 1.05×",
-                              f"{high.rm_cache_bytes} vs {low.rm_cache_bytes} bytes = {ratio:.2f}×", ratio <= 1.05))
+        targets.append(_at_most(f"RM cache bytes at k={ks[-1]} vs k={ks[0]}", 1.05, high.rm_cache_bytes, low.rm_cache_bytes, "bytes"))
     if on_gpu and ours:
         targets.append(Target(f"GPU latency ({model_label}, k={ours.k})", "≤ 12 ms/token on an H100 (7B-shaped LM + RM, fp16)",
                               f"{ours.ms_per_token:.1f} ms/token", ours.ms_per_token <= 12.0 if "7b" in model_label.lower() else None))
@@ -128,6 +123,12 @@ def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary
         targets.append(Target("GPU latency (7B-shaped LM + RM, fp16, k=10)", "≤ 12 ms/token on an H100 and ≥ 5× the reference",
                               "no GPU in this run", None))
     return targets
+
+
+def _at_most(name: str, limit: float, measured: float, baseline: float, unit: str) -> Target:
+    """A target of the form measured / baseline ≤ limit."""
+    ratio = measured / baseline
+    return Target(name, f"≤ {limit}×", f"{measured:,.1f} vs {baseline:,.1f} {unit} = {ratio:.2f}×", ratio <= limit)
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -28,7 +28,7 @@ ROW_KEYS = {"method", "w", "reward", "diversity", "coherence", "sentiment", "ms_
 
 def test_rep_n_by_hand():
     words = "a b a b".split()
-    assert rep_n(words, 2) == pytest.approx(100 * (1 - 2 / 4))  # bigrams ab, ba, ab: 2 unique of 3
+    assert rep_n(words, 2) == pytest.approx(100 * (1 - 2 / 4))  # word pairs ab, ba, ab: 2 unique of 3
     assert rep_n(words, 3) == pytest.approx(100 * (1 - 2 / 3))
     assert rep_n(words, 4) == pytest.approx(100 * (1 - 1 / 2))
 
@@ -36,7 +36,7 @@ def test_rep_n_by_hand():
 def test_diversity_by_hand():
     assert diversity("a b a b") == pytest.approx((2 / 4) * (2 / 3) * (1 / 2))
     assert diversity("one two three four five") == pytest.approx((4 / 5) * (3 / 4) * (2 / 3))
-    assert diversity("") == 0.0  # no n-grams: rep-n = 100, as the paper's formula gives
+    assert diversity("") == 0.0  # no n-gram at all: rep-n = 100, as the paper's formula gives
 
 
 def test_repetition_lowers_diversity():
