@@ -25,8 +25,10 @@ class Backend(ABC):
     device: str
 
     @abstractmethod
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        """Run the graph on `feeds` (numpy arrays or values from earlier runs); return engine-side outputs."""
+    def run(self, feeds: Mapping[str, Any], into: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run the graph on `feeds` (numpy arrays or values from earlier runs); return engine-side outputs.
+        `into` names outputs to write into existing engine-side values (from `empty`) instead of new ones; a value
+        may be both a feed and an `into` target (the static KV cache: past in, present written in place)."""
 
     @abstractmethod
     def to_host(self, value: Any) -> np.ndarray:
@@ -34,7 +36,11 @@ class Backend(ABC):
 
     @abstractmethod
     def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
-        """An engine-side value of `shape` (typically with a zero-length sequence axis)."""
+        """A zero-filled engine-side value of `shape` (a KV-cache buffer, or an empty past)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What runs this graph, for timings and logs."""
+        return {"backend": self.name, "device": self.device}
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -103,10 +109,17 @@ class OrtBackend(Backend):
         return self._ort.OrtValue.ortvalue_from_numpy(array, self.device_type, self.device_id)
 
 
-BACKENDS = {"onnxruntime": OrtBackend}
+def _open_tensorrt(engine_path: str | Path, device: str, threads: int | None = None, stamp: dict | None = None) -> Backend:
+    """`engine_path`: a serialized engine from the bundle's manifest `engines`; `stamp`: its manifest entry."""
+    from .tensorrt_backend import TensorRTBackend  # lazy: tensorrt and cuda-python are optional
+
+    return TensorRTBackend(engine_path, device=device, stamp=stamp)
 
 
-def open_backend(kind: str, graph_path: str | Path, device: str, threads: int | None = None) -> Backend:
+BACKENDS = {"onnxruntime": OrtBackend, "tensorrt": _open_tensorrt}
+
+
+def open_backend(kind: str, graph_path: str | Path, device: str, threads: int | None = None, **options: Any) -> Backend:
     if kind not in BACKENDS:
         raise ValueError(f"backend {kind!r} is not available; choose one of {sorted(BACKENDS)}")
-    return BACKENDS[kind](graph_path, device=device, threads=threads)
+    return BACKENDS[kind](graph_path, device=device, threads=threads, **options)
