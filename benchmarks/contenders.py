@@ -108,7 +108,7 @@ class FloorContender:
         tokens: list[np.ndarray] = []
         clock = []
         start = time.perf_counter()
-        _, top = lm.extend(ids, positions, prefix, 1)
+        top = lm.extend(ids, positions, prefix, 1).ids
         rm.extend_and_score(ids, positions, prefix, no_candidates)
         while True:
             clock.append(time.perf_counter() - start)
@@ -117,7 +117,7 @@ class FloorContender:
                 break
             chosen = top[:, :1]
             _, positions = prefix.next_inputs()
-            _, top = lm.extend(chosen, positions, prefix, 1)
+            top = lm.extend(chosen, positions, prefix, 1).ids
             rm.extend_and_score(chosen, positions, prefix, no_candidates)
         by_row = np.stack(tokens, axis=1).tolist()
         return Run(by_row, clock[0] * 1e3, _diffs_ms(clock), {"lm": lm.cache_bytes(), "rm": rm.cache_bytes()})

@@ -37,9 +37,9 @@ class TimedBackend:
     def __init__(self, inner) -> None:
         self.inner, self.seconds = inner, 0.0
 
-    def run(self, feeds):
+    def run(self, feeds, into=None):
         start = time.perf_counter()
-        out = self.inner.run(feeds)
+        out = self.inner.run(feeds, into)
         self.seconds += time.perf_counter() - start
         return out
 
@@ -50,7 +50,12 @@ class TimedBackend:
 def record(gen: ArgsGenerator, prompts, k: int, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The (logits, candidates, rewards) every step fed to the stepper in a real generation."""
     seen, lm_extend, rm_score = [], gen.lm.extend, gen.rm.extend_and_score
-    gen.lm.extend = lambda *a: seen.append(list(lm_extend(*a))) or tuple(seen[-1])
+    def extend(*a):
+        top = lm_extend(*a)
+        seen.append([top.logits, top.ids])
+        return top
+
+    gen.lm.extend = extend
     gen.rm.extend_and_score = lambda *a: seen[-1].append(rm_score(*a)) or seen[-1][2]
     try:
         gen.generate(prompts, k=k, w=1.5, max_new_tokens=n, ignore_eos=True)

@@ -26,16 +26,24 @@ class StackShape:
     max_positions: int
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) v with q [B,H,S,D], k/v [B,Hkv,T,D] (grouped heads), bias [B,1,S,T].
-    Scores and softmax run in float32, as transformers' eager attention does for half precision."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
-    probs = torch.softmax(scores, dim=-1).to(v.dtype)
-    return torch.matmul(probs, v)
+def attend(q: torch.Tensor, blocks: list[KV], bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v over one or more key/value blocks (the cache, then the RM's candidates),
+    with q [B,H,S,D], each block's k/v [B,Hkv,T_i,D] (grouped heads) and bias [B,1,S,sum T_i]. Query heads are
+    grouped onto their KV head instead of repeating the cache, and scores and softmax run in float32, as
+    transformers' eager attention does for half precision."""
+    b, heads, s, d = q.shape
+    kv_heads = blocks[0][0].shape[1]
+    q = q.reshape(b, kv_heads, heads // kv_heads, s, d).float()  # head h reads KV head h // groups
+    scores = [torch.matmul(q, k.float().transpose(-1, -2).unsqueeze(2)) for k, _ in blocks]  # [B,Hkv,G,S,T_i]
+    scores = (scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)) * scale + bias.unsqueeze(2)
+    probs = torch.softmax(scores, dim=-1)
+    out, start = None, 0
+    for _, v in blocks:
+        part = probs[..., start : start + v.shape[2]] if len(blocks) > 1 else probs
+        start += v.shape[2]
+        term = torch.matmul(part.to(v.dtype), v.unsqueeze(2))
+        out = term if out is None else out + term
+    return out.reshape(b, heads, s, d)
 
 
 def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
@@ -50,13 +58,60 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, s, h * d)
 
 
-def extend_cache(past: KV, k: torch.Tensor, v: torch.Tensor, keep: int | torch.Tensor) -> tuple[KV, KV]:
-    """Append new keys/values to the past; return (keys/values to attend over, the present to keep).
-    Only the first `keep` new entries go into the present: candidate tokens are attended, never cached."""
-    full_k = torch.cat([past[0], k], dim=2)
-    full_v = torch.cat([past[1], v], dim=2)
-    end = past[0].shape[2] + keep
-    return (full_k, full_v), (full_k[:, :, :end], full_v[:, :, :end])
+class ConcatCache:
+    """The growing cache: the past is [B,Hkv,T,D] and the present is past + the new tokens (a copy per step).
+    Candidate tokens (the RM's, after the first `keep` new ones) are attended, never cached."""
+
+    def __init__(self, keep: int | torch.Tensor) -> None:
+        self.keep = keep
+
+    def update(self, past: KV, k: torch.Tensor, v: torch.Tensor) -> tuple[list[KV], KV]:
+        """Return (key/value blocks to attend over, the present to keep)."""
+        full_k = torch.cat([past[0], k], dim=2)
+        full_v = torch.cat([past[1], v], dim=2)
+        end = past[0].shape[2] + self.keep
+        return [(full_k, full_v)], (full_k[:, :, :end], full_v[:, :, :end])
+
+
+class _WriteSlots(torch.autograd.Function):
+    """cache[b, h, slot] = update, exported as one ScatterND. ONNX Runtime's ScatterND skips its input copy when
+    the output is bound to the input's own buffer, so the runtime's fixed cache buffers are written in place."""
+
+    @staticmethod
+    def forward(ctx, cache: torch.Tensor, indices: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        out = cache.clone()
+        out[indices[..., 0], indices[..., 1], indices[..., 2]] = update
+        return out
+
+    @staticmethod
+    def symbolic(g, cache, indices, update):
+        return g.op("ScatterND", cache, indices, update)
+
+
+class StaticCache:
+    """The fixed cache: past and present are the same [B,Hkv,C,D] buffer (C = the bundle's max context), the new
+    tokens are written at `cache_position` (slot indices, shared by all rows), attention spans all C slots under
+    the mask. Fixed shapes and addresses: what CUDA graphs and TensorRT need, and a cost per token that stays flat."""
+
+    def __init__(self, cache_position: torch.Tensor, keep: int | torch.Tensor, with_candidates: bool) -> None:
+        self.cache_position, self.keep, self.with_candidates = cache_position, keep, with_candidates
+
+    def update(self, past: KV, k: torch.Tensor, v: torch.Tensor) -> tuple[list[KV], KV]:
+        batch, kv_heads = k.shape[0], k.shape[1]
+        slots = self.cache_position.shape[0]
+        index = [
+            torch.arange(batch).view(-1, 1, 1).expand(batch, kv_heads, slots),
+            torch.arange(kv_heads).view(1, -1, 1).expand(batch, kv_heads, slots),
+            self.cache_position.view(1, 1, -1).expand(batch, kv_heads, slots),
+        ]
+        indices = torch.stack(index, dim=-1)
+        present = (_WriteSlots.apply(past[0], indices, k[:, :, : self.keep]), _WriteSlots.apply(past[1], indices, v[:, :, : self.keep]))
+        if not self.with_candidates:
+            return [present], present
+        return [present, (k[:, :, self.keep :], v[:, :, self.keep :])], present
+
+
+CacheUpdate = ConcatCache | StaticCache
 
 
 class DecoderStack(nn.Module):
@@ -65,7 +120,7 @@ class DecoderStack(nn.Module):
     shape: StackShape
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor, past: list[KV], keep: int | torch.Tensor
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor, past: list[KV], cache: CacheUpdate
     ) -> tuple[torch.Tensor, list[KV]]:
         raise NotImplementedError
 
@@ -93,7 +148,7 @@ class LlamaStack(DecoderStack):
         self.scale = self.head_dim**-0.5
         self.shape = StackShape(len(self.layers), self.kv_heads, self.head_dim, config.hidden_size, config.max_position_embeddings)
 
-    def forward(self, input_ids, position_ids, bias, past, keep):
+    def forward(self, input_ids, position_ids, bias, past, cache):
         x = self.embed(input_ids)
         cos, sin = self.rotary(x, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -106,9 +161,9 @@ class LlamaStack(DecoderStack):
             v = split_heads(attn.v_proj(h), self.kv_heads, self.head_dim)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            (k_all, v_all), present = extend_cache(layer_past, k, v, keep)
+            blocks, present = cache.update(layer_past, k, v)
             presents.append(present)
-            x = x + attn.o_proj(merge_heads(attend(q, k_all, v_all, bias, self.scale)))
+            x = x + attn.o_proj(merge_heads(attend(q, blocks, bias, self.scale)))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.norm(x), presents
 
@@ -135,7 +190,7 @@ class OptStack(DecoderStack):
         self.head_dim = config.hidden_size // self.heads
         self.shape = StackShape(len(self.layers), self.heads, self.head_dim, config.hidden_size, config.max_position_embeddings)
 
-    def forward(self, input_ids, position_ids, bias, past, keep):
+    def forward(self, input_ids, position_ids, bias, past, cache):
         x = self.embed(input_ids)
         if self.project_in is not None:
             x = self.project_in(x)
@@ -147,9 +202,9 @@ class OptStack(DecoderStack):
             q = split_heads(attn.q_proj(h), self.heads, self.head_dim)
             k = split_heads(attn.k_proj(h), self.heads, self.head_dim)
             v = split_heads(attn.v_proj(h), self.heads, self.head_dim)
-            (k_all, v_all), present = extend_cache(layer_past, k, v, keep)
+            blocks, present = cache.update(layer_past, k, v)
             presents.append(present)
-            x = x + attn.out_proj(merge_heads(attend(q, k_all, v_all, bias, self.head_dim**-0.5)))
+            x = x + attn.out_proj(merge_heads(attend(q, blocks, bias, self.head_dim**-0.5)))
             if not self.pre_norm:
                 x = layer.self_attn_layer_norm(x)
             h = layer.final_layer_norm(x) if self.pre_norm else x
@@ -179,15 +234,15 @@ class Gpt2Stack(DecoderStack):
         self.scale = self.head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
         self.shape = StackShape(len(self.blocks), self.heads, self.head_dim, config.n_embd, config.n_positions)
 
-    def forward(self, input_ids, position_ids, bias, past, keep):
+    def forward(self, input_ids, position_ids, bias, past, cache):
         x = self.wte(input_ids) + self.wpe(position_ids)
         presents = []
         for block, layer_past in zip(self.blocks, past):
             q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.heads * self.head_dim, dim=2)
             q, k, v = (split_heads(t, self.heads, self.head_dim) for t in (q, k, v))
-            (k_all, v_all), present = extend_cache(layer_past, k, v, keep)
+            blocks, present = cache.update(layer_past, k, v)
             presents.append(present)
-            x = x + block.attn.c_proj(merge_heads(attend(q, k_all, v_all, bias, self.scale)))
+            x = x + block.attn.c_proj(merge_heads(attend(q, blocks, bias, self.scale)))
             x = x + block.mlp(block.ln_2(x))
         return self.ln_f(x), presents
 

@@ -24,6 +24,7 @@ from args_runtime.manifest import MANIFEST_FILE, Manifest, TokenizerSpec, sha256
 from . import __version__
 from .architectures import context_limit
 from .loading import DTYPES, backbone_of, check_same_tokenizer, load_config, load_lm, load_rm, load_tokenizer, resolve_source
+from .graphs import CACHE_LAYOUTS
 from .onnx_export import export_lm, export_rm, graph_spec
 from .validate import validate_graphs
 
@@ -40,6 +41,7 @@ class ExportOptions:
     max_context: int | None = None
     max_k: int = 64
     force: bool = False
+    cache: str = "dynamic"  # "static": fixed in-place KV-cache buffers (CUDA graphs, TensorRT, flat cost per token)
 
 
 class StageLog:
@@ -100,6 +102,8 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     out = Path(opts.out).expanduser()
     if opts.dtype not in DTYPES:
         raise ExportError(f"--dtype {opts.dtype!r} is not one of {sorted(DTYPES)}")
+    if opts.cache not in CACHE_LAYOUTS:
+        raise ExportError(f"--cache {opts.cache!r} is not one of {list(CACHE_LAYOUTS)}")
     check_device = _check_device(opts.dtype)
     if out.exists() and not opts.force:
         raise ExportError(f"{out} already exists: pass --force to replace it, or choose another --out")
@@ -120,12 +124,13 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     try:
         dtype = DTYPES[opts.dtype]
         lm_stack, rm_stack = lm_family.stack(backbone_of(lm, lm_family), lm.config), rm_family.stack(backbone_of(rm, rm_family), rm.config)
-        with log.stage("exporting the LM step graph (prefill + decode, in-graph top-k)"):
-            lm_io = export_lm(lm_stack, getattr(lm, lm_family.lm_head_attr), dtype, opts.max_k, vocab, work / "lm.onnx")
-        with log.stage("exporting the RM candidate graph (one cache, k candidates per pass)"):
-            rm_io = export_rm(rm_stack, getattr(rm, rm_family.score_attr), dtype, vocab, work / "rm.onnx")
-        lm_spec = graph_spec("lm.onnx", lm_src.name, lm.config, lm_stack, dtype, vocab, lm_io)
-        rm_spec = graph_spec("rm.onnx", rm_src.name, rm.config, rm_stack, dtype, vocab, rm_io)
+        layout = f"{opts.cache} KV cache" + (f", {max_context} slots" if opts.cache == "static" else "")
+        with log.stage(f"exporting the LM step graph (prefill + decode, in-graph top-k, {layout})"):
+            lm_io = export_lm(lm_stack, getattr(lm, lm_family.lm_head_attr), dtype, opts.max_k, vocab, work / "lm.onnx", opts.cache, max_context)
+        with log.stage(f"exporting the RM candidate graph (one cache, k candidates per pass, {layout})"):
+            rm_io = export_rm(rm_stack, getattr(rm, rm_family.score_attr), dtype, vocab, work / "rm.onnx", opts.cache, max_context)
+        lm_spec = graph_spec("lm.onnx", lm_src.name, lm.config, lm_stack, dtype, vocab, lm_io, opts.cache)
+        rm_spec = graph_spec("rm.onnx", rm_src.name, rm.config, rm_stack, dtype, vocab, rm_io, opts.cache)
         with log.stage("writing the tokenizer"):
             lm_tok.backend_tokenizer.save(str(work / TOKENIZER_FILE))
             template = lm_tok.chat_template if isinstance(lm_tok.chat_template, str) else None
@@ -134,7 +139,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
             eos_ids, pad_id = _special_ids(lm_tok, lm)
             tok_spec = TokenizerSpec(TOKENIZER_FILE, CHAT_TEMPLATE_FILE if template else None, eos_ids, pad_id, lm_tok.bos_token, lm_tok.eos_token)
         with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
-            report = validate_graphs(work, lm_spec, rm_spec, lm, rm, rm_family, k=min(4, opts.max_k), device=check_device)
+            report = validate_graphs(work, lm_spec, rm_spec, lm, rm, rm_family, k=min(4, opts.max_k), max_context=max_context, device=check_device)
             for line in report.lines():
                 log.say("    " + line)
             report.raise_if_failed()

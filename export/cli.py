@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weights and KV-cache precision: fp32 for CPU (default), fp16/bf16 for GPU")
     p.add_argument("--max-context", type=int, metavar="N", help="longest prompt + generated text the runtime will accept (default: the models' position limit)")
     p.add_argument("--max-k", type=int, default=64, metavar="K", help="largest number of ARGS candidates per step; the LM graph outputs its top-K (default 64)")
+    p.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
+                   help="KV-cache layout: 'dynamic' grows the cache by concatenation (fastest for short texts on CPU); 'static' keeps "
+                   "fixed [batch, heads, max-context, head_dim] buffers written in place (fixed shapes and addresses: CUDA graphs, "
+                   "TensorRT, and a cost per token that stays flat as the text grows; attention always spans --max-context)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT and an NVIDIA GPU; "
                    "fails before writing anything when TensorRT is missing: pip install 'args-rt[trt]'). Engine build not implemented yet")
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             require_tensorrt()  # before any file is written
             raise ArgsError("--tensorrt: the engine build is not implemented yet (see README, TensorRT)")
         manifest = export_bundle(
-            ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force), quiet=args.quiet
+            ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache), quiet=args.quiet
         )
     except ArgsError as e:
         print(f"args-export: error: {e}", file=sys.stderr)

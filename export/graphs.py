@@ -1,11 +1,15 @@
 """The two exported graphs. Both take a KV cache of the committed prefix and extend it by S tokens.
 
 - LMStep: prefill (S = prompt) and decode (S = 1) in one graph; returns the last position's logits and
-  their top-`max_k` (values, ids) computed in the graph, plus the extended cache.
+  their top-k (values, ids) computed in the graph (k = the `num_candidates` input, at most `max_k`), plus the
+  extended cache. The top-k ids can be fed to the RM as they are, without leaving the device.
 - RMScorer: extends the RM cache by S tokens (the prompt at prefill, the chosen token afterwards) and in
   the same pass scores K candidate next tokens. All candidates sit at the same position P; each attends
   to the prefix and to itself only (a tree mask), so there is one cache, never K copies. The reward is
   the score head read at each candidate's own position.
+
+Two cache layouts (the manifest's `cache`): "dynamic" caches grow by concatenation ([B,Hkv,T,D] in, T+S out);
+"static" caches are fixed [B,Hkv,C,D] buffers written in place at `cache_position` (see StaticCache).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import KV, DecoderStack
+from .architectures import KV, ConcatCache, DecoderStack, StaticCache
+
+CACHE_LAYOUTS = ("dynamic", "static")
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -44,6 +50,26 @@ def tree_mask(attention_mask: torch.Tensor, num_new: int | torch.Tensor, num_can
     return torch.cat([to_prefix, to_cands.unsqueeze(0).expand(batch, -1, -1)], dim=2)  # [B, S+K, T+K]
 
 
+def slot_mask(attention_mask: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+    """Static layout: queries written at slots `cache_position` [S] see every real slot up to their own, [B,S,C]."""
+    slots = torch.arange(attention_mask.shape[1])
+    causal = slots.unsqueeze(0) <= cache_position.unsqueeze(1)  # [S, C]
+    return causal.unsqueeze(0) & (attention_mask.unsqueeze(1) > 0)
+
+
+def slot_tree_mask(attention_mask: torch.Tensor, cache_position: torch.Tensor, num_candidates: int | torch.Tensor) -> torch.Tensor:
+    """Static layout, RM: new tokens as slot_mask; each candidate sees every real slot (the new tokens included,
+    the runtime marks them) and itself. Keys are [C cache slots, K candidates]: [B, S+K, C+K]."""
+    batch, num_new = attention_mask.shape[0], cache_position.shape[0]
+    new_rows = slot_mask(attention_mask, cache_position)
+    cand_rows = (attention_mask > 0).unsqueeze(1).expand(batch, num_candidates, attention_mask.shape[1])
+    to_prefix = torch.cat([new_rows, cand_rows], dim=1)
+    cand_index = torch.arange(num_candidates)
+    eye = cand_index.unsqueeze(1) == cand_index.unsqueeze(0)
+    to_cands = torch.cat([torch.zeros(num_new, num_candidates, dtype=torch.bool), eye], dim=0)
+    return torch.cat([to_prefix, to_cands.unsqueeze(0).expand(batch, -1, -1)], dim=2)
+
+
 def unflatten_past(flat: tuple[torch.Tensor, ...]) -> list[KV]:
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
@@ -53,34 +79,53 @@ def flatten_presents(presents: list[KV]) -> list[torch.Tensor]:
 
 
 class LMStep(nn.Module):
-    """(input_ids, position_ids, attention_mask, *past) → (logits, topk_values, topk_ids, *present)."""
+    """Dynamic: (input_ids, position_ids, attention_mask, num_candidates, *past) → (logits, topk_values, topk_ids, *present).
+    Static: the same with `cache_position` after `attention_mask`, whose width is then the cache's C slots."""
 
-    def __init__(self, stack: DecoderStack, lm_head: nn.Module, max_k: int) -> None:
+    def __init__(self, stack: DecoderStack, lm_head: nn.Module, max_k: int, cache: str = "dynamic") -> None:
         super().__init__()
-        self.stack, self.lm_head, self.max_k = stack, lm_head, max_k
+        self.stack, self.lm_head, self.max_k, self.static = stack, lm_head, max_k, cache == "static"
 
-    def forward(self, input_ids, position_ids, attention_mask, *past):
+    def forward(self, input_ids, position_ids, attention_mask, *rest):
         num_new = input_ids.shape[1]
-        bias = additive_mask(prefix_mask(attention_mask, num_new))
-        hidden, presents = self.stack(input_ids, position_ids, bias, unflatten_past(past), num_new)
+        if self.static:
+            cache_position, num_candidates, *past = rest
+            bias = additive_mask(slot_mask(attention_mask, cache_position))
+            cache = StaticCache(cache_position, num_new, with_candidates=False)
+        else:
+            num_candidates, *past = rest
+            bias = additive_mask(prefix_mask(attention_mask, num_new))
+            cache = ConcatCache(num_new)
+        hidden, presents = self.stack(input_ids, position_ids, bias, unflatten_past(tuple(past)), cache)
         logits = self.lm_head(hidden[:, -1, :]).float()
-        values, ids = torch.topk(logits, self.max_k, dim=-1)
-        return (logits, values, ids, *flatten_presents(presents))
+        values, ids = torch.topk(logits, self.max_k, dim=-1)  # a constant k (TensorRT wants one); sliced to the asked k
+        k = num_candidates[0]
+        return (logits, values[:, :k], ids[:, :k], *flatten_presents(presents))
 
 
 class RMScorer(nn.Module):
-    """(input_ids, position_ids, attention_mask, candidate_ids, *past) → (rewards, *present)."""
+    """Dynamic: (input_ids, position_ids, attention_mask, candidate_ids, *past) → (rewards, *present).
+    Static: the same with `cache_position` after `attention_mask`, whose width is then the cache's C slots."""
 
-    def __init__(self, stack: DecoderStack, score_head: nn.Module) -> None:
+    def __init__(self, stack: DecoderStack, score_head: nn.Module, cache: str = "dynamic") -> None:
         super().__init__()
-        self.stack, self.score = stack, score_head
+        self.stack, self.score, self.static = stack, score_head, cache == "static"
 
-    def forward(self, input_ids, position_ids, attention_mask, candidate_ids, *past):
+    def forward(self, input_ids, position_ids, attention_mask, *rest):
+        if self.static:
+            cache_position, candidate_ids, *past = rest
+        else:
+            candidate_ids, *past = rest
         num_new, num_cands = input_ids.shape[1], candidate_ids.shape[1]
-        bias = additive_mask(tree_mask(attention_mask, num_new, num_cands))
+        if self.static:
+            bias = additive_mask(slot_tree_mask(attention_mask, cache_position, num_cands))
+            cache = StaticCache(cache_position, num_new, with_candidates=True)
+        else:
+            bias = additive_mask(tree_mask(attention_mask, num_new, num_cands))
+            cache = ConcatCache(num_new)
         cand_positions = (position_ids[:, -1:] + 1).expand(-1, num_cands)
         tokens = torch.cat([input_ids, candidate_ids], dim=1)
         positions = torch.cat([position_ids, cand_positions], dim=1)
-        hidden, presents = self.stack(tokens, positions, bias, unflatten_past(past), num_new)
+        hidden, presents = self.stack(tokens, positions, bias, unflatten_past(tuple(past)), cache)
         rewards = self.score(hidden[:, num_new:, :]).squeeze(-1).float()
         return (rewards, *flatten_presents(presents))

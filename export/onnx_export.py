@@ -23,6 +23,9 @@ def kv_names(num_layers: int, prefix: str) -> list[str]:
     return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
 
 
+CACHE_SLOTS = "cache_slots"  # the static cache's slot axis: traced small, then fixed to the bundle's max context
+
+
 def _kv_dummies(stack: DecoderStack, batch: int, past: int, dtype: torch.dtype) -> list[torch.Tensor]:
     s = stack.shape
     return [torch.zeros(batch, s.num_kv_heads, past, s.head_dim, dtype=dtype) for _ in range(2 * s.num_layers)]
@@ -32,42 +35,45 @@ def _spec_list(names_shapes_dtypes) -> list[TensorSpec]:
     return [TensorSpec(name, list(shape), dtype) for name, shape, dtype in names_shapes_dtypes]
 
 
-def _cache_io(stack: DecoderStack, cache_dtype: str) -> tuple[list, list]:
+def _cache_io(stack: DecoderStack, cache_dtype: str, cache: str) -> tuple[list, list]:
     """past_key_values.{i}.key|value inputs and present.{i}.key|value outputs, [batch, kv_heads, seq, head_dim]."""
     s = stack.shape
+    past_seq, present_seq = (CACHE_SLOTS, CACHE_SLOTS) if cache == "static" else ("past_sequence_length", "total_sequence_length")
 
     def specs(prefix: str, seq: str) -> list:
         return [(n, ["batch_size", s.num_kv_heads, seq, s.head_dim], cache_dtype) for n in kv_names(s.num_layers, prefix)]
 
-    return specs("past_key_values", "past_sequence_length"), specs("present", "total_sequence_length")
+    return specs("past_key_values", past_seq), specs("present", present_seq)
 
 
-def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    past, present = _cache_io(stack, cache_dtype)
+def _step_inputs(cache: str) -> list:
+    """Inputs both graphs share; the static layout's mask spans all cache slots and says where the new tokens go."""
+    mask_width = CACHE_SLOTS if cache == "static" else "total_sequence_length"
     inputs = [
         ("input_ids", ["batch_size", "sequence_length"], "int64"),
         ("position_ids", ["batch_size", "sequence_length"], "int64"),
-        ("attention_mask", ["batch_size", "total_sequence_length"], "int64"),
-        *past,
+        ("attention_mask", ["batch_size", mask_width], "int64"),
     ]
+    if cache == "static":
+        inputs.append(("cache_position", ["sequence_length"], "int64"))
+    return inputs
+
+
+def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
+    past, present = _cache_io(stack, cache_dtype, cache)
+    inputs = [*_step_inputs(cache), ("num_candidates", [1], "int64"), *past]
     outputs = [
         ("logits", ["batch_size", vocab], "float32"),
-        ("topk_values", ["batch_size", max_k], "float32"),
-        ("topk_ids", ["batch_size", max_k], "int64"),
+        ("topk_values", ["batch_size", "num_candidates"], "float32"),
+        ("topk_ids", ["batch_size", "num_candidates"], "int64"),
         *present,
     ]
     return _spec_list(inputs), _spec_list(outputs)
 
 
-def rm_io(stack: DecoderStack, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    past, present = _cache_io(stack, cache_dtype)
-    inputs = [
-        ("input_ids", ["batch_size", "sequence_length"], "int64"),
-        ("position_ids", ["batch_size", "sequence_length"], "int64"),
-        ("attention_mask", ["batch_size", "total_sequence_length"], "int64"),
-        ("candidate_ids", ["batch_size", "num_candidates"], "int64"),
-        *past,
-    ]
+def rm_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
+    past, present = _cache_io(stack, cache_dtype, cache)
+    inputs = [*_step_inputs(cache), ("candidate_ids", ["batch_size", "num_candidates"], "int64"), *past]
     outputs = [("rewards", ["batch_size", "num_candidates"], "float32"), *present]
     return _spec_list(inputs), _spec_list(outputs)
 
@@ -76,8 +82,21 @@ def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
     return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in specs}
 
 
-def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path) -> None:
-    """Trace `module` to `path` (+ `path.data` holding the weights)."""
+def _fix_dims(model: onnx.ModelProto, name: str, value: int) -> None:
+    """Declare every graph input/output axis called `name` as the constant `value`."""
+    for info in [*model.graph.input, *model.graph.output]:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param == name:
+                dim.dim_value = value
+
+
+def _fixed_specs(specs: list[TensorSpec], name: str, value: int) -> list[TensorSpec]:
+    return [TensorSpec(t.name, [value if d == name else d for d in t.shape], t.dtype) for t in specs]
+
+
+def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
+            cache_slots: int | None = None) -> None:
+    """Trace `module` to `path` (+ `path.data` holding the weights); a static cache's slot axis is fixed afterwards."""
     scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
     scratch.mkdir()
     tmp = scratch / "traced.onnx"
@@ -99,6 +118,8 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
             except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
                 raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
         model = onnx.load(str(tmp), load_external_data=True)
+        if cache_slots is not None:
+            _fix_dims(model, CACHE_SLOTS, cache_slots)
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024
         )
@@ -106,34 +127,42 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def export_lm(stack: DecoderStack, lm_head: torch.nn.Module, dtype: torch.dtype, max_k: int, vocab: int, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    inputs, outputs = lm_io(stack, vocab, max_k, ONNX_DTYPE_NAMES[dtype])
-    batch, past, new = 2, 3, 4
-    args = (
-        torch.randint(0, vocab, (batch, new)),
-        torch.arange(past, past + new).repeat(batch, 1),
-        torch.ones(batch, past + new, dtype=torch.int64),
-        *_kv_dummies(stack, batch, past, dtype),
-    )
-    _export(LMStep(stack, lm_head, max_k).eval(), args, inputs, outputs, path)
-    return inputs, outputs
+TRACE_BATCH, TRACE_PAST, TRACE_NEW, TRACE_CANDIDATES, TRACE_SLOTS = 2, 3, 4, 5, 16
 
 
-def export_rm(stack: DecoderStack, score_head: torch.nn.Module, dtype: torch.dtype, vocab: int, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    inputs, outputs = rm_io(stack, ONNX_DTYPE_NAMES[dtype])
-    batch, past, new, cands = 2, 3, 4, 5
-    args = (
-        torch.randint(0, vocab, (batch, new)),
-        torch.arange(past, past + new).repeat(batch, 1),
-        torch.ones(batch, past + new, dtype=torch.int64),
-        torch.randint(0, vocab, (batch, cands)),
-        *_kv_dummies(stack, batch, past, dtype),
-    )
-    _export(RMScorer(stack, score_head).eval(), args, inputs, outputs, path)
-    return inputs, outputs
+def _step_dummies(stack: DecoderStack, dtype: torch.dtype, vocab: int, cache: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Trace inputs (ids, positions, mask[, cache_position]) and the past, for either cache layout."""
+    batch, past, new = TRACE_BATCH, TRACE_PAST, TRACE_NEW
+    ids = torch.randint(0, vocab, (batch, new))
+    positions = torch.arange(past, past + new).repeat(batch, 1)
+    if cache == "static":
+        mask = torch.zeros(batch, TRACE_SLOTS, dtype=torch.int64)
+        mask[:, : past + new] = 1
+        return [ids, positions, mask, torch.arange(past, past + new)], _kv_dummies(stack, batch, TRACE_SLOTS, dtype)
+    return [ids, positions, torch.ones(batch, past + new, dtype=torch.int64)], _kv_dummies(stack, batch, past, dtype)
 
 
-def graph_spec(file: str, source: str, hf_config, stack: DecoderStack, dtype: torch.dtype, vocab: int, io) -> GraphSpec:
+def export_lm(stack: DecoderStack, lm_head: torch.nn.Module, dtype: torch.dtype, max_k: int, vocab: int, path: Path,
+              cache: str = "dynamic", max_context: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs, outputs = lm_io(stack, vocab, max_k, ONNX_DTYPE_NAMES[dtype], cache)
+    step, past = _step_dummies(stack, dtype, vocab, cache)
+    args = (*step, torch.tensor([min(3, max_k)]), *past)
+    slots = max_context if cache == "static" else None
+    _export(LMStep(stack, lm_head, max_k, cache).eval(), args, inputs, outputs, path, slots)
+    return (_fixed_specs(inputs, CACHE_SLOTS, slots), _fixed_specs(outputs, CACHE_SLOTS, slots)) if slots else (inputs, outputs)
+
+
+def export_rm(stack: DecoderStack, score_head: torch.nn.Module, dtype: torch.dtype, vocab: int, path: Path,
+              cache: str = "dynamic", max_context: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs, outputs = rm_io(stack, ONNX_DTYPE_NAMES[dtype], cache)
+    step, past = _step_dummies(stack, dtype, vocab, cache)
+    args = (*step, torch.randint(0, vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
+    slots = max_context if cache == "static" else None
+    _export(RMScorer(stack, score_head, cache).eval(), args, inputs, outputs, path, slots)
+    return (_fixed_specs(inputs, CACHE_SLOTS, slots), _fixed_specs(outputs, CACHE_SLOTS, slots)) if slots else (inputs, outputs)
+
+
+def graph_spec(file: str, source: str, hf_config, stack: DecoderStack, dtype: torch.dtype, vocab: int, io, cache: str = "dynamic") -> GraphSpec:
     s = stack.shape
     return GraphSpec(
         file=file,
@@ -146,5 +175,6 @@ def graph_spec(file: str, source: str, hf_config, stack: DecoderStack, dtype: to
         vocab_size=vocab,
         inputs=io[0],
         outputs=io[1],
+        cache=cache,
         hf_config=hf_config.to_diff_dict() if hasattr(hf_config, "to_diff_dict") else {},
     )

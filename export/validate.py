@@ -57,12 +57,12 @@ class ValidationReport:
 
 
 @torch.no_grad()
-def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf, rm_hf, rm_family: Family, k: int, steps: int = 3, seed: int = 0, device: str = "cpu"
-) -> ValidationReport:
+def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf, rm_hf, rm_family: Family, k: int, max_context: int,
+                    steps: int = 3, seed: int = 0, device: str = "cpu") -> ValidationReport:
     """Prefill + `steps` decode steps on a batch of two random prompts; compare logits and k rewards each step."""
     report = ValidationReport()
-    lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec)
-    rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec)
+    lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, max_context)
+    rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec, max_context)
     gen = torch.Generator().manual_seed(seed)
     prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
     prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)
@@ -70,8 +70,9 @@ def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf,
     rm.reset(2)
     sequence, hf_cache, hf_feed = prompts, None, prompts
     for step in range(steps + 1):
-        values, candidates = lm.extend(ids, positions, prefix, k)
-        rewards = rm.extend_and_score(ids, positions, prefix, candidates)
+        top = lm.extend(ids, positions, prefix, k)
+        values, candidates = top.logits, top.ids
+        rewards = rm.extend_and_score(ids, positions, prefix, top)
         out = lm_hf(input_ids=hf_feed, past_key_values=hf_cache, use_cache=True)
         hf_cache, ref_logits = out.past_key_values, out.logits[:, -1, :].float()
         report.add(f"lm top-{k} logits, step {step}", values, np.take_along_axis(ref_logits.numpy(), candidates, axis=1), lm_spec.dtype)

@@ -51,12 +51,23 @@ def parse_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
+ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
 class OrtBackend(Backend):
-    """ONNX Runtime with IO binding: outputs are bound to the device, so caches never leave it."""
+    """ONNX Runtime with IO binding: outputs are bound to the device, so caches never leave it.
+
+    On CUDA, `cuda_graph=True` asks ORT to capture each 1-token decode step as a CUDA graph (replayed on later
+    steps with the same shapes). That needs fixed input/output addresses, so host inputs are then copied into
+    device buffers kept per shape, and outputs go to buffers kept likewise; it needs the static cache layout,
+    and ORT refuses it when any node falls back to the CPU (`describe()["cuda_graph"]` says which happened).
+    `provider="tensorrt"` runs ORT's TensorRT execution provider (CUDA and CPU as fallbacks), with its engines
+    and timing cache kept in `trt_cache_dir` (default: a `trt-ep-cache` folder beside the graph)."""
 
     name = "onnxruntime"
 
-    def __init__(self, graph_path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, graph_path: str | Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False,
+                 provider: str = "cuda", trt_cache_dir: str | Path | None = None) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -69,44 +80,130 @@ class OrtBackend(Backend):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
-        if self.device_type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BundleError(
-                    f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime has only "
-                    f"{ort.get_available_providers()}: `pip install 'args-rt[gpu]'` or use device='cpu'"
-                )
-            providers = [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
+        providers = self._providers(Path(graph_path), provider, cuda_graph, trt_cache_dir)
+        self.cuda_graph = "off"
         try:
-            self.session = ort.InferenceSession(str(graph_path), options, providers=providers)
+            self.session = self._open(graph_path, options, providers)
+            self.cuda_graph = "on" if cuda_graph and self.device_type == "cuda" else "off"
+        except BundleError as e:
+            if not (cuda_graph and self.device_type == "cuda"):
+                raise
+            # ORT refuses CUDA graphs when some node runs on the CPU: say so and run without them.
+            self.cuda_graph = f"refused by ONNX Runtime: {str(e.__cause__ or e).splitlines()[0]}"
+            self.session = self._open(graph_path, options, self._providers(Path(graph_path), provider, False, trt_cache_dir))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._graph_ids: dict[tuple, int] = {}  # decode-step shapes → CUDA graph annotation id (1, 2, …)
+        self._buffers: dict[tuple, Any] = {}  # (name, shape, dtype) → device value at a fixed address
+
+    def _providers(self, graph_path: Path, provider: str, cuda_graph: bool, trt_cache_dir: str | Path | None) -> list:
+        if self.device_type == "cpu":
+            return ["CPUExecutionProvider"]
+        available = self._ort.get_available_providers()
+        needed = ORT_PROVIDERS.get(provider)
+        if needed is None:
+            raise ValueError(f"provider {provider!r} is not one of {sorted(ORT_PROVIDERS)}")
+        if needed not in available:
+            extra = "onnxruntime-gpu built with TensorRT, and TensorRT's libraries" if provider == "tensorrt" else "onnxruntime-gpu"
+            raise BundleError(
+                f"device {self.device!r} with provider {provider!r} needs {needed}, which this onnxruntime lacks (it has {available}): "
+                f"install {extra} (`pip install 'args-rt[gpu]'`), or use device='cpu'"
+            )
+        cuda = ("CUDAExecutionProvider", {"device_id": self.device_id, **({"enable_cuda_graph": "1"} if cuda_graph else {})})
+        if provider != "tensorrt":
+            return [cuda, "CPUExecutionProvider"]
+        cache = Path(trt_cache_dir) if trt_cache_dir else graph_path.parent / "trt-ep-cache"
+        trt = {"device_id": self.device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+               "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache), "trt_fp16_enable": True,
+               **({"trt_cuda_graph_enable": True} if cuda_graph else {})}
+        return [("TensorrtExecutionProvider", trt), cuda, "CPUExecutionProvider"]
+
+    def _open(self, graph_path: str | Path, options, providers: list):
+        try:
+            return self._ort.InferenceSession(str(graph_path), options, providers=providers)
         except Exception as e:  # ORT raises its own types for bad protobuf / missing data
             raise BundleError(f"ONNX Runtime cannot load {graph_path}: {str(e).splitlines()[0]}; re-export the bundle with --force") from e
-        self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, feeds: Mapping[str, Any], into: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        into = into or {}
+        captured = self.cuda_graph == "on"
         binding = self.session.io_binding()
         for name, value in feeds.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, value)
-            else:
+            if not isinstance(value, np.ndarray):
                 binding.bind_ortvalue_input(name, value)
+            elif captured:
+                binding.bind_ortvalue_input(name, self._staged(name, value))
+            else:
+                binding.bind_cpu_input(name, value)
         for name in self.output_names:
-            binding.bind_output(name, self.device_type, self.device_id)
-        self.session.run_with_iobinding(binding)
+            if name in into:
+                binding.bind_ortvalue_output(name, into[name])
+            elif captured:
+                binding.bind_ortvalue_output(name, self._buffer(name, self._output_shape(name, feeds), self._output_dtype(name)))
+            else:
+                binding.bind_output(name, self.device_type, self.device_id)
+        self.session.run_with_iobinding(binding, self._run_options(feeds) if captured else None)
         return dict(zip(self.output_names, binding.get_outputs()))
+
+    # ------------------------------------------------------------------ CUDA graphs: fixed addresses, one graph per decode shape
+
+    def _run_options(self, feeds: Mapping[str, Any]):
+        """Capture/replay 1-token steps (fixed shapes, one graph per shape); prefill lengths vary, so never capture them."""
+        options = self._ort.RunOptions()
+        key = tuple((n, _shape(v)) for n, v in feeds.items()) + (("k", int(np.asarray(feeds.get("num_candidates", [0]))[0])),)
+        decode = _shape(feeds["input_ids"])[1] == 1
+        graph_id = self._graph_ids.setdefault(key, len(self._graph_ids) + 1) if decode else -1
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return options
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> Any:
+        key = (name, shape, np.dtype(dtype).str)
+        if key not in self._buffers:
+            self._buffers[key] = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device_type, self.device_id)
+        return self._buffers[key]
+
+    def _staged(self, name: str, array: np.ndarray) -> Any:
+        """The host array copied into this input's device buffer for its shape (same address every step)."""
+        value = self._buffer(name, array.shape, array.dtype)
+        value.update_inplace(np.ascontiguousarray(array))
+        return value
+
+    def _output_shape(self, name: str, feeds: Mapping[str, Any]) -> tuple[int, ...]:
+        """An output's shape from its declared dims, the feeds' shapes and the asked k (num_candidates)."""
+        dims: dict[str, int] = {}
+        for meta in self.session.get_inputs():
+            if meta.name in feeds:
+                dims.update({d: n for d, n in zip(meta.shape, _shape(feeds[meta.name])) if isinstance(d, str)})
+        if "num_candidates" in feeds:
+            dims["num_candidates"] = int(np.asarray(feeds["num_candidates"])[0])
+        meta = next(o for o in self.session.get_outputs() if o.name == name)
+        return tuple(d if isinstance(d, int) else dims[d] for d in meta.shape)
+
+    def _output_dtype(self, name: str):
+        meta = next(o for o in self.session.get_outputs() if o.name == name)
+        return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}[meta.type]
+
+    # ------------------------------------------------------------------
 
     def to_host(self, value: Any) -> np.ndarray:
         return value if isinstance(value, np.ndarray) else value.numpy()
 
     def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
         if dtype == "bfloat16":  # numpy has no bfloat16: same-width uint16 bits, typed as ONNX element type 16
-            # A host value; ORT moves it to the session's device on binding (it is empty: nothing to copy).
-            return self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, np.uint16), 16)
-        array = np.zeros(shape, dtype=NUMPY_DTYPES[dtype])
-        if self.device_type == "cpu":
-            return array
-        return self._ort.OrtValue.ortvalue_from_numpy(array, self.device_type, self.device_id)
+            zeros = self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, np.uint16), 16)
+            if self.device_type == "cpu" or not np.prod(shape):
+                return zeros  # empty, or on the host: ORT moves it to the session's device on binding (nothing to copy)
+            value = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), 16, self.device_type, self.device_id)
+            value.update_inplace(np.zeros(shape, np.uint16))
+            return value
+        # Zero-filled: a static cache's unused slots are masked, but must hold finite numbers (0 · NaN = NaN).
+        return self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=NUMPY_DTYPES[dtype]), self.device_type, self.device_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.device, "providers": self.session.get_providers(), "cuda_graph": self.cuda_graph}
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, np.ndarray) else tuple(value.shape())
 
 
 def _open_tensorrt(engine_path: str | Path, device: str, threads: int | None = None, stamp: dict | None = None) -> Backend:
@@ -116,7 +213,12 @@ def _open_tensorrt(engine_path: str | Path, device: str, threads: int | None = N
     return TensorRTBackend(engine_path, device=device, stamp=stamp)
 
 
-BACKENDS = {"onnxruntime": OrtBackend, "tensorrt": _open_tensorrt}
+def _open_ort_tensorrt(graph_path: str | Path, device: str, threads: int | None = None, **options: Any) -> Backend:
+    """ONNX Runtime's TensorRT execution provider: TensorRT engines built (and cached) by ORT from the ONNX graph."""
+    return OrtBackend(graph_path, device, threads, provider="tensorrt", **options)
+
+
+BACKENDS = {"onnxruntime": OrtBackend, "onnxruntime-trt": _open_ort_tensorrt, "tensorrt": _open_tensorrt}
 
 
 def open_backend(kind: str, graph_path: str | Path, device: str, threads: int | None = None, **options: Any) -> Backend:

@@ -25,13 +25,13 @@ def args_decode(lm: LanguageModel, rm: RewardModel, stepper: Stepper, k: int) ->
     ids, positions = stepper.prompt_ids, stepper.prompt_positions
     lm.reset(len(ids))
     rm.reset(len(ids))
-    logits, candidates = lm.extend(ids, positions, stepper, k)  # LM top-k
-    rewards = rm.extend_and_score(ids, positions, stepper, candidates)  # RM reward of each prefix + candidate
+    top = lm.extend(ids, positions, stepper, k)  # LM top-k
+    rewards = rm.extend_and_score(ids, positions, stepper, top)  # RM reward of each prefix + candidate
     while True:
-        step = stepper.step(logits, candidates, rewards)  # score = logit + w·reward, choose, next inputs
+        step = stepper.step(top.logits, top.ids, rewards)  # score = logit + w·reward, choose, next inputs
         yield step
-        logits, candidates = lm.extend(step.next_ids, step.positions, stepper, k)
-        rewards = rm.extend_and_score(step.next_ids, step.positions, stepper, candidates)
+        top = lm.extend(step.next_ids, step.positions, stepper, k)
+        rewards = rm.extend_and_score(step.next_ids, step.positions, stepper, top)
 
 
 def greedy_decode(lm: LanguageModel, stepper: Stepper) -> Iterator[Step]:
@@ -39,8 +39,8 @@ def greedy_decode(lm: LanguageModel, stepper: Stepper) -> Iterator[Step]:
     ids, positions = stepper.prompt_ids, stepper.prompt_positions
     lm.reset(len(ids))
     no_rewards = np.zeros((len(ids), 1), np.float32)
-    logits, candidates = lm.extend(ids, positions, stepper, 1)
+    top = lm.extend(ids, positions, stepper, 1)
     while True:
-        step = stepper.step(logits, candidates, no_rewards)
+        step = stepper.step(top.logits, top.ids, no_rewards)
         yield step
-        logits, candidates = lm.extend(step.next_ids, step.positions, stepper, 1)
+        top = lm.extend(step.next_ids, step.positions, stepper, 1)

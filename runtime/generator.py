@@ -13,7 +13,7 @@ import numpy as np
 
 from .backend import open_backend
 from .decode import args_decode, greedy_decode
-from .errors import GenerationError
+from .errors import BundleError, GenerationError
 from .manifest import Manifest, load_manifest
 from .models import LanguageModel, RewardModel
 from .stepper import EOS, LIMIT, Step, StepConfig, make_stepper, resolve_loop
@@ -90,12 +90,26 @@ class ArgsGenerator:
         threads: int | None = None,
         verify_checksums: bool = True,
         loop: str | None = None,
+        cuda_graph: bool = False,
     ) -> "ArgsGenerator":
-        """Open a bundle. `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL, i.e. "cpp" when built)."""
+        """Open a bundle. `backend`: "onnxruntime" (CPU or CUDA by device), "onnxruntime-trt" (ORT's TensorRT provider)
+        or "tensorrt" (the bundle's TensorRT engines). `cuda_graph`: capture decode steps as CUDA graphs (ORT on CUDA,
+        static-cache bundles). `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL, i.e. "cpp" when built)."""
         bundle = Path(path)
         manifest = load_manifest(bundle, verify_checksums=verify_checksums)
-        lm = LanguageModel(open_backend(backend, bundle / manifest.lm.file, lm_device or device, threads), manifest.lm)
-        rm = RewardModel(open_backend(backend, bundle / manifest.rm.file, rm_device or device, threads), manifest.rm)
+        if cuda_graph and manifest.lm.cache != "static":
+            raise BundleError(f"cuda_graph=True needs fixed shapes, i.e. a static-cache bundle: re-export {bundle} with `args-export ... --cache static`")
+        graphs = {}
+        for role, spec, graph_device in (("lm", manifest.lm, lm_device or device), ("rm", manifest.rm, rm_device or device)):
+            if backend == "tensorrt":
+                stamp = manifest.engines.get(role)
+                if not stamp:
+                    raise BundleError(f"{bundle} has no TensorRT engine for the {role.upper()}: build them with `args-export --tensorrt-only {bundle}`")
+                graphs[role] = open_backend(backend, bundle / stamp["file"], graph_device, threads, stamp=stamp)
+            else:
+                graphs[role] = open_backend(backend, bundle / spec.file, graph_device, threads, **({"cuda_graph": True} if cuda_graph else {}))
+        lm = LanguageModel(graphs["lm"], manifest.lm, manifest.max_context)
+        rm = RewardModel(graphs["rm"], manifest.rm, manifest.max_context)
         return cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend, loop)
 
     # ------------------------------------------------------------------ public API
@@ -240,6 +254,8 @@ class ArgsGenerator:
             "backend": self.backend,
             "lm_device": self.lm.backend.device,
             "rm_device": self.rm.backend.device,
+            "cache": self.manifest.lm.cache,
+            "engines": {"lm": self.lm.backend.describe(), "rm": self.rm.backend.describe()},
         }
         return GenerationResult(row.ids, text, row.logits, row.rewards, row.finish_reason or "length", row.prompt_len, timings)
 

@@ -11,7 +11,7 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the LM graph takes num_candidates (top-k sliced in the graph); graphs record their cache layout
 MANIFEST_FILE = "manifest.json"
 
 
@@ -38,6 +38,7 @@ class GraphSpec:
     vocab_size: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    cache: str = "dynamic"  # "dynamic": the cache grows by concatenation; "static": fixed [B, Hkv, max_context, D] buffers written in place
     hf_config: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod

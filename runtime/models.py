@@ -45,24 +45,59 @@ class PrefixState:
         return self.attention_mask, positions
 
 
-class CachedGraph:
-    """One graph plus the KV cache of the prefix it has seen: every run feeds the past and keeps the present."""
+@dataclass
+class TopK:
+    """The LM's k proposals per row: logits and ids on the host (for the choice), and the ids as the engine
+    holds them, so the RM can take them without a host round trip."""
 
-    def __init__(self, backend: Backend, spec: GraphSpec) -> None:
-        self.backend, self.spec = backend, spec
+    logits: np.ndarray  # [B, k] float32
+    ids: np.ndarray  # [B, k] int64
+    engine_ids: object
+    device: str
+
+
+class CachedGraph:
+    """One graph plus the KV cache of the prefix it has seen: every run feeds the past and keeps the present.
+
+    Dynamic layout: the present (past + new tokens) becomes the next past. Static layout: one fixed buffer per
+    cache tensor, [B, Hkv, max_context, D], allocated once per batch size and fed as the past while the graph
+    writes the new tokens into it in place (the backend's `into`); the mask spans all slots and `cache_position`
+    says where the new tokens go."""
+
+    def __init__(self, backend: Backend, spec: GraphSpec, max_context: int) -> None:
+        self.backend, self.spec, self.max_context = backend, spec, max_context
+        self.static = spec.cache == "static"
         self.past_names = [t.name for t in spec.inputs if t.name.startswith("past_key_values.")]
         self.present_names = [t.name for t in spec.outputs if t.name.startswith("present.")]
         self.past: dict[str, object] = {}
+        self.into: dict[str, object] | None = None
+        self._slot_mask = np.zeros((0, max_context), np.int64)
 
     def reset(self, batch: int) -> None:
-        shape = (batch, self.spec.num_kv_heads, 0, self.spec.head_dim)
-        empty = self.backend.empty(shape, self.spec.dtype)
-        self.past = {name: empty for name in self.past_names}
+        if not self.static:
+            empty = self.backend.empty((batch, self.spec.num_kv_heads, 0, self.spec.head_dim), self.spec.dtype)
+            self.past = {name: empty for name in self.past_names}
+            return
+        if len(self._slot_mask) != batch:  # stale slots from an earlier call are masked out, never read
+            shape = (batch, self.spec.num_kv_heads, self.max_context, self.spec.head_dim)
+            self.past = {name: self.backend.empty(shape, self.spec.dtype) for name in self.past_names}
+            self.into = dict(zip(self.present_names, self.past.values()))
+        self._slot_mask = np.zeros((batch, self.max_context), np.int64)
 
-    def run(self, feeds: dict[str, np.ndarray], host_outputs: tuple[str, ...]) -> list[np.ndarray]:
-        outputs = self.backend.run({**feeds, **self.past})
-        self.past = {past: outputs[present] for past, present in zip(self.past_names, self.present_names)}
-        return [self.backend.to_host(outputs[name]) for name in host_outputs]
+    def prefix_feeds(self, prefix: Masked, num_new: int) -> dict[str, np.ndarray]:
+        """The mask (and, static, the slots of the `num_new` newest tokens) for a run over the prefix."""
+        mask = prefix.attention_mask
+        if not self.static:
+            return {"attention_mask": mask}
+        width = mask.shape[1]
+        self._slot_mask[:, :width] = mask
+        return {"attention_mask": self._slot_mask, "cache_position": np.arange(width - num_new, width, dtype=np.int64)}
+
+    def run(self, feeds: dict[str, object]) -> dict[str, object]:
+        outputs = self.backend.run({**feeds, **self.past}, into=self.into)
+        if not self.static:
+            self.past = {past: outputs[present] for past, present in zip(self.past_names, self.present_names)}
+        return outputs
 
     def cache_bytes(self) -> int:
         """Bytes held by this model's KV cache now."""
@@ -76,16 +111,19 @@ class CachedGraph:
 class LanguageModel(CachedGraph):
     """Extends its cache by some tokens; proposes the top-k next tokens of each row."""
 
-    def extend(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, k: int) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": prefix.attention_mask}
-        values, topk_ids = self.run(feeds, ("topk_values", "topk_ids"))
-        return np.ascontiguousarray(values[:, :k]), np.ascontiguousarray(topk_ids[:, :k])
+    def extend(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, k: int) -> TopK:
+        feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]),
+                 "num_candidates": np.array([k], np.int64)}
+        out = self.run(feeds)
+        to_host = self.backend.to_host
+        return TopK(to_host(out["topk_values"]), to_host(out["topk_ids"]), out["topk_ids"], self.backend.device)
 
 
 class RewardModel(CachedGraph):
     """Extends its cache by some tokens and, in the same pass, scores candidate next tokens against it."""
 
-    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, candidates: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": prefix.attention_mask, "candidate_ids": candidates}
-        (rewards,) = self.run(feeds, ("rewards",))
-        return rewards
+    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, candidates: TopK | np.ndarray) -> np.ndarray:
+        if isinstance(candidates, TopK):  # the LM's ids stay on the device when both models share it
+            candidates = candidates.engine_ids if candidates.device == self.backend.device else candidates.ids
+        feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]), "candidate_ids": candidates}
+        return self.backend.to_host(self.run(feeds)["rewards"])

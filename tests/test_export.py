@@ -45,7 +45,7 @@ def test_candidate_rewards_equal_full_sequence_rewards(tiny_pairs, arch):
     also for a padded batch and after the cache has been extended."""
     pair = tiny_pairs[arch]
     manifest = load_manifest(pair.bundle)
-    rm = RewardModel(OrtBackend(pair.bundle / "rm.onnx"), manifest.rm)
+    rm = RewardModel(OrtBackend(pair.bundle / "rm.onnx"), manifest.rm, manifest.max_context)
     prompts = [[5, 17, 300, 2, 41, 9, 12], [88, 2, 7]]  # token 2 is pad == eos: it must not move the reading point
     prefix, ids, positions = PrefixState.for_prompts(prompts, pad_id=2)
     rm.reset(2)

@@ -88,8 +88,9 @@ def test_stochastic_frequencies_follow_softmax_of_scores(generators):
     prefix, batch_ids, positions = PrefixState.for_prompts([ids], gen.manifest.tokenizer.pad_token_id)
     gen.lm.reset(1)
     gen.rm.reset(1)
-    logits, candidates = gen.lm.extend(batch_ids, positions, prefix, k)
-    rewards = gen.rm.extend_and_score(batch_ids, positions, prefix, candidates)
+    top = gen.lm.extend(batch_ids, positions, prefix, k)
+    logits, candidates = top.logits, top.ids
+    rewards = gen.rm.extend_and_score(batch_ids, positions, prefix, top)
     expected = softmax(args_scores(logits, rewards, w)[0].astype(np.float64) / temperature)
     results = gen.generate([ids] * n, k=k, w=w, max_new_tokens=1, method="stochastic", temperature=temperature, seed=11)
     first = np.array([r.token_ids[0] for r in results])
