@@ -29,21 +29,26 @@ class StackShape:
 def attend(q: torch.Tensor, blocks: list[KV], bias: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over one or more key/value blocks (the cache, then the RM's candidates),
     with q [B,H,S,D], each block's k/v [B,Hkv,T_i,D] (grouped heads) and bias [B,1,S,sum T_i]. Query heads are
-    grouped onto their KV head instead of repeating the cache, and scores and softmax run in float32, as
-    transformers' eager attention does for half precision."""
+    grouped onto their KV head instead of repeating the cache, and the cache is never cast or copied: the
+    products run in the model's dtype, the scores and softmax in float32, as transformers' eager attention does."""
     b, heads, s, d = q.shape
     kv_heads = blocks[0][0].shape[1]
-    q = q.reshape(b, kv_heads, heads // kv_heads, s, d).float()  # head h reads KV head h // groups
-    scores = [torch.matmul(q, k.float().transpose(-1, -2).unsqueeze(2)) for k, _ in blocks]  # [B,Hkv,G,S,T_i]
+    q = q.reshape(b, kv_heads, heads // kv_heads, s, d)  # head h reads KV head h // groups
+    scores = [_float(torch.matmul(q, k.unsqueeze(2).transpose(-1, -2))) for k, _ in blocks]  # [B,Hkv,G,S,T_i]
     scores = (scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)) * scale + bias.unsqueeze(2)
     probs = torch.softmax(scores, dim=-1)
     out, start = None, 0
     for _, v in blocks:
         part = probs[..., start : start + v.shape[2]] if len(blocks) > 1 else probs
         start += v.shape[2]
-        term = torch.matmul(part.to(v.dtype), v.unsqueeze(2))
+        term = torch.matmul(part if v.dtype == torch.float32 else part.to(v.dtype), v.unsqueeze(2))
         out = term if out is None else out + term
     return out.reshape(b, heads, s, d)
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """x as float32, without a (traced) Cast when it already is: a Cast on the cache would copy it every step."""
+    return x if x.dtype == torch.float32 else x.float()
 
 
 def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:

@@ -97,6 +97,8 @@ class OrtBackend(Backend):
 
     def _providers(self, graph_path: Path, provider: str, cuda_graph: bool, trt_cache_dir: str | Path | None) -> list:
         if self.device_type == "cpu":
+            if provider == "tensorrt":
+                raise BundleError(f"ONNX Runtime's TensorRT provider needs device='cuda' (got {self.device!r}); use backend='onnxruntime' on the CPU")
             return ["CPUExecutionProvider"]
         available = self._ort.get_available_providers()
         needed = ORT_PROVIDERS.get(provider)

@@ -33,8 +33,8 @@ def test_bundle_is_complete_and_validated(tiny_pairs, arch):
     checks = manifest.validation["checks"]
     assert len(checks) == 8 and all(c["ok"] for c in checks.values())
     lm_inputs = [t.name for t in manifest.lm.inputs]
-    assert lm_inputs[:3] == ["input_ids", "position_ids", "attention_mask"]
-    assert lm_inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert lm_inputs[:4] == ["input_ids", "position_ids", "attention_mask", "num_candidates"]
+    assert lm_inputs[4:6] == ["past_key_values.0.key", "past_key_values.0.value"]
     assert [t.name for t in manifest.lm.outputs][:3] == ["logits", "topk_values", "topk_ids"]
     assert [t.name for t in manifest.rm.outputs][0] == "rewards"
 

@@ -1,0 +1,165 @@
+"""The static KV-cache layout: fixed buffers written in place, tokens identical to the growing cache and to the
+reference, cost independent of the text length; and the LM's top-k ids handed to the RM without a host copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from args_export.bundle import ExportOptions, export_bundle
+from args_export.reference import ReferenceARGS
+from args_runtime import ArgsGenerator, BundleError
+from args_runtime.manifest import load_manifest
+
+from .conftest import ARCHS, CHAT_PROMPTS, TEXT_PROMPTS
+
+CONTEXT = 256
+
+
+@pytest.fixture(scope="module")
+def static_bundles(tiny_pairs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("static")
+    bundles = {}
+    for name, pair in tiny_pairs.items():
+        bundles[name] = folder / f"{name}-static"
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, bundles[name], max_k=48, max_context=CONTEXT, cache="static"), quiet=True)
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def static_generators(static_bundles):
+    return {name: ArgsGenerator.from_bundle(bundle) for name, bundle in static_bundles.items()}
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+@pytest.mark.parametrize("graph", ["lm.onnx", "rm.onnx"])
+def test_every_present_is_written_in_place_into_its_past(static_bundles, tmp_path, graph):
+    """present.i.* comes straight out of a ScatterND over past_key_values.i.* (so ORT skips the copy when both are
+    bound to one buffer), also after ONNX Runtime's graph optimizations; and the slot axis is fixed to max context."""
+    path = static_bundles["llama"] / graph
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for model in (onnx.load(str(path), load_external_data=False), onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)):
+        producers = _producers(model)
+        presents = [o.name for o in model.graph.output if o.name.startswith("present.")]
+        assert len(presents) == 4
+        for name in presents:
+            node = producers[name]
+            assert node.op_type == "ScatterND" and node.input[0] == name.replace("present.", "past_key_values."), (name, node.op_type)
+        dims = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output if o.name in presents]
+        assert all(d[2] == CONTEXT for d in dims)
+
+
+def test_manifest_records_the_layout(static_bundles, tiny_pairs):
+    static, dynamic = load_manifest(static_bundles["llama"]), load_manifest(tiny_pairs["llama"].bundle)
+    assert (static.lm.cache, static.rm.cache, dynamic.lm.cache) == ("static", "static", "dynamic")
+    past = next(t for t in static.rm.inputs if t.name == "past_key_values.0.key")
+    assert past.shape == ["batch_size", 2, CONTEXT, 16]
+    assert [t.shape for t in static.lm.inputs if t.name in ("attention_mask", "cache_position")] == [["batch_size", CONTEXT], ["sequence_length"]]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_static_tokens_equal_dynamic_tokens(tiny_pairs, static_generators, arch):
+    """The growing-cache runtime is checked token for token against the reference (test_runtime); the static one
+    must choose exactly its tokens, logits and rewards included, over k, w, chat and text prompts."""
+    static, dynamic = static_generators[arch], ArgsGenerator.from_bundle(tiny_pairs[arch].bundle)
+    for prompt in (CHAT_PROMPTS[1], TEXT_PROMPTS[0]):
+        for k, w in ((1, 0.0), (5, 0.5), (10, 1.0), (40, 3.0)):
+            a = static.generate(prompt, k=k, w=w, max_new_tokens=48, ignore_eos=True)
+            b = dynamic.generate(prompt, k=k, w=w, max_new_tokens=48, ignore_eos=True)
+            assert a.token_ids == b.token_ids, (arch, k, w)
+            np.testing.assert_allclose(a.rewards, b.rewards, atol=1e-4)
+            np.testing.assert_allclose(a.chosen_logits, b.chosen_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt-350m-style", "gpt2"])
+def test_static_tokens_equal_reference(tiny_pairs, static_generators, arch):
+    pair, gen = tiny_pairs[arch], static_generators[arch]
+    ids = gen.tokenizer.encode(CHAT_PROMPTS[0])
+    ours = gen.generate(ids, k=10, w=1.5, max_new_tokens=64, ignore_eos=True).token_ids
+    assert ours == ReferenceARGS(pair.lm, pair.rm, pair.rm_family).generate(ids, 10, 1.5, 64)
+
+
+def test_static_batch_and_sampling_equal_dynamic(tiny_pairs, static_generators):
+    static, dynamic = static_generators["llama"], ArgsGenerator.from_bundle(tiny_pairs["llama"].bundle)
+    prompts = [TEXT_PROMPTS[1], "Hi", CHAT_PROMPTS[0]]
+    kw = dict(k=10, w=1.0, max_new_tokens=32, ignore_eos=True)
+    assert [r.token_ids for r in static.generate(prompts, **kw)] == [r.token_ids for r in dynamic.generate(prompts, **kw)]
+    kw.update(method="stochastic", seed=5)
+    assert static.generate(prompts[0], **kw).token_ids == dynamic.generate(prompts[0], **kw).token_ids
+
+
+def test_generation_fills_the_context_exactly(static_generators):
+    """Up to the last slot: a prompt of n tokens gets max_context - n new tokens, then finish_reason 'context'."""
+    gen = static_generators["qwen2"]
+    ids = list(range(100, 100 + CONTEXT - 20))
+    res = gen.generate(ids, k=4, w=1.0, max_new_tokens=1000, ignore_eos=True)
+    assert len(res.token_ids) == 20 and res.finish_reason == "context"
+
+
+def test_buffers_are_allocated_once_and_written_in_place(static_bundles):
+    gen = ArgsGenerator.from_bundle(static_bundles["llama"])
+    gen.generate("Hello there", k=5, w=1.0, max_new_tokens=2, ignore_eos=True)
+    lm_past = dict(gen.lm.past)
+    addresses = {name: value.data_ptr() for name, value in lm_past.items()}
+    size = gen.lm.cache_bytes()
+    prompt = gen.tokenizer.encode("Once upon a time")
+    gen.generate(prompt, k=5, w=1.0, max_new_tokens=30, ignore_eos=True)
+    assert {name: value.data_ptr() for name, value in gen.lm.past.items()} == addresses  # same buffers, same batch
+    assert gen.lm.cache_bytes() == size == 2 * 2 * CONTEXT * 16 * 4 * 2  # layers · (k, v) · slots · head_dim · fp32 · kv heads
+    keys = gen.lm.past["past_key_values.0.key"].numpy()
+    written = len(prompt) + 30 - 1  # the last token is chosen, never fed back
+    assert np.abs(keys[0, :, :written]).sum(axis=(0, 2)).min() > 0  # every fed token's slot was written in place
+    assert not np.any(keys[0, :, written:])  # slots past the text were never touched (the first call's text was shorter)
+
+
+def test_lm_topk_ids_go_to_the_rm_as_engine_values(static_bundles):
+    """Same device: the RM is fed the LM's own output value, not a host array; different devices: host ids."""
+    seen = []
+
+    def recording(backend):
+        run = backend.run
+
+        def wrapped(feeds, into=None):
+            seen.append(type(feeds.get("candidate_ids")))
+            return run(feeds, into)
+
+        backend.run = wrapped
+
+    shared = ArgsGenerator.from_bundle(static_bundles["llama"])
+    recording(shared.rm.backend)
+    shared.generate("Hi", k=5, w=1.0, max_new_tokens=3)
+    assert seen and all(t is ort.OrtValue for t in seen)
+    seen.clear()
+    split = ArgsGenerator.from_bundle(static_bundles["llama"], lm_device="cpu", rm_device="cpu:0")
+    recording(split.rm.backend)
+    split.generate("Hi", k=5, w=1.0, max_new_tokens=3)
+    assert seen and all(t is np.ndarray for t in seen)
+
+
+def test_cuda_graphs_need_a_static_bundle(tiny_pairs, static_bundles):
+    with pytest.raises(BundleError, match="--cache static"):
+        ArgsGenerator.from_bundle(tiny_pairs["llama"].bundle, cuda_graph=True)
+    gen = ArgsGenerator.from_bundle(static_bundles["llama"], cuda_graph=True)  # on CPU: nothing to capture, says so
+    assert gen.generate("Hi", k=3, w=1.0, max_new_tokens=2).timings["engines"]["lm"]["cuda_graph"] == "off"
+
+
+def test_ort_tensorrt_provider_on_cpu_fails_clearly(static_bundles):
+    with pytest.raises(BundleError, match="needs device='cuda'"):
+        ArgsGenerator.from_bundle(static_bundles["llama"], backend="onnxruntime-trt", device="cpu")
+
+
+def test_export_rejects_unknown_cache_layout(tiny_pairs, tmp_path):
+    from args_runtime.errors import ExportError
+
+    pair = tiny_pairs["llama"]
+    with pytest.raises(ExportError, match="--cache 'paged' is not one of"):
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "b", cache="paged"), quiet=True)
+    assert not list(tmp_path.iterdir())
