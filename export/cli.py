@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = None
         if args.tensorrt or args.tensorrt_only:
-            from .tensorrt_build import require_tensorrt
+            from .tensorrt_build import require_build_stack
 
-            require_tensorrt()  # before any file is written
+            require_build_stack()  # TensorRT, cuda-python, a GPU: before any file is written
         if not args.tensorrt_only:
             from .bundle import ExportOptions, export_bundle
 

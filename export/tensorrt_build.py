@@ -36,6 +36,21 @@ def require_tensorrt():
     return trt
 
 
+def require_build_stack():
+    """TensorRT, cuda-python and a visible GPU, or one ExportError naming what is missing (checked before any write)."""
+    trt = require_tensorrt()
+    from args_runtime.errors import ArgsError  # noqa: PLC0415
+    from args_runtime.tensorrt_backend import cuda_call, import_cudart  # noqa: PLC0415
+
+    try:
+        count = cuda_call(import_cudart().cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except ArgsError as e:  # cuda-python missing, or CUDA cannot start (no driver)
+        raise ExportError(f"building TensorRT engines needs cuda-python and a CUDA GPU ({e}); {INSTALL_HINT}") from e
+    if not count:
+        raise ExportError(f"building TensorRT engines needs an NVIDIA GPU; CUDA sees none here. {INSTALL_HINT}")
+    return trt
+
+
 # --- optimization profiles: pure functions of the graph's input specs and the manifest's limits -------------
 
 
@@ -189,15 +204,25 @@ def device_compute_capability(device_id: int = 0) -> str:
     return compute_capability(device_id)
 
 
+def _load_for_rebuild(bundle: Path):
+    """The manifest, after checking every file but the engines (an interrupted earlier build may have left new ones)."""
+    manifest = load_manifest(bundle, verify_checksums=False)
+    for name, digest in manifest.files.items():
+        path = bundle / name
+        if name not in ENGINE_FILES.values() and (not path.is_file() or sha256_file(path) != digest):
+            raise ExportError(f"bundle file {path} is missing or corrupt (sha256 differs from the manifest); re-export the bundle with --force")
+    return manifest
+
+
 def build_engines(bundle_dir: str | Path, precision: str = "fp16", max_batch: int = 8, timing_cache: str | Path | None = None,
                   workspace_gib: float = 4.0, quiet: bool = False) -> dict[str, Any]:
     """Build lm.engine and rm.engine for a bundle and record them in its manifest; return manifest.engines.
     Both engines are built in memory first; files change only after both builds succeeded."""
     if precision not in PRECISIONS:
         raise ExportError(f"TensorRT precision {precision!r} is not one of {list(PRECISIONS)}")
-    trt = require_tensorrt()
+    trt = require_build_stack()
     bundle = Path(bundle_dir)
-    manifest = load_manifest(bundle)  # refuses a missing or corrupt bundle before any build
+    manifest = _load_for_rebuild(bundle)
     opts = BuildOptions(precision, max_batch, Path(timing_cache) if timing_cache else None, workspace_gib, quiet)
     log = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     capability = device_compute_capability(0)
