@@ -129,7 +129,10 @@ def _parse(trt, network, logger, onnx_path: Path):
 
 def _add_profiles(builder, config, network, profiles: list[Profile]) -> None:
     shape_inputs = {network.get_input(i).name for i in range(network.num_inputs) if network.get_input(i).is_shape_tensor}
+    parsed = {network.get_input(i).name for i in range(network.num_inputs)}
     for p in profiles:
+        if parsed != set(p.shapes) | set(p.values):
+            raise ExportError(f"the parsed network's inputs {sorted(parsed)} differ from the manifest's {sorted(set(p.shapes) | set(p.values))}")
         declared = set(p.values)
         if declared != shape_inputs:
             raise ExportError(f"profile {p.name}: the parsed network's shape-tensor inputs are {sorted(shape_inputs)}, "
@@ -184,6 +187,7 @@ class BuildOptions:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Temp file beside `path`, fsync, rename: a reader never sees a half-written file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
