@@ -20,14 +20,19 @@ EPILOG = """\
 examples:
   args-export --lm ./llama-7b-sft --rm ./llama-7b-rm --out bundles/llama7b
   args-export --lm SmolLM2.gguf --rm ./smol-rm --out bundles/smol --max-context 2048 --force
+  args-export --lm ./smol --rm ./smol-rm --out bundles/smol --dtype fp16 --tensorrt     # ONNX + TensorRT engines
+  args-export --tensorrt-only bundles/smol --trt-precision fp16 --trt-max-batch 4       # engines for an existing bundle
+
+TensorRT engines (lm.engine, rm.engine) are specific to the GPU architecture and TensorRT version that built them;
+the manifest records both, and the runtime refuses a foreign engine with the command to rebuild it here.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="args-export", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lm", required=True, metavar="PATH", help="language model: a local HF folder (config.json + weights) or a .gguf file")
-    p.add_argument("--rm", required=True, metavar="PATH", help="reward model: a local HF folder of a *ForSequenceClassification with num_labels=1 (or a .gguf)")
-    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write (refused if it exists, unless --force)")
+    p.add_argument("--lm", metavar="PATH", help="language model: a local HF folder (config.json + weights) or a .gguf file")
+    p.add_argument("--rm", metavar="PATH", help="reward model: a local HF folder of a *ForSequenceClassification with num_labels=1 (or a .gguf)")
+    p.add_argument("--out", metavar="DIR", help="bundle folder to write (refused if it exists, unless --force)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weights and KV-cache precision: fp32 for CPU (default), fp16/bf16 for GPU")
     p.add_argument("--max-context", type=int, metavar="N", help="longest prompt + generated text the runtime will accept (default: the models' position limit)")
     p.add_argument("--max-k", type=int, default=64, metavar="K", help="largest number of ARGS candidates per step; the LM graph outputs its top-K (default 64)")
@@ -36,32 +41,72 @@ def build_parser() -> argparse.ArgumentParser:
                    "fixed [batch, heads, max-context, head_dim] buffers written in place (fixed shapes and addresses: CUDA graphs, "
                    "TensorRT, and a cost per token that stays flat as the text grows; attention always spans --max-context)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
-    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT and an NVIDIA GPU; "
-                   "fails before writing anything when TensorRT is missing: pip install 'args-rt[trt]'). Engine build not implemented yet")
+    trt = p.add_argument_group("TensorRT engines (need TensorRT 10, cuda-python and an NVIDIA GPU: pip install 'args-rt[trt]')")
+    trt.add_argument("--tensorrt", action="store_true", help="after the ONNX export, build lm.engine and rm.engine into the bundle "
+                     "(checked before anything is written: fails at once when TensorRT is missing)")
+    trt.add_argument("--tensorrt-only", metavar="BUNDLE", help="only build the engines for an existing bundle (no --lm/--rm/--out); "
+                     "the bundle is left unchanged if the build fails")
+    trt.add_argument("--trt-precision", choices=["fp16", "bf16", "fp32"], default="fp16", help="precision TensorRT may use inside the engines (default fp16)")
+    trt.add_argument("--trt-max-batch", type=int, default=8, metavar="N", help="largest batch the engines accept (default 8); "
+                     "sequence limits come from the bundle's max_context and max_k")
+    trt.add_argument("--trt-timing-cache", metavar="PATH", help="TensorRT timing cache: read if it exists, written after the build (faster rebuilds)")
+    trt.add_argument("--trt-workspace-gib", type=float, default=4.0, metavar="GIB", help="builder workspace memory limit (default 4 GiB)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout when done")
     p.add_argument("--quiet", action="store_true", help="no progress log on stderr")
     return p
 
 
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--tensorrt-only works on an existing bundle; otherwise --lm, --rm and --out are required (exit 2 via p.error)."""
+    given = [f"--{n}" for n in ("lm", "rm", "out") if getattr(args, n)]
+    if args.tensorrt_only:
+        if given or args.tensorrt:
+            p.error(f"--tensorrt-only BUNDLE builds engines for an existing bundle; drop {', '.join(given) or '--tensorrt'}")
+    elif len(given) < 3:
+        p.error(f"the following arguments are required: {', '.join(f'--{n}' for n in ('lm', 'rm', 'out') if not getattr(args, n))} "
+                "(or --tensorrt-only BUNDLE)")
+    if args.trt_max_batch < 1:
+        p.error(f"--trt-max-batch {args.trt_max_batch}: must be at least 1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .bundle import ExportOptions, export_bundle
-
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
     try:
-        if args.tensorrt:
-            from .tensorrt_build import require_tensorrt
+        manifest = None
+        if args.tensorrt or args.tensorrt_only:
+            from .tensorrt_build import require_build_stack
 
-            require_tensorrt()  # before any file is written
-            raise ArgsError("--tensorrt: the engine build is not implemented yet (see README, TensorRT)")
-        manifest = export_bundle(
-            ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache), quiet=args.quiet
-        )
+            require_build_stack()  # TensorRT, cuda-python, a GPU: before any file is written
+        if not args.tensorrt_only:
+            from .bundle import ExportOptions, export_bundle
+
+            manifest = export_bundle(
+                ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache), quiet=args.quiet
+            )
+        if args.tensorrt or args.tensorrt_only:
+            manifest = _build_engines(args.tensorrt_only or args.out, args)
     except ArgsError as e:
         print(f"args-export: error: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    if args.json and manifest is not None:
         print(manifest.to_json())
     return 0
+
+
+def _build_engines(bundle: str, args: argparse.Namespace):
+    from args_runtime.manifest import load_manifest
+
+    from .tensorrt_build import build_engines
+
+    try:
+        build_engines(bundle, args.trt_precision, args.trt_max_batch, args.trt_timing_cache, args.trt_workspace_gib, args.quiet)
+    except ArgsError as e:
+        if args.tensorrt:  # the ONNX bundle itself is complete and usable
+            raise type(e)(f"{e}\n(the ONNX bundle {bundle} was written; retry the engines with: args-export --tensorrt-only {bundle})") from e
+        raise
+    return load_manifest(bundle, verify_checksums=False)
 
 
 if __name__ == "__main__":
