@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .contenders import ArgsContender, Contender, FloorContender, GreedyContender, ReferenceContender, Run
-from .report import Case, Record, judge_targets, print_table, summarise, write_results
+from .report import Case, Record, judge_targets, prefix_agreement, print_table, summarise, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILLER = (
@@ -90,11 +90,19 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__, "ort_providers": onnxruntime.get_available_providers()}
 
 
-def ensure_bundle(args: argparse.Namespace, plan: Plan) -> Path:
-    """The bundle to measure: the one given, or one exported (once, cached) from the LM/RM folders."""
+def ensure_bundles(args: argparse.Namespace, plan: Plan) -> dict[str, Path]:
+    """The bundles to measure, by KV-cache layout: the one given, or one per layout exported (once, cached)."""
     if args.bundle:
-        return Path(args.bundle)
+        from args_runtime.manifest import load_manifest
+
+        return {load_manifest(args.bundle, verify_checksums=False).lm.cache: Path(args.bundle)}
+    return {cache: ensure_bundle(args, plan, cache) for cache in args.caches}
+
+
+def ensure_bundle(args: argparse.Namespace, plan: Plan, cache_layout: str = "dynamic") -> Path:
+    """One bundle exported (once, cached) from the LM/RM folders."""
     from args_export.bundle import ExportOptions, export_bundle
+    from args_runtime.manifest import FORMAT_VERSION
     from args_export.demo import cache_dir, demo_paths, prepare_bundle
 
     cache = cache_dir()
@@ -106,11 +114,12 @@ def ensure_bundle(args: argparse.Namespace, plan: Plan) -> Path:
         prepare_bundle(cache)  # converts SmolLM2 and builds the demo RM once
         args.lm, args.rm = (str(p) for p in demo_paths(cache)[:2])
     max_k = max([plan.k, *plan.ks])
-    key = hashlib.sha1(json.dumps([str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), args.dtype, plan.max_context(), max_k]).encode()).hexdigest()[:12]
-    bundle = cache / f"bench-bundle-{key}"
+    what = [str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), args.dtype, plan.max_context(), max_k, FORMAT_VERSION, cache_layout]
+    bundle = cache / f"bench-bundle-{hashlib.sha1(json.dumps(what).encode()).hexdigest()[:12]}"
     if not (bundle / "manifest.json").is_file():
-        print(f"exporting a benchmark bundle (context {plan.max_context()}, max k {max_k}) to {bundle}", file=sys.stderr)
-        export_bundle(ExportOptions(args.lm, args.rm, bundle, dtype=args.dtype, max_context=plan.max_context(), max_k=max_k, force=True))
+        print(f"exporting a benchmark bundle (context {plan.max_context()}, max k {max_k}, {cache_layout} cache) to {bundle}", file=sys.stderr)
+        export_bundle(ExportOptions(args.lm, args.rm, bundle, dtype=args.dtype, max_context=plan.max_context(), max_k=max_k, force=True,
+                                    cache=cache_layout))
     return bundle
 
 
@@ -129,13 +138,14 @@ def available_loops() -> list[str]:
     return ["python", "cpp"] if stepper._steploop is not None else ["python"]
 
 
-def contender_entries(args: argparse.Namespace, bundle: Path) -> list[Entry]:
+def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> list[Entry]:
     """Constructors, not objects: a memory probe builds only its own contender in a process of its own.
-    ARGS and greedy run once per device and step loop; the floor (no step loop) once per device."""
+    ARGS and greedy run once per device, cache layout and step loop (and with CUDA graphs on a static cache when
+    asked); the floor (no step loop) once per device and layout."""
     from args_runtime import ArgsGenerator
     from args_runtime.manifest import load_manifest
 
-    manifest = load_manifest(bundle, verify_checksums=False)
+    manifest = load_manifest(next(iter(bundles.values())), verify_checksums=False)
     entries: list[Entry] = []
     if not args.no_reference:
         device = "cuda" if any(d.startswith("cuda") for d in args.devices) else "cpu"
@@ -155,16 +165,25 @@ def contender_entries(args: argparse.Namespace, bundle: Path) -> list[Entry]:
 
         entries.append(Entry("reference", f"transformers eager {device}", reference))
 
-    def ours(kind, device: str, loop: str | None, engine: str) -> Callable[[], Contender]:
-        return lambda: kind(ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=loop), engine)
+    def ours(kind, bundle: Path, device: str, loop: str | None, engine: str, graphs: bool = False) -> Callable[[], Contender]:
+        return lambda: kind(ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=loop, cuda_graph=graphs), engine)
 
     for device in args.devices:
-        for loop in args.loops:
-            engine = f"onnxruntime {device}, {loop} loop"
-            entries += [Entry("args", engine, ours(ArgsContender, device, loop, engine)),
-                        Entry("greedy", engine, ours(GreedyContender, device, loop, engine))]
-        entries.append(Entry("floor", f"onnxruntime {device}", ours(FloorContender, device, None, f"onnxruntime {device}")))
+        for layout, bundle in bundles.items():
+            variants = [False] + ([True] if args.cuda_graph and device.startswith("cuda") and layout == "static" else [])
+            for graphs in variants:
+                for loop in args.loops:
+                    engine = engine_label(device, layout, loop, graphs)
+                    entries += [Entry("args", engine, ours(ArgsContender, bundle, device, loop, engine, graphs)),
+                                Entry("greedy", engine, ours(GreedyContender, bundle, device, loop, engine, graphs))]
+            floor = engine_label(device, layout)
+            entries.append(Entry("floor", floor, ours(FloorContender, bundle, device, None, floor)))
     return entries
+
+
+def engine_label(device: str, cache_layout: str, loop: str | None = None, cuda_graph: bool = False) -> str:
+    """'onnxruntime cpu, static cache, cpp loop': a prefix of it names the floor on the same engine."""
+    return f"onnxruntime {device}, {cache_layout} cache" + (", cuda graph" if cuda_graph else "") + (f", {loop} loop" if loop else "")
 
 
 def make_prompts(tokenizer, length: int, batch: int) -> list[list[int]]:
@@ -196,6 +215,7 @@ def measure(contenders: list[Contender], cases: list[tuple[str, Case]], args, to
                 record = summarise(sweep, contenders[i], case, contender_runs, steps=n)
                 if contenders[i].kind == "args" and expected is not None:
                     record.identical_to_reference = all([t[:n] for t in r.tokens] == expected for r in contender_runs)
+                    record.agreement_with_reference = prefix_agreement([t[:n] for t in contender_runs[0].tokens], expected)
                 records.append(record)
     return records
 
@@ -223,8 +243,6 @@ def warm_up(contenders: list[Contender], tokenizer, plan: Plan) -> None:
 def probe_memory(args: argparse.Namespace, index: int, n_contenders: int) -> dict:
     """Peak RSS (and GPU memory) of contender `index` alone, in a fresh process running the headline case once."""
     argv = [sys.executable, "-m", "args_benchmarks.latency", *args.argv, "--probe", str(index)]
-    if args.bundle is None:
-        argv += ["--bundle", str(args.resolved_bundle)]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"memory probe {index + 1}/{n_contenders} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -232,11 +250,12 @@ def probe_memory(args: argparse.Namespace, index: int, n_contenders: int) -> dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_probe(args: argparse.Namespace, plan: Plan, bundle: Path) -> None:
-    contender = contender_entries(args, bundle)[args.probe].make()
+def run_probe(args: argparse.Namespace, plan: Plan, bundles: dict[str, Path]) -> None:
+    contender = contender_entries(args, bundles)[args.probe].make()
     from args_runtime.tokenizer import Tokenizer
     from args_runtime.manifest import load_manifest
 
+    bundle = next(iter(bundles.values()))
     tokenizer = Tokenizer(bundle, load_manifest(bundle, verify_checksums=False).tokenizer)
     contender.run(make_prompts(tokenizer, plan.prompt_tokens, 1), plan.k, args.w, plan.headline_new_tokens)
     print(json.dumps({"peak_rss_mib": peak_rss_mib(), "device_mib": gpu_memory_mib()}))
@@ -290,6 +309,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--new-tokens", type=ints, default=[64, 256, 1024])
     what.add_argument("--batches", type=ints, default=None, help="default 1 on CPU, 1,4,16 on GPU")
     what.add_argument("--devices", default=None, help="comma-separated engines' devices (default: cpu, and cuda when available)")
+    what.add_argument("--caches", default="dynamic,static", help="comma-separated KV-cache layouts to race: dynamic (grows by "
+                      "concatenation), static (fixed in-place buffers spanning the context); one bundle is exported for each")
+    what.add_argument("--cuda-graph", action="store_true", help="on CUDA, also race the static layout with ORT CUDA graphs")
     what.add_argument("--loops", default=None, help="comma-separated step loops for args-rt: python, cpp (default: every one built here)")
     what.add_argument("--repeats", type=int, default=3, help="timed repeats of the headline case (medians are reported)")
     what.add_argument("--sweep-repeats", type=int, default=None, help="timed repeats of each sweep case (default: --repeats)")
@@ -323,26 +345,28 @@ def main(argv: list[str] | None = None) -> int:
         cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         args.devices = args.devices.split(",") if args.devices else (["cpu", "cuda"] if cuda else ["cpu"])
         args.loops = args.loops.split(",") if args.loops else available_loops()[::-1]  # the default loop first
+        args.caches = args.caches.split(",")
         on_gpu = any(d.startswith("cuda") for d in args.devices)
         plan = Plan(args.k, args.prompt_tokens, args.headline_new_tokens, args.sweep_new_tokens, args.k_values,
                     args.prompt_lengths, args.new_tokens, args.batches or ([1, 4, 16] if on_gpu else [1]))
-        bundle = args.resolved_bundle = ensure_bundle(args, plan)
+        bundles = ensure_bundles(args, plan)
         if args.probe is not None:
-            run_probe(args, plan, bundle)
+            run_probe(args, plan, bundles)
             return 0
-        return run_all(args, plan, bundle, on_gpu)
+        return run_all(args, plan, bundles, on_gpu)
     except ArgsError as e:
         print(f"args-bench: error: {e}", file=sys.stderr)
         return 2
 
 
-def run_all(args: argparse.Namespace, plan: Plan, bundle: Path, on_gpu: bool) -> int:
+def run_all(args: argparse.Namespace, plan: Plan, bundles: dict[str, Path], on_gpu: bool) -> int:
     from args_runtime.manifest import load_manifest
     from args_runtime.tokenizer import Tokenizer
 
+    bundle = next(iter(bundles.values()))
     manifest = load_manifest(bundle, verify_checksums=False)
     tokenizer = Tokenizer(bundle, manifest.tokenizer)
-    entries = contender_entries(args, bundle)
+    entries = contender_entries(args, bundles)
     contenders = [entry.make() for entry in entries]
     started = time.time()
     warm_up(contenders, tokenizer, plan)
@@ -355,9 +379,10 @@ def run_all(args: argparse.Namespace, plan: Plan, bundle: Path, on_gpu: bool) ->
                 if r.sweep == "headline" and (r.kind, r.engine) == (entry.kind, entry.engine):
                     r.peak_rss_mib, r.device_mib = probe.get("peak_rss_mib"), probe.get("device_mib")
     model_label = f"{Path(manifest.lm.source).name} + {Path(manifest.rm.source).name}, {manifest.lm.dtype}"
-    targets = judge_targets(records, on_gpu, model_label, primary=f"onnxruntime {args.devices[0]}, {args.loops[0]} loop")
+    targets = [t for layout in bundles for t in judge_targets(records, on_gpu, model_label, engine_label(args.devices[0], layout, args.loops[0]),
+                                                                   label=f"{layout} cache")]
     info = machine()
-    meta = {"machine": info, "bundle": str(bundle), "models": model_label, "w": args.w, "plan": plan.__dict__,
+    meta = {"machine": info, "bundles": {layout: str(b) for layout, b in bundles.items()}, "models": model_label, "w": args.w, "plan": plan.__dict__,
             "repeats": args.repeats, "sweep_repeats": args.sweep_repeats, "devices": args.devices, "loops": args.loops, "wall_s": round(time.time() - started, 1),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print_table(records)

@@ -47,9 +47,21 @@ class Record:
     lm_cache_bytes: int | None
     rm_cache_bytes: int | None
     identical_to_reference: bool | None = None
+    # Share of the reference's tokens chosen before the first difference, averaged over rows (1.0 = identical):
+    # the fp16 figure, where engines and the reference may part ways at a near tie.
+    agreement_with_reference: float | None = None
     peak_rss_mib: float | None = None
     device_mib: float | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def prefix_agreement(ours: list[list[int]], reference: list[list[int]]) -> float:
+    """Mean over rows of (tokens equal to the reference's before the first difference) / (reference length)."""
+    shares = []
+    for mine, theirs in zip(ours, reference):
+        same = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+        shares.append(same / max(1, len(theirs)))
+    return float(np.mean(shares)) if shares else 0.0
 
 
 def summarise(sweep: str, contender, case: Case, runs: list[Run], steps: int | None = None) -> Record:
@@ -82,9 +94,10 @@ class Target:
         return f"[{verdict:>12}] {self.name}: {self.goal}; measured {self.measured}"
 
 
-def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary: str | None = None) -> list[Target]:
+def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary: str | None = None, label: str = "") -> list[Target]:
     """The issue's targets, as met / not met, from this run's records (never asserted in tests). `primary`:
-    the engine whose args-rt records are judged (e.g. "onnxruntime cpu, cpp loop"; default: the first seen)."""
+    the engine whose args-rt records are judged (e.g. "onnxruntime cpu, static cache, cpp loop"; default: the first
+    seen); `label` prefixes each target's name (the engine's cache layout, when several are judged)."""
 
     def find(kind: str, sweep: str = "headline", **match: Any) -> Record | None:
         for r in records:
@@ -101,7 +114,8 @@ def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary
         goal = "≥ 3× fewer ms/token than the reference ARGS, identical tokens" if not on_gpu else "≥ 5× fewer ms/token than the reference ARGS"
         targets.append(Target(
             f"speed-up over the reference ({model_label}, k={ours.k}, {ours.new_tokens} tokens)", goal,
-            f"{ref.ms_per_token:.1f} → {ours.ms_per_token:.1f} ms/token = {ratio:.2f}×, identical tokens: {same}",
+            f"{ref.ms_per_token:.1f} → {ours.ms_per_token:.1f} ms/token = {ratio:.2f}×, identical tokens: {same}"
+            + ("" if same else f" (agreement {ours.agreement_with_reference:.2f})"),
             ratio >= (5.0 if on_gpu else 3.0) and (same or on_gpu),
         ))
     floor = find("floor")
@@ -122,6 +136,8 @@ def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary
     else:
         targets.append(Target("GPU latency (7B-shaped LM + RM, fp16, k=10)", "≤ 12 ms/token on an H100 and ≥ 5× the reference",
                               "no GPU in this run", None))
+    for t in targets if label else []:
+        t.name = f"[{label}] {t.name}"
     return targets
 
 
@@ -140,7 +156,7 @@ def print_table(records: list[Record]) -> None:
     print(head)
     print("-" * len(head))
     for r in records:
-        same = "" if r.identical_to_reference is None else ("yes" if r.identical_to_reference else "NO")
+        same = "" if r.identical_to_reference is None else ("yes" if r.identical_to_reference else f"{r.agreement_with_reference:.2f}")
         print(f"{r.sweep:10s} {r.contender:22s} {r.engine[:30]:30s} {r.k:3d} {r.prompt_tokens:6d} {r.new_tokens:5d} {r.batch:3d} "
               f"{r.ms_per_token:8.2f} {r.p50_ms:7.2f} {r.p90_ms:7.2f} {r.p99_ms:7.2f} {r.tokens_per_s:7.1f} {r.first_token_ms:8.1f} {same:>5s}")
 

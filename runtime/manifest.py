@@ -72,8 +72,8 @@ class Manifest:
     max_k: int
     files: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
-    # Optional TensorRT engines, {"lm": {"file", "sha256", "tensorrt_version", "compute_capability", "dtype", "profiles"}, ...};
-    # absent in older bundles, which still load (same format version).
+    # Optional TensorRT engines, {"lm": {"file", "sha256", "tensorrt_version", "compute_capability", "precision", "max_batch", "profiles"}, ...};
+    # absent in bundles without engines.
     engines: dict[str, Any] = field(default_factory=dict)
     created_by: str = ""
     format: str = FORMAT_NAME

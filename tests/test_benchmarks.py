@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -18,10 +19,16 @@ KINDS = {"reference", "args", "greedy", "floor"}
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, tiny_pairs):
+    """Both cache layouts raced: args-bench exports one bundle of each from the tiny pair into its cache."""
     pair = tiny_pairs["llama"]
     out = tmp_path_factory.mktemp("bench")
-    argv = ["--bundle", str(pair.bundle), "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--quick", "--repeats", "1", "--out", str(out)]
-    exit_status = latency.main(argv)
+    argv = ["--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--caches", "dynamic,static", "--quick", "--repeats", "1", "--out", str(out)]
+    saved = os.environ.get("ARGS_RT_CACHE")
+    os.environ["ARGS_RT_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))  # the probes' processes inherit it
+    try:
+        exit_status = latency.main(argv)
+    finally:
+        os.environ.pop("ARGS_RT_CACHE") if saved is None else os.environ.update(ARGS_RT_CACHE=saved)
     assert exit_status == 0
     return out, json.loads((out / "latency.json").read_text())
 
@@ -44,6 +51,8 @@ def test_quick_run_covers_every_contender_and_sweep(quick_run):
     ours_k10 = next(r for r in records if r["sweep"] == "k" and r["k"] == 10 and r["kind"] == "args")
     assert ref_k10["rm_cache_bytes"] > 9 * ours_k10["rm_cache_bytes"]
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["label"]
+    layouts = {r["engine"].split(", ")[1] for r in records if r["kind"] != "reference"}
+    assert layouts == {"dynamic cache", "static cache"} and set(doc["bundles"]) == {"dynamic", "static"}
 
 
 def test_quick_run_probes_memory_in_separate_processes(quick_run):
@@ -60,7 +69,8 @@ def test_quick_run_writes_csv_plots_and_targets(quick_run):
     assert len(rows) == len(doc["records"]) and rows[0]["contender"]
     for sweep in ("k", "prompt", "new_tokens"):
         assert (out / f"latency_vs_{sweep}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    verdicts = {t["name"].split(" (")[0]: t["met"] for t in doc["targets"]}
+    verdicts = {t["name"].split(" (")[0]: t["met"] for t in doc["targets"] if t["name"].startswith("[static cache] ")}
+    verdicts = {name.removeprefix("[static cache] "): met for name, met in verdicts.items()}
     assert set(verdicts) >= {"speed-up over the reference", "ARGS step vs the two-model floor", "flat cost per token", "RM cache bytes at k=10 vs k=1"}
     assert verdicts["RM cache bytes at k=10 vs k=1"] is True
 
@@ -122,3 +132,12 @@ def test_random_shape_pair_is_seeded_and_exportable(cache_dir, tmp_path):
     assert manifest.max_context == 256
     with pytest.raises(ValueError, match="unknown shape"):
         random_pair("llama-70b", "fp32", cache_dir)
+
+
+def test_prefix_agreement_counts_tokens_before_the_first_difference():
+    from args_benchmarks.report import prefix_agreement
+
+    reference = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert prefix_agreement(reference, reference) == 1.0
+    assert prefix_agreement([[1, 2, 9, 4], [5, 6, 7, 8]], reference) == pytest.approx((2 / 4 + 1) / 2)  # later matches do not count
+    assert prefix_agreement([[9, 2, 3, 4], [5, 6, 7]], reference) == pytest.approx((0 + 3 / 4) / 2)

@@ -163,3 +163,15 @@ def test_export_rejects_unknown_cache_layout(tiny_pairs, tmp_path):
     with pytest.raises(ExportError, match="--cache 'paged' is not one of"):
         export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "b", cache="paged"), quiet=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_tensorrt_profiles_fix_the_static_cache_axis(static_bundles):
+    """The static graphs' only ranged dims are batch, sequence and candidates; every cache slot axis is fixed."""
+    from args_export.tensorrt_build import graph_profiles
+
+    m = load_manifest(static_bundles["llama"])
+    for spec in (m.lm, m.rm):
+        for profile in graph_profiles(spec.inputs, 4, m.max_context, m.max_k):
+            lo, opt, hi = profile.shapes["past_key_values.0.key"]
+            assert lo[1:] == opt[1:] == hi[1:] == (2, CONTEXT, 16) and (lo[0], hi[0]) == (1, 4)
+            assert profile.shapes["attention_mask"][2] == (4, CONTEXT)

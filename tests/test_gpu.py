@@ -1,0 +1,57 @@
+"""ONNX Runtime CUDA: the same tokens as the CPU, caches on the device, CUDA graphs reported. Skipped without a GPU
+and onnxruntime-gpu (`pip install 'args-rt[gpu]'`)."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+
+from args_export.bundle import ExportOptions, export_bundle
+from args_runtime import ArgsGenerator
+
+from .conftest import CHAT_PROMPTS, TEXT_PROMPTS
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                       reason="needs an NVIDIA GPU and onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime has none"),
+]
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_pairs, tmp_path_factory):
+    pair, folder = tiny_pairs["llama"], tmp_path_factory.mktemp("gpu")
+    out = {"dynamic": pair.bundle}
+    for cache in ("static",):
+        out[cache] = folder / cache
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, out[cache], max_k=48, max_context=256, cache=cache), quiet=True)
+    return out
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_fp32_cuda_tokens_equal_cpu_tokens(bundles, cache):
+    cpu, cuda = ArgsGenerator.from_bundle(bundles[cache]), ArgsGenerator.from_bundle(bundles[cache], device="cuda")
+    for prompt in (CHAT_PROMPTS[0], TEXT_PROMPTS[1]):
+        for k, w in ((1, 0.0), (10, 1.5), (40, 3.0)):
+            assert cuda.generate(prompt, k=k, w=w, max_new_tokens=48, ignore_eos=True).token_ids == \
+                cpu.generate(prompt, k=k, w=w, max_new_tokens=48, ignore_eos=True).token_ids, (cache, k, w)
+    kinds = {value.device_name().lower() for value in cuda.lm.past.values()} | {value.device_name().lower() for value in cuda.rm.past.values()}
+    assert kinds == {"cuda"}  # the caches never left the device
+
+
+def test_cuda_graph_is_reported_and_changes_no_token(bundles):
+    plain = ArgsGenerator.from_bundle(bundles["static"], device="cuda")
+    graphs = ArgsGenerator.from_bundle(bundles["static"], device="cuda", cuda_graph=True)
+    status = graphs.lm.backend.describe()["cuda_graph"]
+    assert status == "on" or status.startswith("refused by ONNX Runtime"), status
+    for prompt in TEXT_PROMPTS:  # two prompts: the second replays the graphs the first captured
+        expected = plain.generate(prompt, k=10, w=1.0, max_new_tokens=32, ignore_eos=True).token_ids
+        assert graphs.generate(prompt, k=10, w=1.0, max_new_tokens=32, ignore_eos=True).token_ids == expected
+    if status == "on":
+        assert graphs.lm.backend._graph_ids and graphs.rm.backend._graph_ids  # decode shapes were annotated for capture
+
+
+def test_lm_and_rm_on_different_devices(bundles):
+    split = ArgsGenerator.from_bundle(bundles["static"], lm_device="cuda", rm_device="cpu")
+    cpu = ArgsGenerator.from_bundle(bundles["static"])
+    assert split.generate("Hi", k=10, w=1.0, max_new_tokens=16).token_ids == cpu.generate("Hi", k=10, w=1.0, max_new_tokens=16).token_ids
