@@ -115,7 +115,7 @@ def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary
         targets.append(Target(
             f"speed-up over the reference ({model_label}, k={ours.k}, {ours.new_tokens} tokens)", goal,
             f"{ref.ms_per_token:.1f} → {ours.ms_per_token:.1f} ms/token = {ratio:.2f}×, identical tokens: {same}"
-            + ("" if same else f" (agreement {ours.agreement_with_reference:.2f})"),
+            + ("" if same or ours.agreement_with_reference is None else f" (agreement {ours.agreement_with_reference:.2f})"),
             ratio >= (5.0 if on_gpu else 3.0) and (same or on_gpu),
         ))
     floor = find("floor")
