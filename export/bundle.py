@@ -26,7 +26,8 @@ from .architectures import context_limit
 from .loading import DTYPES, backbone_of, check_same_tokenizer, load_config, load_lm, load_rm, load_tokenizer, resolve_source
 from .graphs import CACHE_LAYOUTS
 from .onnx_export import export_lm, export_rm, graph_spec
-from .validate import validate_graphs
+from .choice_graph import CHOICE_FILE, write_choice_graph
+from .validate import validate_choice_graph, validate_graphs
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -140,6 +141,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
             tok_spec = TokenizerSpec(TOKENIZER_FILE, CHAT_TEMPLATE_FILE if template else None, eos_ids, pad_id, lm_tok.bos_token, lm_tok.eos_token)
         with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
             report = validate_graphs(work, lm_spec, rm_spec, lm, rm, rm_family, k=min(4, opts.max_k), max_context=max_context, device=check_device)
+            validate_choice_graph(write_choice_graph(work), report)
             for line in report.lines():
                 log.say("    " + line)
             report.raise_if_failed()
@@ -148,7 +150,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
                 os.chmod(f, 0o644)
             manifest = Manifest(
                 lm=lm_spec, rm=rm_spec, tokenizer=tok_spec, max_context=max_context, max_k=opts.max_k,
-                files={f.name: sha256_file(f) for f in sorted(work.iterdir())},
+                files={f.name: sha256_file(f) for f in sorted(work.iterdir())}, choice_file=CHOICE_FILE,
                 validation={"device": f"onnxruntime-{check_device}", "checks": report.as_dict()},
                 created_by=f"args-export {__version__} (torch {torch.__version__}, {_versions()})",
             )

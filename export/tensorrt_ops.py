@@ -92,8 +92,11 @@ def check_model(model, path: Path | str = "<model>", supported: frozenset[str] =
 
 
 def graph_files(target: Path) -> list[Path]:
+    """A bundle's model graphs (not choose.onnx: it computes in float64 and always runs on ONNX Runtime), or the file."""
+    from .choice_graph import CHOICE_FILE
+
     target = Path(target)
-    return sorted(target.glob("*.onnx")) if target.is_dir() else [target]
+    return sorted(f for f in target.glob("*.onnx") if f.name != CHOICE_FILE) if target.is_dir() else [target]
 
 
 def check_paths(targets: list[Path]) -> list[OpReport]:

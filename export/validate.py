@@ -41,6 +41,10 @@ class ValidationReport:
         diff = float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64))))
         self.checks.append(Check(name, diff, atol + rtol * float(np.max(np.abs(ref)))))
 
+    def add_exact(self, name: str, ours: np.ndarray, ref: np.ndarray) -> None:
+        """A check that must agree to the bit (ids, picks)."""
+        self.checks.append(Check(name, float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)))), 0.0))
+
     def lines(self) -> list[str]:
         return [f"{'✓' if c.ok else '✗'} {c.name}: max |onnx - torch| = {c.max_abs_diff:.3g} (limit {c.limit:.3g})" for c in self.checks]
 
@@ -85,3 +89,25 @@ def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf,
         ids = chosen
         _, positions = prefix.next_inputs()
     return report
+
+
+def validate_choice_graph(path: Path, report: ValidationReport, seed: int = 0) -> None:
+    """choose.onnx against the host choosers (selection.py) on random scores: the same greedy and sampled picks."""
+    from args_runtime.selection import args_scores, choose_greedy, sample_index
+
+    rng = np.random.default_rng(seed)
+    batch, k, w, temperature = 64, 7, 1.5, 0.7
+    values = rng.normal(size=(batch, k)).astype(np.float32) * 3
+    rewards = rng.normal(size=(batch, k)).astype(np.float32)
+    ids = rng.integers(0, 50_000, size=(batch, k))
+    draws = rng.random(batch)
+    scores = args_scores(values, rewards, w)
+    backend = OrtBackend(path, "cpu")
+    for name, sample, expected in (("greedy", False, choose_greedy(scores)), ("sampled", True, sample_index(scores, temperature, draws))):
+        feeds = {"topk_values": values, "topk_ids": ids, "rewards": rewards, "w": np.array([w], np.float32), "sample": np.array([sample]),
+                 "temperature": np.array([temperature]), "draws": draws}
+        out = {n: backend.to_host(v) for n, v in backend.run(feeds).items()}
+        rows = np.arange(batch)
+        report.add_exact(f"choose.onnx {name} picks vs the host chooser ({batch} rows)", out["chosen_ids"][:, 0], ids[rows, expected])
+        report.add_exact(f"choose.onnx {name} logit and reward vs the host chooser", np.stack([out["chosen_logits"][:, 0], out["chosen_rewards"][:, 0]]),
+                         np.stack([values[rows, expected], rewards[rows, expected]]))

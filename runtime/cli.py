@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-trt", "tensorrt"],
+                   help="onnxruntime (CPU or CUDA by --device), onnxruntime-trt (ORT's TensorRT provider) or tensorrt (the bundle's engines)")
+    p.add_argument("--cuda-graph", action="store_true", help="capture decode steps as CUDA graphs (ONNX Runtime CUDA, static-cache bundles)")
+    p.add_argument("--choice", default="auto", choices=["auto", "host", "device"],
+                   help="where logit + w*reward is combined and chosen: the host stepper, the device (choose.onnx), or auto "
+                   "(the device when both models are on one CUDA device)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are chosen")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--verbose", action="store_true", help="print which loop and backend run, and timings, on stderr")
@@ -46,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     prompt = [{"role": "user", "content": args.chat}] if args.chat is not None else args.prompt
     try:
-        gen = ArgsGenerator.from_bundle(args.bundle, device=args.device)
+        gen = ArgsGenerator.from_bundle(args.bundle, device=args.device, backend=args.backend, cuda_graph=args.cuda_graph, choice=args.choice)
         if args.verbose:
-            print(f"args-generate: loop={gen.loop} backend={gen.backend} lm_device={gen.lm.backend.device} "
-                  f"rm_device={gen.rm.backend.device}", file=sys.stderr)
+            print(f"args-generate: loop={gen.loop} choice={gen.choice} cache={gen.manifest.lm.cache} "
+                  f"lm={gen.lm.backend.describe()} rm={gen.rm.backend.describe()}", file=sys.stderr)
         if args.stream and not args.json:
             result = None
             for event in gen.stream(prompt, **kwargs):

@@ -14,24 +14,28 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .choice import DeviceChooser
 from .models import LanguageModel, RewardModel
 from .stepper import CppStepper, PythonStepper, Step
 
 Stepper = PythonStepper | CppStepper
 
 
-def args_decode(lm: LanguageModel, rm: RewardModel, stepper: Stepper, k: int) -> Iterator[Step]:
-    """ARGS over a batch of prompts; yields one Step per generated token until the caller stops."""
+def args_decode(lm: LanguageModel, rm: RewardModel, stepper: Stepper, k: int, chooser: DeviceChooser | None = None) -> Iterator[Step]:
+    """ARGS over a batch of prompts; yields one Step per generated token until the caller stops. With a `chooser`
+    the combine-and-choose runs on the device and the stepper (built for k = 1) only keeps the books."""
     ids, positions = stepper.prompt_ids, stepper.prompt_positions
     lm.reset(len(ids))
     rm.reset(len(ids))
-    top = lm.extend(ids, positions, stepper, k)  # LM top-k
-    rewards = rm.extend_and_score(ids, positions, stepper, top)  # RM reward of each prefix + candidate
     while True:
-        step = stepper.step(top.logits, top.ids, rewards)  # score = logit + w·reward, choose, next inputs
+        top = lm.extend(ids, positions, stepper, k)  # LM top-k
+        rewards = rm.extend_and_score(ids, positions, stepper, top, on_host=chooser is None)  # RM reward of each prefix + candidate
+        if chooser is None:
+            step = stepper.step(top.logits, top.ids, rewards)  # score = logit + w·reward, choose, next inputs
+        else:
+            step = stepper.step(*chooser(top, rewards))  # chosen on the device: one candidate per row reaches the host
         yield step
-        top = lm.extend(step.next_ids, step.positions, stepper, k)
-        rewards = rm.extend_and_score(step.next_ids, step.positions, stepper, top)
+        ids, positions = step.next_ids, step.positions
 
 
 def greedy_decode(lm: LanguageModel, stepper: Stepper) -> Iterator[Step]:
@@ -39,8 +43,8 @@ def greedy_decode(lm: LanguageModel, stepper: Stepper) -> Iterator[Step]:
     ids, positions = stepper.prompt_ids, stepper.prompt_positions
     lm.reset(len(ids))
     no_rewards = np.zeros((len(ids), 1), np.float32)
-    top = lm.extend(ids, positions, stepper, 1)
     while True:
+        top = lm.extend(ids, positions, stepper, 1)
         step = stepper.step(top.logits, top.ids, no_rewards)
         yield step
-        top = lm.extend(step.next_ids, step.positions, stepper, 1)
+        ids, positions = step.next_ids, step.positions

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import open_backend
+from .backend import Backend, open_backend
+from .choice import CHOICES, DeviceChooser
 from .decode import args_decode, greedy_decode
 from .errors import BundleError, GenerationError
 from .manifest import Manifest, load_manifest
@@ -74,9 +75,11 @@ class ArgsGenerator:
     """ARGS decoding over an exported bundle (see args-export). Torch-free: numpy, ONNX Runtime, tokenizers."""
 
     def __init__(self, bundle: Path, manifest: Manifest, lm: LanguageModel, rm: RewardModel, tokenizer: Tokenizer, backend: str,
-                 loop: str | None = None) -> None:
+                 loop: str | None = None, chooser: Backend | None = None) -> None:
         self.bundle, self.manifest, self.lm, self.rm, self.tokenizer, self.backend = bundle, manifest, lm, rm, tokenizer, backend
         self.loop = resolve_loop(loop)  # "cpp" | "python": which stepper does the per-step bookkeeping
+        self.chooser = chooser  # runs choose.onnx on the RM's device; None: the stepper chooses on the host
+        self.choice = "device" if chooser is not None else "host"
 
     @classmethod
     def from_bundle(
@@ -91,10 +94,13 @@ class ArgsGenerator:
         verify_checksums: bool = True,
         loop: str | None = None,
         cuda_graph: bool = False,
+        choice: str = "auto",
     ) -> "ArgsGenerator":
         """Open a bundle. `backend`: "onnxruntime" (CPU or CUDA by device), "onnxruntime-trt" (ORT's TensorRT provider)
         or "tensorrt" (the bundle's TensorRT engines). `cuda_graph`: capture decode steps as CUDA graphs (ORT on CUDA,
-        static-cache bundles). `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL, i.e. "cpp" when built)."""
+        static-cache bundles). `choice`: where ARGS combines and chooses, "host" (the stepper), "device" (the bundle's
+        choose.onnx, by ONNX Runtime on the models' device) or "auto" (device when both models share a CUDA device).
+        `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL, i.e. "cpp" when built)."""
         bundle = Path(path)
         manifest = load_manifest(bundle, verify_checksums=verify_checksums)
         if cuda_graph and manifest.lm.cache != "static":
@@ -110,7 +116,8 @@ class ArgsGenerator:
                 graphs[role] = open_backend(backend, bundle / spec.file, graph_device, threads, **({"cuda_graph": True} if cuda_graph else {}))
         lm = LanguageModel(graphs["lm"], manifest.lm, manifest.max_context)
         rm = RewardModel(graphs["rm"], manifest.rm, manifest.max_context)
-        return cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend, loop)
+        chooser = _open_chooser(bundle, manifest, choice, backend, lm_device or device, rm_device or device, threads)
+        return cls(bundle, manifest, lm, rm, Tokenizer(bundle, manifest.tokenizer), backend, loop, chooser)
 
     # ------------------------------------------------------------------ public API
 
@@ -187,10 +194,14 @@ class ArgsGenerator:
         # Rows share one left-padded cache: the longest prompt's positions run out of context first, for all.
         context_budget = self.manifest.max_context - max(len(p) for p in prompts)
         rows = [_Row(len(p), s.max_new_tokens, context_budget) for p in prompts]
-        config = StepConfig(s.k, s.w, s.method, s.temperature, s.seed, list(self.manifest.tokenizer.eos_token_ids), s.ignore_eos,
+        on_device = self.chooser is not None and not greedy
+        # Chosen on the device, one candidate per row reaches the stepper: it keeps the books with k = 1.
+        k, method = (1, "greedy") if on_device else (s.k, s.method)
+        config = StepConfig(k, s.w, method, s.temperature, s.seed, list(self.manifest.tokenizer.eos_token_ids), s.ignore_eos,
                             [r.limit for r in rows])
         stepper = make_stepper(self.loop, prompts, self.manifest.tokenizer.pad_token_id, config)
-        steps = greedy_decode(self.lm, stepper) if greedy else args_decode(self.lm, self.rm, stepper, s.k)
+        chooser = DeviceChooser(self.chooser, s.w, s.method, s.temperature, s.seed) if on_device else None
+        steps = greedy_decode(self.lm, stepper) if greedy else args_decode(self.lm, self.rm, stepper, s.k, chooser)
         start = time.perf_counter()
         try:
             for step in steps:
@@ -255,9 +266,29 @@ class ArgsGenerator:
             "lm_device": self.lm.backend.device,
             "rm_device": self.rm.backend.device,
             "cache": self.manifest.lm.cache,
+            "choice": self.choice,
             "engines": {"lm": self.lm.backend.describe(), "rm": self.rm.backend.describe()},
         }
         return GenerationResult(row.ids, text, row.logits, row.rewards, row.finish_reason or "length", row.prompt_len, timings)
+
+
+def _open_chooser(bundle: Path, manifest: Manifest, choice: str, backend: str, lm_device: str, rm_device: str,
+                  threads: int | None) -> Backend | None:
+    """ONNX Runtime running choose.onnx on the models' device, or None when the host stepper chooses."""
+    if choice not in (*CHOICES, "auto"):
+        raise GenerationError(f"choice={choice!r} is not one of {(*CHOICES, 'auto')}")
+    on_ort = backend.startswith("onnxruntime")  # choose.onnx takes ORT values; the native TensorRT backend's stay its own
+    if choice == "auto":
+        choice = "device" if on_ort and rm_device.startswith("cuda") and lm_device == rm_device and manifest.choice_file else "host"
+    if choice == "host":
+        return None
+    if not on_ort:
+        raise GenerationError(f"choice='device' runs choose.onnx on ONNX Runtime, not with backend={backend!r}; use choice='host'")
+    if not manifest.choice_file:
+        raise BundleError(f"{bundle} has no choice graph (choose.onnx): re-export it with this args-export, or use choice='host'")
+    if lm_device != rm_device:
+        raise GenerationError(f"choice='device' needs the LM and the RM on one device (got {lm_device!r} and {rm_device!r}); use choice='host'")
+    return open_backend("onnxruntime", bundle / manifest.choice_file, rm_device, threads)
 
 
 def _safe_length(text: str, stops: list[str]) -> int:

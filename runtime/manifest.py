@@ -71,6 +71,7 @@ class Manifest:
     max_context: int
     max_k: int
     files: dict[str, str] = field(default_factory=dict)
+    choice_file: str = ""  # choose.onnx: combine and choose on the device (empty: the host stepper chooses)
     validation: dict[str, Any] = field(default_factory=dict)
     # Optional TensorRT engines, {"lm": {"file", "sha256", "tensorrt_version", "compute_capability", "precision", "max_batch", "profiles"}, ...};
     # absent in bundles without engines.

@@ -4,6 +4,7 @@ prefix; the bookkeeping both share (padding mask, next positions) lives in one P
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -45,15 +46,21 @@ class PrefixState:
         return self.attention_mask, positions
 
 
-@dataclass
 class TopK:
-    """The LM's k proposals per row: logits and ids on the host (for the choice), and the ids as the engine
-    holds them, so the RM can take them without a host round trip."""
+    """The LM's k proposals per row as the engine holds them (the RM and choose.onnx take them from there) and,
+    copied only when asked for, on the host (for a choice made by the host stepper)."""
 
-    logits: np.ndarray  # [B, k] float32
-    ids: np.ndarray  # [B, k] int64
-    engine_ids: object
-    device: str
+    def __init__(self, backend: Backend, logits: object, ids: object, batch: int) -> None:
+        self.engine_logits, self.engine_ids, self.batch = logits, ids, batch
+        self.device, self._to_host = backend.device, backend.to_host
+
+    @cached_property
+    def logits(self) -> np.ndarray:  # [B, k] float32
+        return self._to_host(self.engine_logits)
+
+    @cached_property
+    def ids(self) -> np.ndarray:  # [B, k] int64
+        return self._to_host(self.engine_ids)
 
 
 class CachedGraph:
@@ -115,15 +122,17 @@ class LanguageModel(CachedGraph):
         feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]),
                  "num_candidates": np.array([k], np.int64)}
         out = self.run(feeds)
-        to_host = self.backend.to_host
-        return TopK(to_host(out["topk_values"]), to_host(out["topk_ids"]), out["topk_ids"], self.backend.device)
+        return TopK(self.backend, out["topk_values"], out["topk_ids"], len(ids))
 
 
 class RewardModel(CachedGraph):
     """Extends its cache by some tokens and, in the same pass, scores candidate next tokens against it."""
 
-    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, candidates: TopK | np.ndarray) -> np.ndarray:
+    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, candidates: TopK | np.ndarray,
+                         on_host: bool = True) -> np.ndarray | object:
+        """The k rewards per row, on the host or (`on_host=False`) left in the engine for a choice made there."""
         if isinstance(candidates, TopK):  # the LM's ids stay on the device when both models share it
             candidates = candidates.engine_ids if candidates.device == self.backend.device else candidates.ids
         feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]), "candidate_ids": candidates}
-        return self.backend.to_host(self.run(feeds)["rewards"])
+        rewards = self.run(feeds)["rewards"]
+        return self.backend.to_host(rewards) if on_host else rewards

@@ -20,19 +20,24 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
+def sample_index(scores: np.ndarray, temperature: float, uniform: np.ndarray) -> np.ndarray:
+    """Invert each row's cumulative softmax(score / temperature) (float64) at u · total, u in [0, 1) per row."""
+    probs = softmax(scores.astype(np.float64) / temperature)
+    cdf = np.cumsum(probs, axis=-1)
+    draws = uniform * cdf[:, -1]
+    picks = np.array([np.searchsorted(c, u, side="right") for c, u in zip(cdf, draws)])
+    return np.minimum(picks, scores.shape[-1] - 1)
+
+
 class StochasticChooser:
     """Samples from softmax(score / temperature) per row with a seeded stream.
 
     One uniform draw per row per step, in row order, inverted through the cumulative distribution: a
-    stream simple enough that another implementation (the C++ loop) can reproduce it exactly."""
+    stream simple enough that another implementation (the C++ loop, choose.onnx) can reproduce it exactly."""
 
     def __init__(self, temperature: float, seed: int | None) -> None:
         self.temperature = temperature
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def __call__(self, scores: np.ndarray) -> np.ndarray:
-        probs = softmax(scores.astype(np.float64) / self.temperature)
-        cdf = np.cumsum(probs, axis=-1)
-        draws = self.rng.random(scores.shape[0]) * cdf[:, -1]
-        picks = np.array([np.searchsorted(c, u, side="right") for c, u in zip(cdf, draws)])
-        return np.minimum(picks, scores.shape[-1] - 1)
+        return sample_index(scores, self.temperature, self.rng.random(scores.shape[0]))

@@ -27,11 +27,11 @@ def test_bundle_is_complete_and_validated(tiny_pairs, arch):
     pair = tiny_pairs[arch]
     manifest = load_manifest(pair.bundle)
     assert manifest.lm.architecture == pair.lm.config.model_type
-    assert set(manifest.files) == {"lm.onnx", "lm.onnx.data", "rm.onnx", "rm.onnx.data", "tokenizer.json", "chat_template.jinja"}
+    assert set(manifest.files) == {"lm.onnx", "lm.onnx.data", "rm.onnx", "rm.onnx.data", "choose.onnx", "tokenizer.json", "chat_template.jinja"}
     for name, digest in manifest.files.items():
         assert sha256_file(pair.bundle / name) == digest
     checks = manifest.validation["checks"]
-    assert len(checks) == 8 and all(c["ok"] for c in checks.values())
+    assert len(checks) == 8 + 4 and all(c["ok"] for c in checks.values())  # 4 steps × (LM, RM), choose.onnx × 4
     lm_inputs = [t.name for t in manifest.lm.inputs]
     assert lm_inputs[:4] == ["input_ids", "position_ids", "attention_mask", "num_candidates"]
     assert lm_inputs[4:6] == ["past_key_values.0.key", "past_key_values.0.value"]

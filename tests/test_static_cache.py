@@ -175,3 +175,11 @@ def test_tensorrt_profiles_fix_the_static_cache_axis(static_bundles):
             lo, opt, hi = profile.shapes["past_key_values.0.key"]
             assert lo[1:] == opt[1:] == hi[1:] == (2, CONTEXT, 16) and (lo[0], hi[0]) == (1, 4)
             assert profile.shapes["attention_mask"][2] == (4, CONTEXT)
+
+
+def test_static_graphs_use_only_ops_tensorrt_parses(static_bundles):
+    from args_export.tensorrt_ops import check_paths
+
+    reports = check_paths([static_bundles["llama"], static_bundles["gpt2"]])
+    assert [r.path.name for r in reports] == ["lm.onnx", "rm.onnx"] * 2
+    assert all(r.ok and r.op_counts["ScatterND"] == 4 for r in reports), "\n".join(r.describe() for r in reports)
