@@ -151,13 +151,13 @@ def _at_most(name: str, limit: float, measured: float, baseline: float, unit: st
 
 
 def print_table(records: list[Record]) -> None:
-    head = f"{'sweep':10s} {'contender':22s} {'engine':30s} {'k':>3s} {'prompt':>6s} {'new':>5s} {'B':>3s} " \
+    head = f"{'sweep':10s} {'contender':22s} {'engine':44s} {'k':>3s} {'prompt':>6s} {'new':>5s} {'B':>3s} " \
            f"{'ms/tok':>8s} {'p50':>7s} {'p90':>7s} {'p99':>7s} {'tok/s':>7s} {'TTFT ms':>8s} {'same':>5s}"
     print(head)
     print("-" * len(head))
     for r in records:
         same = "" if r.identical_to_reference is None else ("yes" if r.identical_to_reference else f"{r.agreement_with_reference:.2f}")
-        print(f"{r.sweep:10s} {r.contender:22s} {r.engine[:30]:30s} {r.k:3d} {r.prompt_tokens:6d} {r.new_tokens:5d} {r.batch:3d} "
+        print(f"{r.sweep:10s} {r.contender:22s} {r.engine[:44]:44s} {r.k:3d} {r.prompt_tokens:6d} {r.new_tokens:5d} {r.batch:3d} "
               f"{r.ms_per_token:8.2f} {r.p50_ms:7.2f} {r.p90_ms:7.2f} {r.p99_ms:7.2f} {r.tokens_per_s:7.1f} {r.first_token_ms:8.1f} {same:>5s}")
 
 
