@@ -52,6 +52,7 @@ def parse_device(device: str) -> tuple[str, int]:
 
 
 ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+SHAPE_VALUE_INPUTS = {"num_candidates"}  # inputs whose value sets a shape (a Slice end): kept in host memory
 
 
 class OrtBackend(Backend):
@@ -67,7 +68,7 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, graph_path: str | Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False,
-                 provider: str = "cuda", trt_cache_dir: str | Path | None = None) -> None:
+                 provider: str = "cuda", trt_cache_dir: str | Path | None = None, fixed_addresses: bool | None = None) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -92,6 +93,8 @@ class OrtBackend(Backend):
             self.cuda_graph = f"refused by ONNX Runtime: {str(e.__cause__ or e).splitlines()[0]}"
             self.session = self._open(graph_path, options, self._providers(Path(graph_path), provider, False, trt_cache_dir))
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # What CUDA graphs need: every input and output at the same address each run (on by default with them).
+        self.fixed_addresses = self.cuda_graph == "on" if fixed_addresses is None else fixed_addresses
         self._graph_ids: dict[tuple, int] = {}  # decode-step shapes → CUDA graph annotation id (1, 2, …)
         self._buffers: dict[tuple, Any] = {}  # (name, shape, dtype) → device value at a fixed address
 
@@ -127,23 +130,23 @@ class OrtBackend(Backend):
 
     def run(self, feeds: Mapping[str, Any], into: Mapping[str, Any] | None = None) -> dict[str, Any]:
         into = into or {}
-        captured = self.cuda_graph == "on"
+        fixed = self.fixed_addresses
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if not isinstance(value, np.ndarray):
                 binding.bind_ortvalue_input(name, value)
-            elif captured:
+            elif fixed:
                 binding.bind_ortvalue_input(name, self._staged(name, value))
             else:
                 binding.bind_cpu_input(name, value)
         for name in self.output_names:
             if name in into:
                 binding.bind_ortvalue_output(name, into[name])
-            elif captured:
+            elif fixed:
                 binding.bind_ortvalue_output(name, self._buffer(name, self._output_shape(name, feeds), self._output_dtype(name)))
             else:
                 binding.bind_output(name, self.device_type, self.device_id)
-        self.session.run_with_iobinding(binding, self._run_options(feeds) if captured else None)
+        self.session.run_with_iobinding(binding, self._run_options(feeds) if self.cuda_graph == "on" else None)
         return dict(zip(self.output_names, binding.get_outputs()))
 
     # ------------------------------------------------------------------ CUDA graphs: fixed addresses, one graph per decode shape
@@ -157,15 +160,17 @@ class OrtBackend(Backend):
         options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return options
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> Any:
-        key = (name, shape, np.dtype(dtype).str)
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype, device: str | None = None) -> Any:
+        key = (name, shape, np.dtype(dtype).str, device)
         if key not in self._buffers:
-            self._buffers[key] = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device_type, self.device_id)
+            where = (device, 0) if device else (self.device_type, self.device_id)
+            self._buffers[key] = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, *where)
         return self._buffers[key]
 
     def _staged(self, name: str, array: np.ndarray) -> Any:
-        """The host array copied into this input's device buffer for its shape (same address every step)."""
-        value = self._buffer(name, array.shape, array.dtype)
+        """The host array copied into this input's buffer for its shape (same address every step): on the device,
+        except values the graph reads as shapes (the k of the top-k slice), which ORT wants in host memory."""
+        value = self._buffer(name, array.shape, array.dtype, "cpu" if name in SHAPE_VALUE_INPUTS else None)
         value.update_inplace(np.ascontiguousarray(array))
         return value
 
