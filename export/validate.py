@@ -26,6 +26,7 @@ class Check:
     name: str
     max_abs_diff: float
     limit: float
+    against: str = "torch"  # what the ONNX result is compared with
 
     @property
     def ok(self) -> bool:
@@ -41,12 +42,12 @@ class ValidationReport:
         diff = float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64))))
         self.checks.append(Check(name, diff, atol + rtol * float(np.max(np.abs(ref)))))
 
-    def add_exact(self, name: str, ours: np.ndarray, ref: np.ndarray) -> None:
+    def add_exact(self, name: str, ours: np.ndarray, ref: np.ndarray, against: str) -> None:
         """A check that must agree to the bit (ids, picks)."""
-        self.checks.append(Check(name, float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)))), 0.0))
+        self.checks.append(Check(name, float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)))), 0.0, against))
 
     def lines(self) -> list[str]:
-        return [f"{'✓' if c.ok else '✗'} {c.name}: max |onnx - torch| = {c.max_abs_diff:.3g} (limit {c.limit:.3g})" for c in self.checks]
+        return [f"{'✓' if c.ok else '✗'} {c.name}: max |onnx - {c.against}| = {c.max_abs_diff:.3g} (limit {c.limit:.3g})" for c in self.checks]
 
     def as_dict(self) -> dict:
         return {c.name: {"max_abs_diff": c.max_abs_diff, "limit": c.limit, "ok": c.ok} for c in self.checks}
@@ -108,6 +109,6 @@ def validate_choice_graph(path: Path, report: ValidationReport, seed: int = 0) -
                  "temperature": np.array([temperature]), "draws": draws}
         out = {n: backend.to_host(v) for n, v in backend.run(feeds).items()}
         rows = np.arange(batch)
-        report.add_exact(f"choose.onnx {name} picks vs the host chooser ({batch} rows)", out["chosen_ids"][:, 0], ids[rows, expected])
-        report.add_exact(f"choose.onnx {name} logit and reward vs the host chooser", np.stack([out["chosen_logits"][:, 0], out["chosen_rewards"][:, 0]]),
-                         np.stack([values[rows, expected], rewards[rows, expected]]))
+        report.add_exact(f"choose.onnx {name} picks ({batch} rows)", out["chosen_ids"][:, 0], ids[rows, expected], "host chooser")
+        report.add_exact(f"choose.onnx {name} logit and reward", np.stack([out["chosen_logits"][:, 0], out["chosen_rewards"][:, 0]]),
+                         np.stack([values[rows, expected], rewards[rows, expected]]), "host chooser")
