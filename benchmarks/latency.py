@@ -221,15 +221,19 @@ def measure(contenders: list[Contender], cases: list[tuple[str, Case]], args, to
 
 
 def run_case(contenders: list[Contender], case: Case, repeats: int, args, tokenizer) -> dict[int, list[Run]]:
-    """`repeats` rounds; each round runs every applicable contender once, in turn (interleaved)."""
+    """`repeats` rounds; each round runs every applicable contender once, in turn (interleaved), starting one
+    contender later than the round before, so no contender always follows the same one (e.g. the reference,
+    whose torch threads may still be spinning)."""
     prompts = make_prompts(tokenizer, case.prompt_tokens, case.batch)
     skip_reference = case.batch > 1 or case.new_tokens > args.reference_max_new_tokens
     runs = {i: [] for i, c in enumerate(contenders) if not (c.kind == "reference" and skip_reference)}
     print(f"case k={case.k} prompt={case.prompt_tokens} new={case.new_tokens} batch={case.batch}: "
           f"{len(runs)} contenders × {repeats} repeats", file=sys.stderr, flush=True)
-    for _ in range(repeats):
-        for i, contender_runs in runs.items():
-            contender_runs.append(contenders[i].run(prompts, case.k, args.w, case.new_tokens))
+    order = list(runs)
+    for round_ in range(repeats):
+        shift = round_ % len(order)
+        for i in order[shift:] + order[:shift]:
+            runs[i].append(contenders[i].run(prompts, case.k, args.w, case.new_tokens))
     return runs
 
 
