@@ -63,12 +63,14 @@ class OrtBackend(Backend):
     device buffers kept per shape, and outputs go to buffers kept likewise; it needs the static cache layout,
     and ORT refuses it when any node falls back to the CPU (`describe()["cuda_graph"]` says which happened).
     `provider="tensorrt"` runs ORT's TensorRT execution provider (CUDA and CPU as fallbacks), with its engines
-    and timing cache kept in `trt_cache_dir` (default: a `trt-ep-cache` folder beside the graph)."""
+    and timing cache kept in `trt_cache_dir` (default: a `trt-ep-cache` folder beside the graph); `trt_fp16` lets
+    TensorRT use fp16 kernels (meant for fp16 bundles: on an fp32 one it changes the numbers)."""
 
     name = "onnxruntime"
 
     def __init__(self, graph_path: str | Path, device: str = "cpu", threads: int | None = None, cuda_graph: bool = False,
-                 provider: str = "cuda", trt_cache_dir: str | Path | None = None, fixed_addresses: bool | None = None) -> None:
+                 provider: str = "cuda", trt_cache_dir: str | Path | None = None, fixed_addresses: bool | None = None,
+                 trt_fp16: bool = False) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -81,6 +83,7 @@ class OrtBackend(Backend):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
+        self.trt_fp16 = trt_fp16
         providers = self._providers(Path(graph_path), provider, cuda_graph, trt_cache_dir)
         self.cuda_graph = "off"
         try:
@@ -118,7 +121,7 @@ class OrtBackend(Backend):
             return [cuda, "CPUExecutionProvider"]
         cache = Path(trt_cache_dir) if trt_cache_dir else graph_path.parent / "trt-ep-cache"
         trt = {"device_id": self.device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-               "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache), "trt_fp16_enable": True,
+               "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache), "trt_fp16_enable": self.trt_fp16,
                **({"trt_cuda_graph_enable": True} if cuda_graph else {})}
         return [("TensorrtExecutionProvider", trt), cuda, "CPUExecutionProvider"]
 

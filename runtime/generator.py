@@ -113,7 +113,10 @@ class ArgsGenerator:
                     raise BundleError(f"{bundle} has no TensorRT engine for the {role.upper()}: build them with `args-export --tensorrt-only {bundle}`")
                 graphs[role] = open_backend(backend, bundle / stamp["file"], graph_device, threads, stamp=stamp)
             else:
-                graphs[role] = open_backend(backend, bundle / spec.file, graph_device, threads, **({"cuda_graph": True} if cuda_graph else {}))
+                options = {"cuda_graph": True} if cuda_graph else {}
+                if backend == "onnxruntime-trt":
+                    options["trt_fp16"] = spec.dtype == "float16"  # fp16 kernels only where the bundle is fp16
+                graphs[role] = open_backend(backend, bundle / spec.file, graph_device, threads, **options)
         lm = LanguageModel(graphs["lm"], manifest.lm, manifest.max_context)
         rm = RewardModel(graphs["rm"], manifest.rm, manifest.max_context)
         chooser = _open_chooser(bundle, manifest, choice, backend, lm_device or device, rm_device or device, threads)
