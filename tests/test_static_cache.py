@@ -53,8 +53,8 @@ def test_every_present_is_written_in_place_into_its_past(static_bundles, tmp_pat
         for name in presents:
             node = producers[name]
             assert node.op_type == "ScatterND" and node.input[0] == name.replace("present.", "past_key_values."), (name, node.op_type)
-        dims = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output if o.name in presents]
-        assert all(d[2] == CONTEXT for d in dims)
+        shapes = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output if o.name in presents]
+        assert all(shape[2] == CONTEXT for shape in shapes)
 
 
 def test_manifest_records_the_layout(static_bundles, tiny_pairs):
@@ -112,7 +112,8 @@ def test_buffers_are_allocated_once_and_written_in_place(static_bundles):
     size = gen.lm.cache_bytes()
     prompt = gen.tokenizer.encode("Once upon a time")
     gen.generate(prompt, k=5, w=1.0, max_new_tokens=30, ignore_eos=True)
-    assert {name: value.data_ptr() for name, value in gen.lm.past.items()} == addresses  # same buffers, same batch
+    after = {name: value.data_ptr() for name, value in gen.lm.past.items()}
+    assert after == addresses  # same buffers, same batch
     assert gen.lm.cache_bytes() == size == 2 * 2 * CONTEXT * 16 * 4 * 2  # layers · (k, v) · slots · head_dim · fp32 · kv heads
     keys = gen.lm.past["past_key_values.0.key"].numpy()
     written = len(prompt) + 30 - 1  # the last token is chosen, never fed back
