@@ -40,14 +40,19 @@ def prefix_mask(attention_mask: torch.Tensor, num_queries: int | torch.Tensor) -
 def tree_mask(attention_mask: torch.Tensor, num_new: int | torch.Tensor, num_candidates: int | torch.Tensor) -> torch.Tensor:
     """Mask over [prefix, new tokens, candidates] for queries [new tokens, candidates]: new tokens are
     causal; every candidate sees the whole (unpadded) prefix and itself, never another candidate."""
-    batch = attention_mask.shape[0]
-    new_rows = prefix_mask(attention_mask, num_new)  # [B, S, T]
+    return with_candidates(prefix_mask(attention_mask, num_new), attention_mask, num_candidates)  # [B, S+K, T+K]
+
+
+def with_candidates(new_rows: torch.Tensor, attention_mask: torch.Tensor, num_candidates: int | torch.Tensor) -> torch.Tensor:
+    """Extend the new tokens' mask [B,S,T] with K candidate rows and columns: each candidate sees every real key
+    (the new tokens included) and itself, never another candidate; new tokens see no candidate. → [B, S+K, T+K]."""
+    batch, num_new = attention_mask.shape[0], new_rows.shape[1]
     cand_rows = (attention_mask > 0).unsqueeze(1).expand(batch, num_candidates, attention_mask.shape[1])  # [B, K, T]
     to_prefix = torch.cat([new_rows, cand_rows], dim=1)  # [B, S+K, T]
     cand_index = torch.arange(num_candidates)
     eye = cand_index.unsqueeze(1) == cand_index.unsqueeze(0)  # not torch.eye: ORT has no bool EyeLike
     to_cands = torch.cat([torch.zeros(num_new, num_candidates, dtype=torch.bool), eye], dim=0)  # [S+K, K]
-    return torch.cat([to_prefix, to_cands.unsqueeze(0).expand(batch, -1, -1)], dim=2)  # [B, S+K, T+K]
+    return torch.cat([to_prefix, to_cands.unsqueeze(0).expand(batch, -1, -1)], dim=2)
 
 
 def slot_mask(attention_mask: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
@@ -58,16 +63,9 @@ def slot_mask(attention_mask: torch.Tensor, cache_position: torch.Tensor) -> tor
 
 
 def slot_tree_mask(attention_mask: torch.Tensor, cache_position: torch.Tensor, num_candidates: int | torch.Tensor) -> torch.Tensor:
-    """Static layout, RM: new tokens as slot_mask; each candidate sees every real slot (the new tokens included,
-    the runtime marks them) and itself. Keys are [C cache slots, K candidates]: [B, S+K, C+K]."""
-    batch, num_new = attention_mask.shape[0], cache_position.shape[0]
-    new_rows = slot_mask(attention_mask, cache_position)
-    cand_rows = (attention_mask > 0).unsqueeze(1).expand(batch, num_candidates, attention_mask.shape[1])
-    to_prefix = torch.cat([new_rows, cand_rows], dim=1)
-    cand_index = torch.arange(num_candidates)
-    eye = cand_index.unsqueeze(1) == cand_index.unsqueeze(0)
-    to_cands = torch.cat([torch.zeros(num_new, num_candidates, dtype=torch.bool), eye], dim=0)
-    return torch.cat([to_prefix, to_cands.unsqueeze(0).expand(batch, -1, -1)], dim=2)
+    """Static layout, RM: new tokens as slot_mask, candidates as in tree_mask (the runtime has marked the new
+    tokens' slots). Keys are [C cache slots, K candidates]: [B, S+K, C+K]."""
+    return with_candidates(slot_mask(attention_mask, cache_position), attention_mask, num_candidates)
 
 
 def unflatten_past(flat: tuple[torch.Tensor, ...]) -> list[KV]:
@@ -112,17 +110,16 @@ class RMScorer(nn.Module):
         self.stack, self.score, self.static = stack, score_head, cache == "static"
 
     def forward(self, input_ids, position_ids, attention_mask, *rest):
+        num_new = input_ids.shape[1]
         if self.static:
             cache_position, candidate_ids, *past = rest
-        else:
-            candidate_ids, *past = rest
-        num_new, num_cands = input_ids.shape[1], candidate_ids.shape[1]
-        if self.static:
-            bias = additive_mask(slot_tree_mask(attention_mask, cache_position, num_cands))
+            bias = additive_mask(slot_tree_mask(attention_mask, cache_position, candidate_ids.shape[1]))
             cache = StaticCache(cache_position, num_new, with_candidates=True)
         else:
-            bias = additive_mask(tree_mask(attention_mask, num_new, num_cands))
+            candidate_ids, *past = rest
+            bias = additive_mask(tree_mask(attention_mask, num_new, candidate_ids.shape[1]))
             cache = ConcatCache(num_new)
+        num_cands = candidate_ids.shape[1]
         cand_positions = (position_ids[:, -1:] + 1).expand(-1, num_cands)
         tokens = torch.cat([input_ids, candidate_ids], dim=1)
         positions = torch.cat([position_ids, cand_positions], dim=1)

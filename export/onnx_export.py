@@ -95,8 +95,9 @@ def _fixed_specs(specs: list[TensorSpec], name: str, value: int) -> list[TensorS
 
 
 def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
-            cache_slots: int | None = None) -> None:
-    """Trace `module` to `path` (+ `path.data` holding the weights); a static cache's slot axis is fixed afterwards."""
+            cache_slots: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Trace `module` to `path` (+ `path.data` holding the weights); a static cache's slot axis is then fixed to
+    `cache_slots`. Returns the graph's input and output specs as exported."""
     scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
     scratch.mkdir()
     tmp = scratch / "traced.onnx"
@@ -125,6 +126,9 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if cache_slots is None:
+        return inputs, outputs
+    return _fixed_specs(inputs, CACHE_SLOTS, cache_slots), _fixed_specs(outputs, CACHE_SLOTS, cache_slots)
 
 
 TRACE_BATCH, TRACE_PAST, TRACE_NEW, TRACE_CANDIDATES, TRACE_SLOTS = 2, 3, 4, 5, 16
@@ -147,9 +151,7 @@ def export_lm(stack: DecoderStack, lm_head: torch.nn.Module, dtype: torch.dtype,
     inputs, outputs = lm_io(stack, vocab, max_k, ONNX_DTYPE_NAMES[dtype], cache)
     step, past = _step_dummies(stack, dtype, vocab, cache)
     args = (*step, torch.tensor([min(3, max_k)]), *past)
-    slots = max_context if cache == "static" else None
-    _export(LMStep(stack, lm_head, max_k, cache).eval(), args, inputs, outputs, path, slots)
-    return (_fixed_specs(inputs, CACHE_SLOTS, slots), _fixed_specs(outputs, CACHE_SLOTS, slots)) if slots else (inputs, outputs)
+    return _export(LMStep(stack, lm_head, max_k, cache).eval(), args, inputs, outputs, path, max_context if cache == "static" else None)
 
 
 def export_rm(stack: DecoderStack, score_head: torch.nn.Module, dtype: torch.dtype, vocab: int, path: Path,
@@ -157,9 +159,7 @@ def export_rm(stack: DecoderStack, score_head: torch.nn.Module, dtype: torch.dty
     inputs, outputs = rm_io(stack, ONNX_DTYPE_NAMES[dtype], cache)
     step, past = _step_dummies(stack, dtype, vocab, cache)
     args = (*step, torch.randint(0, vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
-    slots = max_context if cache == "static" else None
-    _export(RMScorer(stack, score_head, cache).eval(), args, inputs, outputs, path, slots)
-    return (_fixed_specs(inputs, CACHE_SLOTS, slots), _fixed_specs(outputs, CACHE_SLOTS, slots)) if slots else (inputs, outputs)
+    return _export(RMScorer(stack, score_head, cache).eval(), args, inputs, outputs, path, max_context if cache == "static" else None)
 
 
 def graph_spec(file: str, source: str, hf_config, stack: DecoderStack, dtype: torch.dtype, vocab: int, io, cache: str = "dynamic") -> GraphSpec:
