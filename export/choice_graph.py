@@ -42,7 +42,7 @@ def build_choice_graph() -> onnx.ModelProto:
         _const("axis1", [1]),
         _const("last", [-1]),
         _const("end", [2**62]),
-        _const("one", [1]),
+        _const("zero", [0]),
         # score = logit + w · reward (float32, as args_scores)
         node("Mul", ["rewards", "w"], ["weighted"]),
         node("Add", ["topk_values", "weighted"], ["scores"]),
@@ -60,13 +60,12 @@ def build_choice_graph() -> onnx.ModelProto:
         node("Slice", ["cdf", "last", "end", "axis1"], ["total"]),
         node("Unsqueeze", ["draws", "axis1"], ["draws_col"]),
         node("Mul", ["draws_col", "total"], ["threshold"]),
-        node("LessOrEqual", ["cdf", "threshold"], ["below"]),
+        # searchsorted over the first k-1 entries only: the count is then at most k-1 (the last candidate when u·total
+        # reaches the end), with no Shape-derived bound that ORT's CUDA provider would compute on the host and copy over
+        node("Slice", ["cdf", "zero", "last", "axis1"], ["cdf_head"]),
+        node("LessOrEqual", ["cdf_head", "threshold"], ["below"]),
         node("Cast", ["below"], ["below_count"], to=TensorProto.INT64),
-        node("ReduceSum", ["below_count", "axis1"], ["count"], keepdims=1),
-        node("Shape", ["scores"], ["shape"]),
-        node("Slice", ["shape", "last", "end"], ["k"]),
-        node("Sub", ["k", "one"], ["last_index"]),
-        node("Min", ["count", "last_index"], ["sampled_index"]),
+        node("ReduceSum", ["below_count", "axis1"], ["sampled_index"], keepdims=1),
         node("Where", ["sample", "sampled_index", "greedy_index"], ["index"]),
         # only these three [B, 1] values leave the device
         node("GatherElements", ["topk_ids", "index"], ["chosen_ids"], axis=1),

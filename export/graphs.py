@@ -1,7 +1,7 @@
 """The two exported graphs. Both take a KV cache of the committed prefix and extend it by S tokens.
 
 - LMStep: prefill (S = prompt) and decode (S = 1) in one graph; returns the last position's logits and
-  their top-k (values, ids) computed in the graph (k = the `num_candidates` input, at most `max_k`), plus the
+  their top-k (values, ids) computed in the graph (k = the length of the `candidate_slots` input, at most `max_k`), plus the
   extended cache. The top-k ids can be fed to the RM as they are, without leaving the device.
 - RMScorer: extends the RM cache by S tokens (the prompt at prefill, the chosen token afterwards) and in
   the same pass scores K candidate next tokens. All candidates sit at the same position P; each attends
@@ -32,7 +32,7 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
 def prefix_mask(attention_mask: torch.Tensor, num_queries: int | torch.Tensor) -> torch.Tensor:
     """Causal + padding mask for the last `num_queries` positions over all T = attention_mask.shape[1] keys."""
     total = attention_mask.shape[1]
-    query_index = torch.arange(num_queries) + (total - num_queries)
+    query_index = torch.arange(total - num_queries, total)  # bounds from shapes only: a Range ORT sets up on the host
     causal = torch.arange(total).unsqueeze(0) <= query_index.unsqueeze(1)  # [S, T]
     return causal.unsqueeze(0) & (attention_mask.unsqueeze(1) > 0)  # [B, S, T]
 
@@ -77,7 +77,9 @@ def flatten_presents(presents: list[KV]) -> list[torch.Tensor]:
 
 
 class LMStep(nn.Module):
-    """Dynamic: (input_ids, position_ids, attention_mask, num_candidates, *past) → (logits, topk_values, topk_ids, *present).
+    """Dynamic: (input_ids, position_ids, attention_mask, candidate_slots, *past) → (logits, topk_values, topk_ids, *present).
+    `candidate_slots` is any [k] tensor: only its length is read, the k of the top-k (a shape, so that ORT's CUDA
+    provider and TensorRT see k on the host without a device read, and a CUDA graph can capture the step).
     Static: the same with `cache_position` after `attention_mask`, whose width is then the cache's C slots."""
 
     def __init__(self, stack: DecoderStack, lm_head: nn.Module, max_k: int, cache: str = "dynamic") -> None:
@@ -87,17 +89,17 @@ class LMStep(nn.Module):
     def forward(self, input_ids, position_ids, attention_mask, *rest):
         num_new = input_ids.shape[1]
         if self.static:
-            cache_position, num_candidates, *past = rest
+            cache_position, candidate_slots, *past = rest
             bias = additive_mask(slot_mask(attention_mask, cache_position))
             cache = StaticCache(cache_position, num_new, with_candidates=False)
         else:
-            num_candidates, *past = rest
+            candidate_slots, *past = rest
             bias = additive_mask(prefix_mask(attention_mask, num_new))
             cache = ConcatCache(num_new)
         hidden, presents = self.stack(input_ids, position_ids, bias, unflatten_past(tuple(past)), cache)
         logits = self.lm_head(hidden[:, -1, :]).float()
         values, ids = torch.topk(logits, self.max_k, dim=-1)  # a constant k (TensorRT wants one); sliced to the asked k
-        k = num_candidates[0]
+        k = candidate_slots.shape[0]  # k is a shape, not a value: the slice is set up on the host without reading the device
         return (logits, values[:, :k], ids[:, :k], *flatten_presents(presents))
 
 

@@ -61,7 +61,7 @@ def _step_inputs(cache: str) -> list:
 
 def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
     past, present = _cache_io(stack, cache_dtype, cache)
-    inputs = [*_step_inputs(cache), ("num_candidates", [1], "int64"), *past]
+    inputs = [*_step_inputs(cache), ("candidate_slots", ["num_candidates"], "int64"), *past]
     outputs = [
         ("logits", ["batch_size", vocab], "float32"),
         ("topk_values", ["batch_size", "num_candidates"], "float32"),
@@ -150,7 +150,7 @@ def export_lm(stack: DecoderStack, lm_head: torch.nn.Module, dtype: torch.dtype,
               cache: str = "dynamic", max_context: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs, outputs = lm_io(stack, vocab, max_k, ONNX_DTYPE_NAMES[dtype], cache)
     step, past = _step_dummies(stack, dtype, vocab, cache)
-    args = (*step, torch.tensor([min(3, max_k)]), *past)
+    args = (*step, torch.zeros(min(3, max_k), dtype=torch.int64), *past)
     return _export(LMStep(stack, lm_head, max_k, cache).eval(), args, inputs, outputs, path, max_context if cache == "static" else None)
 
 

@@ -6,7 +6,6 @@ TensorRT) and the engine build (trt.Builder + OnnxParser). `tensorrt` and cuda-p
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import tempfile
@@ -56,15 +55,14 @@ def require_build_stack():
 
 @dataclass(frozen=True)
 class Profile:
-    """One optimization profile: [min, opt, max] shapes of execution inputs, [min, opt, max] values of shape inputs."""
+    """One optimization profile: [min, opt, max] shapes of every input (no input is a shape tensor: sizes such as
+    the LM's k travel as tensor shapes, see LMStep)."""
 
     name: str
     shapes: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
-    values: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"shapes": {k: [list(s) for s in v] for k, v in self.shapes.items()},
-                "values": {k: [list(s) for s in v] for k, v in self.values.items()}}
+        return {"shapes": {k: [list(s) for s in v] for k, v in self.shapes.items()}}
 
 
 def dim_ranges(max_batch: int, max_context: int, max_k: int) -> dict[str, dict[str, DimRange]]:
@@ -84,11 +82,6 @@ def dim_ranges(max_batch: int, max_context: int, max_k: int) -> dict[str, dict[s
     }
 
 
-def _is_shape_input(spec: TensorSpec, dims: dict[str, DimRange]) -> bool:
-    """An int input named after a dim, of static shape (e.g. `num_candidates` [1]): its VALUE is that dim (a shape tensor)."""
-    return spec.name in dims and spec.dtype in ("int64", "int32") and all(isinstance(d, int) for d in spec.shape)
-
-
 def graph_profiles(inputs: Sequence[TensorSpec], max_batch: int, max_context: int, max_k: int) -> list[Profile]:
     """Profiles for one graph, in the order the runtime tries them (first match wins): decode (only when the graph has a
     `sequence_length` axis), then prefill. Integer dims are fixed; an unknown symbolic dim is an ExportError."""
@@ -100,11 +93,6 @@ def graph_profiles(inputs: Sequence[TensorSpec], max_batch: int, max_context: in
             continue
         profile = Profile(phase)
         for spec in inputs:
-            if _is_shape_input(spec, dims):
-                lo, opt, hi = dims[spec.name]
-                n = math.prod(spec.shape)
-                profile.values[spec.name] = ((lo,) * n, (opt,) * n, (hi,) * n)
-                continue
             unknown = [d for d in spec.shape if not isinstance(d, int) and d not in dims]
             if unknown:
                 raise ExportError(f"input {spec.name!r} has symbolic dim(s) {unknown} with no TensorRT profile range; known: {sorted(dims)}")
@@ -128,20 +116,17 @@ def _parse(trt, network, logger, onnx_path: Path):
 
 
 def _add_profiles(builder, config, network, profiles: list[Profile]) -> None:
-    shape_inputs = {network.get_input(i).name for i in range(network.num_inputs) if network.get_input(i).is_shape_tensor}
+    shape_inputs = sorted(network.get_input(i).name for i in range(network.num_inputs) if network.get_input(i).is_shape_tensor)
+    if shape_inputs:
+        raise ExportError(f"TensorRT reads inputs {shape_inputs} as shape tensors (their values set shapes); args-rt graphs carry "
+                          "every size as a tensor shape: re-export the bundle with this args-rt")
     parsed = {network.get_input(i).name for i in range(network.num_inputs)}
     for p in profiles:
-        if parsed != set(p.shapes) | set(p.values):
-            raise ExportError(f"the parsed network's inputs {sorted(parsed)} differ from the manifest's {sorted(set(p.shapes) | set(p.values))}")
-        declared = set(p.values)
-        if declared != shape_inputs:
-            raise ExportError(f"profile {p.name}: the parsed network's shape-tensor inputs are {sorted(shape_inputs)}, "
-                              f"the manifest's specs imply {sorted(declared)}")
+        if parsed != set(p.shapes):
+            raise ExportError(f"the parsed network's inputs {sorted(parsed)} differ from the manifest's {sorted(p.shapes)}")
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in p.shapes.items():
             profile.set_shape(name, lo, opt, hi)
-        for name, (lo, opt, hi) in p.values.items():
-            profile.set_shape_input(name, lo, opt, hi)
         if config.add_optimization_profile(profile) < 0:
             raise ExportError(f"TensorRT rejected the {p.name} profile {p.as_json()}")
 

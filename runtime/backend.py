@@ -52,7 +52,6 @@ def parse_device(device: str) -> tuple[str, int]:
 
 
 ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-SHAPE_VALUE_INPUTS = {"num_candidates"}  # inputs whose value sets a shape (a Slice end): kept in host memory
 
 
 class OrtBackend(Backend):
@@ -157,34 +156,30 @@ class OrtBackend(Backend):
     def _run_options(self, feeds: Mapping[str, Any]):
         """Capture/replay 1-token steps (fixed shapes, one graph per shape); prefill lengths vary, so never capture them."""
         options = self._ort.RunOptions()
-        key = tuple((n, _shape(v)) for n, v in feeds.items()) + (("k", int(np.asarray(feeds.get("num_candidates", [0]))[0])),)
+        key = tuple((n, _shape(v)) for n, v in feeds.items())
         decode = _shape(feeds["input_ids"])[1] == 1
         graph_id = self._graph_ids.setdefault(key, len(self._graph_ids) + 1) if decode else -1
         options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return options
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype, device: str | None = None) -> Any:
-        key = (name, shape, np.dtype(dtype).str, device)
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> Any:
+        key = (name, shape, np.dtype(dtype).str)
         if key not in self._buffers:
-            where = (device, 0) if device else (self.device_type, self.device_id)
-            self._buffers[key] = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, *where)
+            self._buffers[key] = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device_type, self.device_id)
         return self._buffers[key]
 
     def _staged(self, name: str, array: np.ndarray) -> Any:
-        """The host array copied into this input's buffer for its shape (same address every step): on the device,
-        except values the graph reads as shapes (the k of the top-k slice), which ORT wants in host memory."""
-        value = self._buffer(name, array.shape, array.dtype, "cpu" if name in SHAPE_VALUE_INPUTS else None)
+        """The host array copied into this input's device buffer for its shape (same address every step)."""
+        value = self._buffer(name, array.shape, array.dtype)
         value.update_inplace(np.ascontiguousarray(array))
         return value
 
     def _output_shape(self, name: str, feeds: Mapping[str, Any]) -> tuple[int, ...]:
-        """An output's shape from its declared dims, the feeds' shapes and the asked k (num_candidates)."""
+        """An output's shape from its declared dims and the feeds' shapes."""
         dims: dict[str, int] = {}
         for meta in self.session.get_inputs():
             if meta.name in feeds:
                 dims.update({d: n for d, n in zip(meta.shape, _shape(feeds[meta.name])) if isinstance(d, str)})
-        if "num_candidates" in feeds:
-            dims["num_candidates"] = int(np.asarray(feeds["num_candidates"])[0])
         meta = next(o for o in self.session.get_outputs() if o.name == name)
         return tuple(d if isinstance(d, int) else dims[d] for d in meta.shape)
 

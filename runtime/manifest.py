@@ -11,7 +11,7 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 2  # 2: the LM graph takes num_candidates (top-k sliced in the graph); graphs record their cache layout
+FORMAT_VERSION = 3  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`
 MANIFEST_FILE = "manifest.json"
 
 

@@ -4,7 +4,7 @@ prefix; the bookkeeping both share (padding mask, next positions) lives in one P
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -115,12 +115,20 @@ class CachedGraph:
         return total
 
 
+@lru_cache(maxsize=None)
+def _slots(k: int) -> np.ndarray:
+    """The LM's `candidate_slots` feed: only its length k is read (the top-k's k as a shape, see LMStep)."""
+    slots = np.zeros(k, np.int64)
+    slots.flags.writeable = False
+    return slots
+
+
 class LanguageModel(CachedGraph):
     """Extends its cache by some tokens; proposes the top-k next tokens of each row."""
 
     def extend(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, k: int) -> TopK:
         feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]),
-                 "num_candidates": np.array([k], np.int64)}
+                 "candidate_slots": _slots(k)}
         out = self.run(feeds)
         return TopK(self.backend, out["topk_values"], out["topk_ids"], len(ids))
 

@@ -170,13 +170,13 @@ class TensorRTBackend(Backend):
         self._profile = 0
         self._in_bufs: dict[str, DeviceArray] = {}  # host feeds land here; addresses stay fixed until a feed outgrows one
         self._shadows: dict[str, DeviceArray] = {}  # in-place outputs are written here, then swapped with the caller's array
-        self._host_keep: dict[str, np.ndarray] = {}  # host memory of shape-tensor inputs, alive while TensorRT reads it
+        self._host_keep: dict[str, np.ndarray] = {}  # host memory of pending uploads, alive until the stream reads it
 
     def _read_io(self) -> None:
         trt, engine = self._trt, self.engine
         names = {getattr(trt, n): s for n, s in (("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"),
                  ("int64", "int64"), ("int32", "int32"), ("int8", "int8"), ("uint8", "uint8"), ("bool", "bool")) if hasattr(trt, n)}
-        self.inputs, self.outputs, self.dtypes, self.shape_inputs = [], [], {}, set()
+        self.inputs, self.outputs, self.dtypes = [], [], {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_dtype(name) not in names:
@@ -185,14 +185,15 @@ class TensorRTBackend(Backend):
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs.append(name)
                 if engine.is_shape_inference_io(name):
-                    self.shape_inputs.add(name)
+                    raise BundleError(f"{self.engine_path.name}: input {name!r} is a shape tensor, which args-rt engines never have "
+                                      f"(an engine from an older bundle?); rebuild it: {rebuild_command(str(self.engine_path.parent))}")
             else:
                 self.outputs.append(name)
         self.profiles = []
         for p in range(engine.num_optimization_profiles):
             ranges = {}
             for name in self.inputs:
-                triple = engine.get_tensor_profile_values(p, name) if name in self.shape_inputs else engine.get_tensor_profile_shape(name, p)
+                triple = engine.get_tensor_profile_shape(name, p)
                 ranges[name] = tuple(tuple(int(d) for d in dims) for dims in triple)
             self.profiles.append(ranges)
         self.profile_names = list(self.stamp.get("profiles", {})) or None
@@ -207,8 +208,7 @@ class TensorRTBackend(Backend):
             raise GenerationError(f"`into` names {sorted(set(into) - set(self.outputs))}, not outputs of {self.engine_path.name}")
         cudart, ctx, stream = self._cudart, self.context, self._stream
         cuda_call(cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
-        hosts = {n: host_array(self.to_host(feeds[n]), self.dtypes[n]) for n in self.shape_inputs}
-        observed = {n: tuple(int(x) for x in hosts[n].reshape(-1)) if n in hosts else tuple(feeds[n].shape) for n in self.inputs}
+        observed = {n: tuple(feeds[n].shape) for n in self.inputs}
         index = select_profile(self.profiles, observed, self.engine_path.name, self.profile_names)
         if index != self._profile:
             if not ctx.set_optimization_profile_async(index, int(stream)):
@@ -218,10 +218,7 @@ class TensorRTBackend(Backend):
             value = feeds[name]
             if not ctx.set_input_shape(name, tuple(value.shape)):
                 raise GenerationError(f"TensorRT refused shape {tuple(value.shape)} for input {name!r} of {self.engine_path.name}")
-            if name in hosts:  # shape tensors are read by TensorRT from host memory
-                self._host_keep[name] = hosts[name]
-                ctx.set_tensor_address(name, hosts[name].ctypes.data)
-            elif isinstance(value, DeviceArray):
+            if isinstance(value, DeviceArray):
                 if value.dtype != self.dtypes[name]:
                     raise GenerationError(f"input {name!r} is {value.dtype} on the GPU; {self.engine_path.name} wants {self.dtypes[name]}")
                 ctx.set_tensor_address(name, value.ptr)

@@ -24,7 +24,7 @@ def check_engine_stamp(stamp: dict[str, Any], trt_version: str, compute_capabili
 
 
 Shape = tuple[int, ...]
-Ranges = Mapping[str, tuple[Shape, Shape, Shape]]  # input name → ([min], [opt], [max]): a shape, or a shape input's values
+Ranges = Mapping[str, tuple[Shape, Shape, Shape]]  # input name → ([min], [opt], [max]) shapes
 
 
 def _fits(observed: Shape, lo: Shape, hi: Shape) -> bool:
@@ -33,7 +33,7 @@ def _fits(observed: Shape, lo: Shape, hi: Shape) -> bool:
 
 def select_profile(profiles: Sequence[Ranges], observed: Mapping[str, Shape], engine: str = "engine",
                    names: Sequence[str] | None = None) -> int:
-    """Index of the first optimization profile whose [min, max] holds every observed shape (or shape-input value).
+    """Index of the first optimization profile whose [min, max] holds every observed shape.
     Otherwise a GenerationError quoting, per profile, the first input outside it with the profile's [min, opt, max]."""
     problems = []
     for i, ranges in enumerate(profiles):

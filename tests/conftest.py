@@ -111,6 +111,20 @@ def tiny_pairs(tmp_path_factory, smol_tokenizer) -> dict[str, Pair]:
     return pairs
 
 
+STATIC_CONTEXT = 256
+
+
+@pytest.fixture(scope="session")
+def static_bundles(tiny_pairs, tmp_path_factory) -> dict[str, Path]:
+    """The tiny pairs exported with the static cache layout (`--cache static`, a 256-slot context)."""
+    folder = tmp_path_factory.mktemp("static")
+    bundles = {}
+    for name, pair in tiny_pairs.items():
+        bundles[name] = folder / f"{name}-static"
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, bundles[name], max_k=48, max_context=STATIC_CONTEXT, cache="static"), quiet=True)
+    return bundles
+
+
 @pytest.fixture(scope="session")
 def smollm2_pair(cache_dir, smollm2_dir) -> Pair:
     rm_dir = seeded_reward_model(smollm2_dir, cache_dir / "smollm2-seeded-rm")

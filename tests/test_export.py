@@ -33,7 +33,7 @@ def test_bundle_is_complete_and_validated(tiny_pairs, arch):
     checks = manifest.validation["checks"]
     assert len(checks) == 8 + 4 and all(c["ok"] for c in checks.values())  # 4 steps × (LM, RM), choose.onnx × 4
     lm_inputs = [t.name for t in manifest.lm.inputs]
-    assert lm_inputs[:4] == ["input_ids", "position_ids", "attention_mask", "num_candidates"]
+    assert lm_inputs[:4] == ["input_ids", "position_ids", "attention_mask", "candidate_slots"]
     assert lm_inputs[4:6] == ["past_key_values.0.key", "past_key_values.0.value"]
     assert [t.name for t in manifest.lm.outputs][:3] == ["logits", "topk_values", "topk_ids"]
     assert [t.name for t in manifest.rm.outputs][0] == "rewards"

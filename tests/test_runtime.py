@@ -238,7 +238,7 @@ def test_missing_bundle_file(bundle_copy):
     "edit, message",
     [
         (lambda m: m.update(format="something-else"), "is not an args-rt manifest"),
-        (lambda m: m.update(format_version=99), "has format version 99, this args-rt reads version 2"),
+        (lambda m: m.update(format_version=99), "has format version 99, this args-rt reads version 3"),
         (lambda m: m.pop("lm"), "missing or has malformed fields"),
     ],
 )

@@ -13,19 +13,7 @@ from args_export.reference import ReferenceARGS
 from args_runtime import ArgsGenerator, BundleError
 from args_runtime.manifest import load_manifest
 
-from .conftest import ARCHS, CHAT_PROMPTS, TEXT_PROMPTS
-
-CONTEXT = 256
-
-
-@pytest.fixture(scope="module")
-def static_bundles(tiny_pairs, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("static")
-    bundles = {}
-    for name, pair in tiny_pairs.items():
-        bundles[name] = folder / f"{name}-static"
-        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, bundles[name], max_k=48, max_context=CONTEXT, cache="static"), quiet=True)
-    return bundles
+from .conftest import ARCHS, CHAT_PROMPTS, STATIC_CONTEXT as CONTEXT, TEXT_PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -200,4 +188,4 @@ def test_fixed_address_binding_gives_the_same_run(static_bundles):
         assert fixed.generate(prompt, **kw).token_ids == plain.generate(prompt, **kw).token_ids
     decode_buffers = [key for key in fixed.lm.backend._buffers if key[0] == "topk_ids" and key[1] == (1, 10)]
     assert len(decode_buffers) == 1  # one [1, 10] top-k buffer served every decode step of both prompts
-    assert ("num_candidates", (1,), np.dtype(np.int64).str, "cpu") in fixed.lm.backend._buffers  # a shape value stays in host memory
+    assert ("candidate_slots", (10,), np.dtype(np.int64).str) in fixed.lm.backend._buffers  # k's carrier: staged like any feed

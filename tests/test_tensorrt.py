@@ -130,7 +130,7 @@ def test_cli_tensorrt_without_tensorrt_fails_cleanly(tmp_path, capsys):
 
 
 def _ranges(profile):
-    return {**profile.shapes, **profile.values}
+    return dict(profile.shapes)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -143,10 +143,9 @@ def test_profiles_derived_from_real_bundle_graphs(tiny_pairs, arch):
     for spec in (m.lm, m.rm):
         profiles = graph_profiles(spec.inputs, 4, C, K)
         assert [p.name for p in profiles] == ["decode", "prefill"]
-        shape_tensors = {"num_candidates": ((1,), (K,), (K,))} if spec is m.lm else {}  # the LM's k: a value, not a shape
         for p in profiles:
-            assert set(p.shapes) == {t.name for t in spec.inputs} - set(shape_tensors) and p.values == shape_tensors
-            for t in (t for t in spec.inputs if t.name in p.shapes):
+            assert set(p.shapes) == {t.name for t in spec.inputs}
+            for t in spec.inputs:
                 lo, opt, hi = p.shapes[t.name]
                 assert len(lo) == len(opt) == len(hi) == len(t.shape)
                 for i, d in enumerate(t.shape):
@@ -163,23 +162,13 @@ def test_profiles_derived_from_real_bundle_graphs(tiny_pairs, arch):
     assert cands == ((1, 1), (2, K), (4, K))
 
 
-def test_profile_shape_tensor_input_is_ranged_by_value():
-    from args_export.tensorrt_build import graph_profiles
-    from args_runtime.manifest import TensorSpec
-
-    inputs = [TensorSpec("input_ids", ["batch_size", "sequence_length"], "int64"), TensorSpec("num_candidates", [1], "int64")]
-    for p in graph_profiles(inputs, 2, 64, 8):
-        assert "num_candidates" not in p.shapes
-        assert p.values == {"num_candidates": ((1,), (8,), (8,))}
-
-
 def test_profile_graph_without_sequence_axis_has_one_profile_and_fixed_dims():
     from args_export.tensorrt_build import graph_profiles
     from args_runtime.manifest import TensorSpec
 
     (only,) = graph_profiles([TensorSpec("x", ["batch_size", 8], "float32")], 6, 64, 8)
     assert only.name == "prefill" and only.shapes == {"x": ((1, 8), (3, 8), (6, 8))}
-    assert json.loads(json.dumps(only.as_json())) == {"shapes": {"x": [[1, 8], [3, 8], [6, 8]]}, "values": {}}
+    assert json.loads(json.dumps(only.as_json())) == {"shapes": {"x": [[1, 8], [3, 8], [6, 8]]}}
 
 
 def test_profile_errors_name_the_problem():
