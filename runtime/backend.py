@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import BundleError, GenerationError
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
@@ -99,6 +99,7 @@ class OrtBackend(Backend):
         self.fixed_addresses = self.cuda_graph == "on" if fixed_addresses is None else fixed_addresses
         self._graph_ids: dict[tuple, int] = {}  # decode-step shapes → CUDA graph annotation id (1, 2, …)
         self._buffers: dict[tuple, Any] = {}  # (name, shape, dtype) → device value at a fixed address
+        self._addresses: dict[tuple, dict[str, int]] = {}  # feed shapes → the addresses bound at their first run
 
     def _providers(self, graph_path: Path, provider: str, cuda_graph: bool, trt_cache_dir: str | Path | None) -> list:
         if self.device_type == "cpu":
@@ -141,15 +142,35 @@ class OrtBackend(Backend):
                 binding.bind_ortvalue_input(name, self._staged(name, value))
             else:
                 binding.bind_cpu_input(name, value)
+        kept = {}  # outputs bound to values we hold (fixed addresses)
         for name in self.output_names:
             if name in into:
-                binding.bind_ortvalue_output(name, into[name])
+                kept[name] = into[name]
             elif fixed:
-                binding.bind_ortvalue_output(name, self._buffer(name, self._output_shape(name, feeds), self._output_dtype(name)))
+                kept[name] = self._buffer(name, self._output_shape(name, feeds), self._output_dtype(name))
             else:
                 binding.bind_output(name, self.device_type, self.device_id)
+                continue
+            binding.bind_ortvalue_output(name, kept[name])
+        if fixed:
+            self._check_addresses(feeds, kept)
         self.session.run_with_iobinding(binding, self._run_options(feeds) if self.cuda_graph == "on" else None)
         return dict(zip(self.output_names, binding.get_outputs()))
+
+    def _check_addresses(self, feeds: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        """A replayed CUDA graph reads and writes the addresses it captured, whatever is bound: an engine value fed from
+        elsewhere (a cache, the LM's top-k ids) must come back at the same address for the same shapes, or the step
+        would silently compute on stale memory. Checked before the run; staged host feeds are fixed by construction."""
+        key = tuple((n, _shape(v)) for n, v in feeds.items())
+        seen = {n: v.data_ptr() for n, v in feeds.items() if not isinstance(v, np.ndarray)}
+        seen.update({f"output {n}": v.data_ptr() for n, v in outputs.items()})
+        first = self._addresses.setdefault(key, seen)
+        moved = sorted(n for n in seen if first.get(n) != seen[n])
+        if moved:
+            raise GenerationError(
+                f"{moved} moved to a new device address between runs of the same shapes; with fixed addresses (CUDA graphs) every "
+                "engine value must be bound from the same buffer each step (keep it with Backend.empty() or a kept output)"
+            )
 
     # ------------------------------------------------------------------ CUDA graphs: fixed addresses, one graph per decode shape
 

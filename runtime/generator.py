@@ -113,7 +113,8 @@ class ArgsGenerator:
                     raise BundleError(f"{bundle} has no TensorRT engine for the {role.upper()}: build them with `args-export --tensorrt-only {bundle}`")
                 graphs[role] = open_backend(backend, bundle / stamp["file"], graph_device, threads, stamp=stamp)
             else:
-                options = {"cuda_graph": True} if cuda_graph else {}
+                # both graphs keep fixed addresses even if ORT refuses one a CUDA graph: the RM binds the LM's top-k ids as they are
+                options = {"cuda_graph": True, "fixed_addresses": True} if cuda_graph else {}
                 if backend == "onnxruntime-trt":
                     options["trt_fp16"] = spec.dtype == "float16"  # fp16 kernels only where the bundle is fp16
                 graphs[role] = open_backend(backend, bundle / spec.file, graph_device, threads, **options)

@@ -189,3 +189,23 @@ def test_fixed_address_binding_gives_the_same_run(static_bundles):
     decode_buffers = [key for key in fixed.lm.backend._buffers if key[0] == "topk_ids" and key[1] == (1, 10)]
     assert len(decode_buffers) == 1  # one [1, 10] top-k buffer served every decode step of both prompts
     assert ("candidate_slots", (10,), np.dtype(np.int64).str) in fixed.lm.backend._buffers  # k's carrier: staged like any feed
+    assert len(fixed.rm.backend._addresses) > 2  # the RM checked its bound addresses (the LM's top-k ids among them) every step
+
+
+def test_fixed_addresses_refuse_an_engine_value_that_moved(static_bundles):
+    """A replayed CUDA graph would read the captured address: a cache or id value fed from a new buffer for the same
+    shapes is an error, not a silent stale read."""
+    from args_runtime.backend import OrtBackend
+    from args_runtime.errors import GenerationError
+
+    gen = ArgsGenerator.from_bundle(static_bundles["llama"])
+    backend = gen.rm.backend = OrtBackend(static_bundles["llama"] / "rm.onnx", "cpu", fixed_addresses=True)
+    spec = gen.manifest.rm
+    feeds = {"input_ids": np.array([[7]]), "position_ids": np.array([[0]]), "attention_mask": np.eye(1, CONTEXT, dtype=np.int64),
+             "cache_position": np.array([0])}
+    past = {t.name: backend.empty((1, spec.num_kv_heads, CONTEXT, spec.head_dim), "float32") for t in spec.inputs if t.name.startswith("past")}
+    ids = backend.empty((1, 3), "int64")
+    backend.run({**feeds, **past, "candidate_ids": ids})
+    backend.run({**feeds, **past, "candidate_ids": ids})  # same buffers: fine
+    with pytest.raises(GenerationError, match=r"\['candidate_ids'\] moved to a new device address"):
+        backend.run({**feeds, **past, "candidate_ids": backend.empty((1, 3), "int64")})
