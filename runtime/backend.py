@@ -54,6 +54,22 @@ def parse_device(device: str) -> tuple[str, int]:
 ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
+CUDA_GRAPH_MIN_ORT = (1, 30)
+
+
+def cuda_graph_blocker(ort_version: str) -> str | None:
+    """Why this ONNX Runtime must not capture our decode steps, or None. Before 1.30 a replay could re-read host
+    staging buffers (ScatterND's and Concat's kernel metadata) that a prefill run in between had reused
+    (microsoft/onnxruntime#32121, merged 2026-08-17): wrong caches, silently."""
+    parts = ort_version.split("+")[0].split(".")
+    numbers = tuple(int(p) if p.isdigit() else 0 for p in parts[:2])
+    if numbers >= CUDA_GRAPH_MIN_ORT:
+        return None
+    need = ".".join(map(str, CUDA_GRAPH_MIN_ORT))
+    return (f"off: onnxruntime {ort_version} can replay stale kernel metadata after a prefill (microsoft/onnxruntime#32121); "
+            f"CUDA graphs need onnxruntime-gpu >= {need}")
+
+
 class OrtBackend(Backend):
     """ONNX Runtime with IO binding: outputs are bound to the device, so caches never leave it.
 
@@ -83,11 +99,12 @@ class OrtBackend(Backend):
         if threads:
             options.intra_op_num_threads = threads
         self.trt_fp16 = trt_fp16
+        too_old = cuda_graph_blocker(ort.__version__) if cuda_graph and self.device_type == "cuda" else None
+        cuda_graph = cuda_graph and too_old is None
         providers = self._providers(Path(graph_path), provider, cuda_graph, trt_cache_dir)
-        self.cuda_graph = "off"
         try:
             self.session = self._open(graph_path, options, providers)
-            self.cuda_graph = "on" if cuda_graph and self.device_type == "cuda" else "off"
+            self.cuda_graph = "on" if cuda_graph and self.device_type == "cuda" else (too_old or "off")
         except BundleError as e:
             if not (cuda_graph and self.device_type == "cuda"):
                 raise

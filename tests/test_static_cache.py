@@ -140,6 +140,15 @@ def test_cuda_graphs_need_a_static_bundle(tiny_pairs, static_bundles):
     assert gen.generate("Hi", k=3, w=1.0, max_new_tokens=2).timings["engines"]["lm"]["cuda_graph"] == "off"
 
 
+def test_cuda_graphs_need_an_onnxruntime_that_keeps_replay_metadata():
+    from args_runtime.backend import cuda_graph_blocker
+
+    assert cuda_graph_blocker("1.29.1").startswith("off: onnxruntime 1.29.1 can replay stale kernel metadata")
+    assert "onnxruntime-gpu >= 1.30" in cuda_graph_blocker("1.20.0")
+    assert cuda_graph_blocker("1.30.0") is cuda_graph_blocker("1.31.1") is cuda_graph_blocker("1.32.0.dev20261101+cu13") is None
+    assert cuda_graph_blocker("2.0") is None
+
+
 def test_ort_tensorrt_provider_on_cpu_fails_clearly(static_bundles):
     with pytest.raises(BundleError, match="needs device='cuda'"):
         ArgsGenerator.from_bundle(static_bundles["llama"], backend="onnxruntime-trt", device="cpu")
@@ -209,3 +218,33 @@ def test_fixed_addresses_refuse_an_engine_value_that_moved(static_bundles):
     backend.run({**feeds, **past, "candidate_ids": ids})  # same buffers: fine
     with pytest.raises(GenerationError, match=r"\['candidate_ids'\] moved to a new device address"):
         backend.run({**feeds, **past, "candidate_ids": backend.empty((1, 3), "int64")})
+
+
+@pytest.mark.parametrize("graph", ["lm", "rm"])
+def test_a_step_run_twice_changes_nothing(static_bundles, graph):
+    """ORT runs a step more than once while it captures a CUDA graph (warm-up runs, then the capture), with the cache
+    bound in place. A slot write is idempotent (the same values into the same slot), unlike a recurrent state update
+    (microsoft/onnxruntime#32243): outputs and cache after two runs equal those after one."""
+    from args_runtime.backend import OrtBackend
+
+    bundle = static_bundles["llama"]
+    spec = getattr(load_manifest(bundle), graph)
+    backend = OrtBackend(bundle / spec.file, "cpu")
+    past = {t.name: backend.empty((1, spec.num_kv_heads, CONTEXT, spec.head_dim), "float32") for t in spec.inputs if t.name.startswith("past")}
+    into = dict(zip((t.name for t in spec.outputs if t.name.startswith("present")), past.values()))
+    extra = {"candidate_slots": np.zeros(4, np.int64)} if graph == "lm" else {"candidate_ids": np.array([[3, 50, 700, 9000]])}
+
+    def step(ids: list[int], start: int):
+        mask = np.zeros((1, CONTEXT), np.int64)
+        mask[0, : start + len(ids)] = 1
+        positions = np.arange(start, start + len(ids))
+        feeds = {"input_ids": np.array([ids]), "position_ids": positions[None], "attention_mask": mask, "cache_position": positions}
+        out = backend.run({**feeds, **extra, **past}, into=into)
+        first = out["logits" if graph == "lm" else "rewards"]
+        return backend.to_host(first).copy(), [backend.to_host(v).copy() for v in past.values()]
+
+    step([5, 9, 11], 0)
+    once = step([7], 3)
+    twice = step([7], 3)
+    assert np.array_equal(once[0], twice[0]) and all(np.array_equal(a, b) for a, b in zip(once[1], twice[1]))
+    assert np.abs(once[1][0][0, :, 3]).sum() > 0 and not np.abs(once[1][0][0, :, 4:]).any()  # slot 3 written, later ones not
