@@ -60,7 +60,8 @@ CUDA_GRAPH_MIN_ORT = (1, 30)
 def cuda_graph_blocker(ort_version: str) -> str | None:
     """Why this ONNX Runtime must not capture our decode steps, or None. Before 1.30 a replay could re-read host
     staging buffers (ScatterND's and Concat's kernel metadata) that a prefill run in between had reused
-    (microsoft/onnxruntime#32121, merged 2026-08-17): wrong caches, silently."""
+    (microsoft/onnxruntime#32121): wrong caches, silently. The fix's `RetainBufferForGraphCapture` is in the CUDA
+    provider library of onnxruntime-gpu 1.30.0 and 1.31.1, and not in 1.29.0 (checked in the wheels)."""
     parts = ort_version.split("+")[0].split(".")
     numbers = tuple(int(p) if p.isdigit() else 0 for p in parts[:2])
     if numbers >= CUDA_GRAPH_MIN_ORT:
