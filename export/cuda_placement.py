@@ -18,7 +18,7 @@ emits; it is a list kept in the code, like the TensorRT op list, not a run of th
 graph ORT sees after its basic optimizations (``ort_basic_graph``): constant folding there decides what is an
 initializer.
 
-    python -m args_export.cuda_placement BUNDLE [--host-input num_candidates]
+    python -m args_export.cuda_placement BUNDLE [--host-input NAME]
 """
 
 from __future__ import annotations
@@ -171,98 +171,124 @@ def _size(tensor: onnx.TensorProto) -> int:
     return size
 
 
-def predict(model: onnx.ModelProto, path: str = "<model>", host_inputs: tuple[str, ...] = (), half_is_bf16: bool = False) -> Placement:
-    """Place every node as ORT's CUDA provider would; `host_inputs` are graph inputs the runtime binds in host memory;
-    `half_is_bf16` reads every fp16 tensor as bf16 (the fp16 twin of a bf16 graph)."""
-    graph, placement = model.graph, Placement(path)
-    nodes = list(graph.node)  # ONNX graphs are topologically sorted
-    types = _element_types(model)
-    if half_is_bf16:
-        types = {name: TensorProto.BFLOAT16 if t == TensorProto.FLOAT16 else t for name, t in types.items()}
-    initializer_size = {t.name: _size(t) for t in graph.initializer}
-    for n in nodes:
-        if n.op_type == "Constant":
-            initializer_size[n.output[0]] = _size(n.attribute[0].t) if n.attribute[0].type == onnx.AttributeProto.TENSOR else 1
-    nodes = [n for n in nodes if n.op_type != "Constant"]  # ORT turns them into initializers
-    graph_inputs = {i.name for i in graph.input} - set(initializer_size)
-    label = {id(n): f"{n.op_type} {n.name or n.output[0]}" for n in nodes}
+@dataclass
+class _Graph:
+    """The graph as the placement steps read it: nodes in topological order (Constant nodes become initializers, as
+    in ORT), element types, initializer sizes, graph inputs, and each value's consumers (node indices)."""
 
+    nodes: list[onnx.NodeProto]
+    types: dict[str, int]
+    initializer_size: dict[str, int]
+    inputs: set[str]
+    consumers: dict[str, list[int]]
+
+    @classmethod
+    def read(cls, model: onnx.ModelProto, half_is_bf16: bool) -> "_Graph":
+        types = _element_types(model)
+        if half_is_bf16:
+            types = {name: TensorProto.BFLOAT16 if t == TensorProto.FLOAT16 else t for name, t in types.items()}
+        sizes = {t.name: _size(t) for t in model.graph.initializer}
+        for n in model.graph.node:
+            if n.op_type == "Constant":
+                sizes[n.output[0]] = _size(n.attribute[0].t) if n.attribute[0].type == onnx.AttributeProto.TENSOR else 1
+        nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+        consumers: dict[str, list[int]] = {}
+        for index, n in enumerate(nodes):
+            for name in n.input:
+                consumers.setdefault(name, []).append(index)
+        return cls(nodes, types, sizes, {i.name for i in model.graph.input} - set(sizes), consumers)
+
+    @staticmethod
+    def label(n: onnx.NodeProto) -> str:
+        return f"{n.op_type} {n.name or n.output[0]}"
+
+
+def _cuda_kernels(g: _Graph, placement: Placement) -> dict[int, Kernel]:
+    """Step 1: the CUDA kernel of every node that has one (by op and type); the others are recorded as no_kernel."""
     kernel: dict[int, Kernel] = {}
-    for n in nodes:
+    for index, n in enumerate(g.nodes):
         spec = CUDA_KERNELS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
-        if spec is not None:
-            typed = n.output[0] if spec.type_of < 0 else n.input[spec.type_of]
-            if types.get(typed, 0) in spec.types:
-                kernel[id(n)] = spec
-                continue
-        placement.no_kernel.append(f"{label[id(n)]} ({n.op_type} with {TensorProto.DataType.Name(types.get(typed, 0)) if spec else 'no CUDA kernel'})")
+        typed = g.types.get(n.output[0] if spec.type_of < 0 else n.input[spec.type_of], 0) if spec else 0
+        if spec is not None and typed in spec.types:
+            kernel[index] = spec
+        else:
+            why = f"{n.op_type} with {TensorProto.DataType.Name(typed)}" if spec else "no CUDA kernel"
+            placement.no_kernel.append(f"{_Graph.label(n)} ({why})")
+    return kernel
 
-    consumers: dict[str, list[int]] = {}
-    for index, n in enumerate(nodes):
-        for name in n.input:
-            consumers.setdefault(name, []).append(index)
 
-    # GetCpuPreferredNodes: grow the CPU shape subgraph from the consumers of CPU outputs, in topological order.
+def _cpu_preferred(g: _Graph, kernel: dict[int, Kernel]) -> set[int]:
+    """Step 2, GetCpuPreferredNodes: grow the CPU shape subgraph from the consumers of CPU outputs, in topological
+    order. Returns the indices of every node left on CPU (no kernel, or moved there)."""
     cpu_values: set[str] = set()
     candidates: list[int] = []
-    for n in nodes:
-        spec = kernel.get(id(n))
+    for index, n in enumerate(g.nodes):
         for i, out in enumerate(n.output):
-            if spec is not None and i in spec.cpu_outputs:
+            if index in kernel and i in kernel[index].cpu_outputs:
                 cpu_values.add(out)
-                candidates.extend(consumers.get(out, []))
+                candidates.extend(g.consumers.get(out, []))
     heapq.heapify(candidates)
-    on_cpu = {id(n) for n in nodes if id(n) not in kernel}
+    on_cpu = {index for index in range(len(g.nodes)) if index not in kernel}
     visited: set[int] = set()
     while candidates:
         index = heapq.heappop(candidates)
         if index in visited:
             continue
         visited.add(index)
-        n = nodes[index]
-        if id(n) not in kernel:  # no CUDA kernel: on CPU anyway, its outputs are CPU values
-            cpu_values.update(n.output)
-            for out in n.output:
-                for c in consumers.get(out, []):
-                    heapq.heappush(candidates, c)
+        n = g.nodes[index]
+        if index in kernel and not _reads_only_host_values(g, n, kernel[index], cpu_values):
             continue
-        spec, to_cpu = kernel[id(n)], True
-        for i, name in enumerate(n.input):
-            if not name:
-                continue
-            if types.get(name) in _NEVER_ON_CPU:
-                to_cpu = False
-                break
-            if initializer_size.get(name, SMALL_INITIALIZER + 1) <= SMALL_INITIALIZER or name in graph_inputs:
-                continue
-            if name not in cpu_values or i in spec.cpu_inputs:
-                to_cpu = False
-                break
-        if to_cpu:
-            on_cpu.add(id(n))
-            cpu_values.update(n.output)
-            for out in n.output:
-                for c in consumers.get(out, []):
-                    heapq.heappush(candidates, c)
+        on_cpu.add(index)  # no CUDA kernel (on CPU anyway), or a shape computation moved there
+        cpu_values.update(n.output)
+        for out in n.output:
+            for c in g.consumers.get(out, []):
+                heapq.heappush(candidates, c)
+    return on_cpu
 
-    # TransformerMemcpyImpl: which values are produced/consumed on the device and on the host.
+
+def _reads_only_host_values(g: _Graph, n: onnx.NodeProto, spec: Kernel, cpu_values: set[str]) -> bool:
+    """GetCpuPreferredNodes' test: every input is a small initializer, a graph input, or a CPU value that the CUDA
+    kernel would not itself take as a CPU input; no half-precision input."""
+    for i, name in enumerate(n.input):
+        if not name:
+            continue
+        if g.types.get(name) in _NEVER_ON_CPU:
+            return False
+        if g.initializer_size.get(name, SMALL_INITIALIZER + 1) <= SMALL_INITIALIZER or name in g.inputs:
+            continue
+        if name not in cpu_values or i in spec.cpu_inputs:
+            return False
+    return True
+
+
+def _copies(g: _Graph, kernel: dict[int, Kernel], on_cpu: set[int], host_inputs: tuple[str, ...], placement: Placement) -> None:
+    """Step 3, TransformerMemcpyImpl: a Memcpy wherever a value is produced on one side and read on the other; graph
+    inputs read on the host (or staged there and read on the device) are frozen by a replay."""
     device_in, host_in, device_out, host_out = set(), set(), set(), set()
-    for n in nodes:
-        cuda = id(n) not in on_cpu
-        spec = kernel.get(id(n))
+    for index, n in enumerate(g.nodes):
+        spec = None if index in on_cpu else kernel[index]
         for i, name in enumerate(n.input):
-            if name and name not in initializer_size:
-                (device_in if cuda and i not in spec.cpu_inputs else host_in).add(name)
+            if name and name not in g.initializer_size:
+                (device_in if spec and i not in spec.cpu_inputs else host_in).add(name)
         for i, name in enumerate(n.output):
             if name:
-                (device_out if cuda and i not in spec.cpu_outputs else host_out).add(name)
-    placement.cpu_nodes = [label[id(n)] for n in nodes if id(n) in on_cpu]
+                (device_out if spec and i not in spec.cpu_outputs else host_out).add(name)
     placement.copies = sorted(
         [f"{v} (host -> device)" for v in host_out & device_in]
         + [f"{v} (device -> host)" for v in device_out & host_in]
-        + [f"{v} (graph input read on both sides)" for v in graph_inputs & device_in & host_in]
+        + [f"{v} (graph input read on both sides)" for v in g.inputs & device_in & host_in]
     )
-    placement.frozen_inputs = sorted((graph_inputs & host_in) | (set(host_inputs) & device_in))
+    placement.frozen_inputs = sorted((g.inputs & host_in) | (set(host_inputs) & device_in))
+
+
+def predict(model: onnx.ModelProto, path: str = "<model>", host_inputs: tuple[str, ...] = (), half_is_bf16: bool = False) -> Placement:
+    """Place every node as ORT's CUDA provider would; `host_inputs` are graph inputs the runtime binds in host memory;
+    `half_is_bf16` reads every fp16 tensor as bf16 (the fp16 twin of a bf16 graph)."""
+    g, placement = _Graph.read(model, half_is_bf16), Placement(path)
+    kernel = _cuda_kernels(g, placement)
+    on_cpu = _cpu_preferred(g, kernel)
+    placement.cpu_nodes = [_Graph.label(n) for index, n in enumerate(g.nodes) if index in on_cpu]
+    _copies(g, kernel, on_cpu, host_inputs, placement)
     return placement
 
 
