@@ -166,7 +166,13 @@ def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> lis
         entries.append(Entry("reference", f"transformers eager {device}", reference))
 
     def ours(kind, bundle: Path, device: str, loop: str | None, engine: str, graphs: bool = False) -> Callable[[], Contender]:
-        return lambda: kind(ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=loop, cuda_graph=graphs), engine)
+        def make() -> Contender:
+            gen = ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=loop, cuda_graph=graphs)
+            if graphs:
+                require_cuda_graphs(gen)
+            return kind(gen, engine)
+
+        return make
 
     for device in args.devices:
         for layout, bundle in bundles.items():
@@ -179,6 +185,14 @@ def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> lis
             floor = engine_label(device, layout)
             entries.append(Entry("floor", floor, ours(FloorContender, bundle, device, None, floor)))
     return entries
+
+
+def require_cuda_graphs(gen) -> None:
+    """A contender labelled "cuda graph" must run with them: stop with ORT's reason rather than time a plain run."""
+    status = {role: model.backend.describe().get("cuda_graph") for role, model in (("lm", gen.lm), ("rm", gen.rm))}
+    off = {role: why for role, why in status.items() if why != "on"}
+    if off:
+        raise SystemExit(f"args-bench --cuda-graph: CUDA graphs are not on ({off}); fix that or run without --cuda-graph")
 
 
 def engine_label(device: str, cache_layout: str, loop: str | None = None, cuda_graph: bool = False) -> str:

@@ -141,3 +141,10 @@ def test_prefix_agreement_counts_tokens_before_the_first_difference():
     assert prefix_agreement(reference, reference) == 1.0
     assert prefix_agreement([[1, 2, 9, 4], [5, 6, 7, 8]], reference) == pytest.approx((2 / 4 + 1) / 2)  # later matches do not count
     assert prefix_agreement([[9, 2, 3, 4], [5, 6, 7]], reference) == pytest.approx((0 + 3 / 4) / 2)
+
+
+def test_cuda_graph_contenders_refuse_to_time_a_plain_run(static_bundles):
+    """On the CPU nothing is captured: a contender labelled "cuda graph" must stop with the reason, not time plain runs."""
+    gen = ArgsGenerator.from_bundle(static_bundles["llama"], cuda_graph=True)
+    with pytest.raises(SystemExit, match=r"CUDA graphs are not on \({'lm': 'off', 'rm': 'off'}\)"):
+        latency.require_cuda_graphs(gen)
