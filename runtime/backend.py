@@ -16,6 +16,7 @@ import numpy as np
 from .errors import BundleError, GenerationError
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}  # ORT's type names
 
 
 class Backend(ABC):
@@ -77,7 +78,7 @@ class OrtBackend(Backend):
     On CUDA, `cuda_graph=True` asks ORT to capture each 1-token decode step as a CUDA graph (replayed on later
     steps with the same shapes). That needs fixed input/output addresses, so host inputs are then copied into
     device buffers kept per shape, and outputs go to buffers kept likewise; it needs the static cache layout,
-    and ORT refuses it when any node falls back to the CPU (`describe()["cuda_graph"]` says which happened).
+    and ORT refuses it when partitioning leaves a Memcpy node (`describe()["cuda_graph"]` says which happened).
     `provider="tensorrt"` runs ORT's TensorRT execution provider (CUDA and CPU as fallbacks), with its engines
     and timing cache kept in `trt_cache_dir` (default: a `trt-ep-cache` folder beside the graph); `trt_fp16` lets
     TensorRT use fp16 kernels (meant for fp16 bundles: on an fp32 one it changes the numbers)."""
@@ -118,6 +119,7 @@ class OrtBackend(Backend):
         self._graph_ids: dict[tuple, int] = {}  # decode-step shapes → CUDA graph annotation id (1, 2, …)
         self._buffers: dict[tuple, Any] = {}  # (name, shape, dtype) → device value at a fixed address
         self._addresses: dict[tuple, dict[str, int]] = {}  # feed shapes → the addresses bound at their first run
+        self._specs: dict[tuple, dict[str, tuple]] = {}  # (feed shapes, `into` names) → the other outputs' (shape, dtype)
 
     def _providers(self, graph_path: Path, provider: str, cuda_graph: bool, trt_cache_dir: str | Path | None) -> list:
         if self.device_type == "cpu":
@@ -151,35 +153,32 @@ class OrtBackend(Backend):
 
     def run(self, feeds: Mapping[str, Any], into: Mapping[str, Any] | None = None) -> dict[str, Any]:
         into = into or {}
-        fixed = self.fixed_addresses
+        # The feeds' shapes: which fixed buffers, which recorded addresses and which CUDA graph this run uses.
+        key = tuple((n, _shape(v)) for n, v in feeds.items()) if self.fixed_addresses or self.cuda_graph == "on" else ()
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if not isinstance(value, np.ndarray):
                 binding.bind_ortvalue_input(name, value)
-            elif fixed:
+            elif self.fixed_addresses:
                 binding.bind_ortvalue_input(name, self._staged(name, value))
             else:
                 binding.bind_cpu_input(name, value)
-        kept = {}  # outputs bound to values we hold (fixed addresses)
+        kept = dict(into)  # outputs bound to values we hold
+        if self.fixed_addresses:
+            kept.update({n: self._buffer(n, *spec) for n, spec in self._output_specs(key, feeds, into).items()})
+            self._check_addresses(key, feeds, kept)
         for name in self.output_names:
-            if name in into:
-                kept[name] = into[name]
-            elif fixed:
-                kept[name] = self._buffer(name, self._output_shape(name, feeds), self._output_dtype(name))
+            if name in kept:
+                binding.bind_ortvalue_output(name, kept[name])
             else:
                 binding.bind_output(name, self.device_type, self.device_id)
-                continue
-            binding.bind_ortvalue_output(name, kept[name])
-        if fixed:
-            self._check_addresses(feeds, kept)
-        self.session.run_with_iobinding(binding, self._run_options(feeds) if self.cuda_graph == "on" else None)
+        self.session.run_with_iobinding(binding, self._run_options(key, feeds) if self.cuda_graph == "on" else None)
         return dict(zip(self.output_names, binding.get_outputs()))
 
-    def _check_addresses(self, feeds: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    def _check_addresses(self, key: tuple, feeds: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
         """A replayed CUDA graph reads and writes the addresses it captured, whatever is bound: an engine value fed from
         elsewhere (a cache, the LM's top-k ids) must come back at the same address for the same shapes, or the step
         would silently compute on stale memory. Checked before the run; staged host feeds are fixed by construction."""
-        key = tuple((n, _shape(v)) for n, v in feeds.items())
         seen = {n: v.data_ptr() for n, v in feeds.items() if not isinstance(v, np.ndarray)}
         seen.update({f"output {n}": v.data_ptr() for n, v in outputs.items()})
         first = self._addresses.setdefault(key, seen)
@@ -192,10 +191,9 @@ class OrtBackend(Backend):
 
     # ------------------------------------------------------------------ CUDA graphs: fixed addresses, one graph per decode shape
 
-    def _run_options(self, feeds: Mapping[str, Any]):
+    def _run_options(self, key: tuple, feeds: Mapping[str, Any]):
         """Capture/replay 1-token steps (fixed shapes, one graph per shape); prefill lengths vary, so never capture them."""
         options = self._ort.RunOptions()
-        key = tuple((n, _shape(v)) for n, v in feeds.items())
         decode = _shape(feeds["input_ids"])[1] == 1
         graph_id = self._graph_ids.setdefault(key, len(self._graph_ids) + 1) if decode else -1
         options.add_run_config_entry("gpu_graph_id", str(graph_id))
@@ -213,18 +211,20 @@ class OrtBackend(Backend):
         value.update_inplace(np.ascontiguousarray(array))
         return value
 
-    def _output_shape(self, name: str, feeds: Mapping[str, Any]) -> tuple[int, ...]:
-        """An output's shape from its declared dims and the feeds' shapes."""
-        dims: dict[str, int] = {}
-        for meta in self.session.get_inputs():
-            if meta.name in feeds:
-                dims.update({d: n for d, n in zip(meta.shape, _shape(feeds[meta.name])) if isinstance(d, str)})
-        meta = next(o for o in self.session.get_outputs() if o.name == name)
-        return tuple(d if isinstance(d, int) else dims[d] for d in meta.shape)
-
-    def _output_dtype(self, name: str):
-        meta = next(o for o in self.session.get_outputs() if o.name == name)
-        return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}[meta.type]
+    def _output_specs(self, key: tuple, feeds: Mapping[str, Any], into: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """(shape, numpy dtype) of every output not bound `into` a caller's value, for these feed shapes, from the
+        declared dims: worked out on the first run of each shape, looked up after."""
+        cached = (key, frozenset(into))
+        if cached not in self._specs:
+            dims: dict[str, int] = {}
+            for meta in self.session.get_inputs():
+                if meta.name in feeds:
+                    dims.update({d: n for d, n in zip(meta.shape, _shape(feeds[meta.name])) if isinstance(d, str)})
+            self._specs[cached] = {
+                meta.name: (tuple(d if isinstance(d, int) else dims[d] for d in meta.shape), ONNX_TYPES[meta.type])
+                for meta in self.session.get_outputs() if meta.name not in into
+            }
+        return self._specs[cached]
 
     # ------------------------------------------------------------------
 
