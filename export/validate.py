@@ -94,6 +94,7 @@ def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf,
 
 def validate_choice_graph(path: Path, report: ValidationReport, seed: int = 0) -> None:
     """choose.onnx against the host choosers (selection.py) on random scores: the same greedy and sampled picks."""
+    from args_runtime.choice import choice_feeds, choice_settings
     from args_runtime.selection import args_scores, choose_greedy, sample_index
 
     rng = np.random.default_rng(seed)
@@ -105,9 +106,7 @@ def validate_choice_graph(path: Path, report: ValidationReport, seed: int = 0) -
     scores = args_scores(values, rewards, w)
     backend = OrtBackend(path, "cpu")
     for name, sample, expected in (("greedy", False, choose_greedy(scores)), ("sampled", True, sample_index(scores, temperature, draws))):
-        feeds = {"topk_values": values, "topk_ids": ids, "rewards": rewards, "w": np.array([w], np.float32), "sample": np.array([sample]),
-                 "temperature": np.array([temperature]), "draws": draws}
-        out = {n: backend.to_host(v) for n, v in backend.run(feeds).items()}
+        out = {n: backend.to_host(v) for n, v in backend.run(choice_feeds(values, ids, rewards, choice_settings(w, sample, temperature), draws)).items()}
         rows = np.arange(batch)
         report.add_exact(f"choose.onnx {name} picks ({batch} rows)", out["chosen_ids"][:, 0], ids[rows, expected], "host chooser")
         report.add_exact(f"choose.onnx {name} logit and reward", np.stack([out["chosen_logits"][:, 0], out["chosen_rewards"][:, 0]]),

@@ -11,15 +11,14 @@ import pytest
 
 from args_runtime import ArgsGenerator, BundleError, GenerationError
 from args_runtime.backend import OrtBackend
+from args_runtime.choice import choice_feeds, choice_settings
 from args_runtime.selection import args_scores, choose_greedy, sample_index
 
 from .conftest import CHAT_PROMPTS, TEXT_PROMPTS
 
 
 def _choose(backend, values, ids, rewards, w, sample, temperature, draws):
-    feeds = {"topk_values": values, "topk_ids": ids, "rewards": rewards, "w": np.array([w], np.float32), "sample": np.array([sample]),
-             "temperature": np.array([temperature]), "draws": draws}
-    return {n: backend.to_host(v) for n, v in backend.run(feeds).items()}
+    return {n: backend.to_host(v) for n, v in backend.run(choice_feeds(values, ids, rewards, choice_settings(w, sample, temperature), draws)).items()}
 
 
 @pytest.mark.parametrize("k", [1, 2, 10, 48])
