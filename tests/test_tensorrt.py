@@ -129,10 +129,6 @@ def test_cli_tensorrt_without_tensorrt_fails_cleanly(tmp_path, capsys):
 # --- optimization profiles (pure) ---------------------------------------------------------------------------
 
 
-def _ranges(profile):
-    return dict(profile.shapes)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_profiles_derived_from_real_bundle_graphs(tiny_pairs, arch):
     from args_export.tensorrt_build import dim_ranges, graph_profiles
@@ -191,7 +187,7 @@ def test_select_profile_prefers_decode_and_quotes_min_opt_max(tiny_pairs):
     m = load_manifest(tiny_pairs["llama"].bundle)
     C = m.max_context
     profiles = graph_profiles(m.lm.inputs, 4, C, m.max_k)
-    ranges, names = [_ranges(p) for p in profiles], [p.name for p in profiles]
+    ranges, names = [p.shapes for p in profiles], [p.name for p in profiles]
 
     def observed(batch, seq, past):
         kv = (m.lm.num_kv_heads, m.lm.head_dim)
