@@ -22,8 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -31,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .common import RESULTS, machine
 from .contenders import ArgsContender, Contender, FloorContender, GreedyContender, ReferenceContender, Run
 from .report import Case, Record, judge_targets, prefix_agreement, print_table, summarise, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FILLER = (
     "The harbour town woke slowly. Fishing boats rocked against the pier while gulls argued over scraps, and the "
     "baker on the corner pulled the first loaves from a stone oven. Children walked to school along the sea wall, "
@@ -73,23 +71,6 @@ class Plan:
 # ---------------------------------------------------------------------------------------------- set-up
 
 
-def machine() -> dict:
-    """The machine, named: CPU model and cores, GPU if any, and a short label for the results folder."""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    gpu = None
-    try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=10).stdout.strip().splitlines()[0] or None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        pass
-    import onnxruntime
-
-    cores = os.cpu_count()
-    label = re.sub(r"[^a-z0-9]+", "-", (gpu or f"{cpu} {cores}-core").lower()).strip("-")
-    return {"label": label, "cpu": cpu, "cores": cores, "gpu": gpu, "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "ort_providers": onnxruntime.get_available_providers()}
-
-
 def ensure_bundles(args: argparse.Namespace, plan: Plan) -> dict[str, Path]:
     """The bundles to measure, by KV-cache layout: the one given, or one per layout exported (once, cached)."""
     if args.bundle:
@@ -103,7 +84,7 @@ def ensure_bundle(args: argparse.Namespace, plan: Plan, cache_layout: str = "dyn
     """One bundle exported (once, cached) from the LM/RM folders."""
     from args_export.bundle import ExportOptions, export_bundle
     from args_runtime.manifest import FORMAT_VERSION
-    from args_export.demo import cache_dir, demo_paths, prepare_bundle
+    from args_export.demo.prepare import cache_dir, demo_paths, prepare_bundle
 
     cache = cache_dir()
     if args.random_shape:
@@ -130,12 +111,6 @@ class Entry:
     kind: str
     engine: str
     make: Callable[[], Contender]
-
-
-def available_loops() -> list[str]:
-    from args_runtime import stepper
-
-    return ["python", "cpp"] if stepper._steploop is not None else ["python"]
 
 
 def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> list[Entry]:
@@ -356,6 +331,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from args_runtime.errors import ArgsError
+    from args_runtime.stepper import available_loops
 
     try:
         import onnxruntime

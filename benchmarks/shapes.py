@@ -20,14 +20,14 @@ def random_pair(shape: str, dtype: str, cache: Path, max_positions: int = 4096) 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
 
     from args_export.loading import DTYPES
-    from args_export.models_on_disk import convert_gguf, smollm2_gguf
+    from args_export.demo.prepare import smollm2_folder
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
     lm_dir, rm_dir = cache / f"random-{shape}-{dtype}-lm", cache / f"random-{shape}-{dtype}-rm"
     if (lm_dir / "config.json").is_file() and (rm_dir / "config.json").is_file():
         return lm_dir, rm_dir
-    tokenizer = AutoTokenizer.from_pretrained(convert_gguf(smollm2_gguf(), cache / "smollm2-135m-instruct"))
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(cache))
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
     for seed, folder, auto, extra in ((0, lm_dir, AutoModelForCausalLM, {}), (1, rm_dir, AutoModelForSequenceClassification, {"num_labels": 1})):

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from args_export.demo import cache_dir, prepare_bundle
+from args_export.demo.prepare import cache_dir, prepare_bundle
 from args_runtime import ArgsGenerator
 from args_runtime.stepper import LOOPS, StepConfig, make_stepper
 
-from .latency import RESULTS, machine
+from .common import RESULTS, machine
 
 PROMPTS = [[{"role": "user", "content": "Give me one tip for a calm morning."}], [{"role": "user", "content": "Name a planet."}],
            [{"role": "user", "content": "Write a haiku about tea, please, with a seasonal word."}], [{"role": "user", "content": "Hi!"}]]

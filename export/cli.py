@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from args_runtime.errors import ArgsError
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = None
         if args.tensorrt or args.tensorrt_only:
-            from .tensorrt_build import require_build_stack
+            from .gpu.tensorrt_build import require_build_stack
 
             require_build_stack()  # TensorRT, cuda-python, a GPU: before any file is written
         if not args.tensorrt_only:
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def _build_engines(bundle: str, args: argparse.Namespace):
     from args_runtime.manifest import load_manifest
 
-    from .tensorrt_build import build_engines
+    from .gpu.tensorrt_build import build_engines
 
     try:
         build_engines(bundle, args.trt_precision, args.trt_max_batch, args.trt_timing_cache, args.trt_workspace_gib, args.quiet)

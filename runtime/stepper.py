@@ -55,6 +55,11 @@ def resolve_loop(requested: str | None = None) -> str:
 LOOP_IMPL = resolve_loop()
 
 
+def available_loops() -> list[str]:
+    """The step loops this install can run: always "python", and "cpp" when the extension is built."""
+    return ["python", "cpp"] if _steploop is not None else ["python"]
+
+
 @dataclass
 class StepConfig:
     """How a stepper chooses and when rows finish."""

@@ -12,7 +12,7 @@ import torch
 
 from args_export.architectures import family_of
 from args_export.bundle import ExportOptions, export_bundle
-from args_export.models_on_disk import convert_gguf, seeded_reward_model, smollm2_gguf
+from args_export.demo.models import convert_gguf, seeded_reward_model, smollm2_gguf
 
 VOCAB = 49152  # SmolLM2's tokenizer: real merges, real chat template with pad == eos inside prompts
 

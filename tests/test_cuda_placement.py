@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from args_export.cuda_placement import main, predict, predict_file
+from args_export.gpu.cuda_placement import main, predict, predict_file
 from args_runtime.manifest import load_manifest
 
 from .conftest import ARCHS

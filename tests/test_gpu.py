@@ -56,7 +56,7 @@ def test_placement_prediction_matches_onnx_runtime(bundles, graph, capfd):
     """ORT logs each shape node it moves to the CPU and warns when it adds Memcpy nodes: compare with the prediction."""
     import re
 
-    from args_export.cuda_placement import predict_file
+    from args_export.gpu.cuda_placement import predict_file
 
     options = ort.SessionOptions()
     options.log_severity_level = 1  # INFO: the CPU fallback decisions (logged to the session or the default logger)

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from args_export.bundle import ExportOptions, export_bundle
-from args_export.models_on_disk import SENTIMENT_HEAD, sentiment_head, sentiment_reward_model
-from args_export.quality import RewardScorer, cut_at_eos, diversity, rep_n
-from args_export.sentiment_data import load_prompts, make_pairs
-from args_export.train_rm import TrainOptions, load_pairs, main as train_main, split_by_prompt, train_reward_model
+from args_export.data import SENTIMENT_HEAD
+from args_export.demo.models import sentiment_head, sentiment_reward_model
+from args_export.quality.metrics import RewardScorer, cut_at_eos, diversity, rep_n
+from args_export.rewards.sentiment_pairs import load_prompts, make_pairs
+from args_export.rewards.train import TrainOptions, load_pairs, main as train_main, split_by_prompt, train_reward_model
 from args_runtime import ArgsGenerator
 from args_runtime.errors import TrainingError
 
@@ -131,7 +132,7 @@ def test_trained_reward_prefers_chosen_in_hf_scoring(tiny_pairs, tmp_path):
     train_reward_model(TrainOptions(pair.lm_dir, write_pairs(tmp_path / "p.jsonl"), out, epochs=20, held_out_fraction=0.0))
     from transformers import AutoTokenizer
 
-    from args_export.train_rm import encode_pair_side
+    from args_export.rewards.train import encode_pair_side
 
     tok = AutoTokenizer.from_pretrained(out)
     scorer = RewardScorer(out, {tok.eos_token_id})

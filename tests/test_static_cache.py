@@ -165,7 +165,7 @@ def test_export_rejects_unknown_cache_layout(tiny_pairs, tmp_path):
 
 def test_tensorrt_profiles_fix_the_static_cache_axis(static_bundles):
     """The static graphs' only ranged dims are batch, sequence and candidates; every cache slot axis is fixed."""
-    from args_export.tensorrt_build import graph_profiles
+    from args_export.gpu.tensorrt_build import graph_profiles
 
     m = load_manifest(static_bundles["llama"])
     for spec in (m.lm, m.rm):
@@ -176,7 +176,7 @@ def test_tensorrt_profiles_fix_the_static_cache_axis(static_bundles):
 
 
 def test_static_graphs_use_only_ops_tensorrt_parses(static_bundles):
-    from args_export.tensorrt_ops import check_paths
+    from args_export.gpu.tensorrt_ops import check_paths
 
     reports = check_paths([static_bundles["llama"], static_bundles["gpt2"]])
     assert [r.path.name for r in reports] == ["lm.onnx", "rm.onnx"] * 2

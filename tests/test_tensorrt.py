@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from args_export.tensorrt_ops import TENSORRT_OPS, check_model, check_paths, main
+from args_export.gpu.tensorrt_ops import TENSORRT_OPS, check_model, check_paths, main
 
 from .conftest import ARCHS
 
@@ -100,7 +100,7 @@ def test_engine_stamp_mismatch_names_both_and_rebuild():
 
 
 def test_missing_tensorrt_gives_install_hint():
-    from args_export.tensorrt_build import require_tensorrt
+    from args_export.gpu.tensorrt_build import require_tensorrt
     from args_runtime.errors import ExportError
 
     try:
@@ -131,7 +131,7 @@ def test_cli_tensorrt_without_tensorrt_fails_cleanly(tmp_path, capsys):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_profiles_derived_from_real_bundle_graphs(tiny_pairs, arch):
-    from args_export.tensorrt_build import dim_ranges, graph_profiles
+    from args_export.gpu.tensorrt_build import dim_ranges, graph_profiles
     from args_runtime.manifest import load_manifest
 
     m = load_manifest(tiny_pairs[arch].bundle)
@@ -159,7 +159,7 @@ def test_profiles_derived_from_real_bundle_graphs(tiny_pairs, arch):
 
 
 def test_profile_graph_without_sequence_axis_has_one_profile_and_fixed_dims():
-    from args_export.tensorrt_build import graph_profiles
+    from args_export.gpu.tensorrt_build import graph_profiles
     from args_runtime.manifest import TensorSpec
 
     (only,) = graph_profiles([TensorSpec("x", ["batch_size", 8], "float32")], 6, 64, 8)
@@ -168,7 +168,7 @@ def test_profile_graph_without_sequence_axis_has_one_profile_and_fixed_dims():
 
 
 def test_profile_errors_name_the_problem():
-    from args_export.tensorrt_build import graph_profiles
+    from args_export.gpu.tensorrt_build import graph_profiles
     from args_runtime.errors import ExportError
     from args_runtime.manifest import TensorSpec
 
@@ -179,7 +179,7 @@ def test_profile_errors_name_the_problem():
 
 
 def test_select_profile_prefers_decode_and_quotes_min_opt_max(tiny_pairs):
-    from args_export.tensorrt_build import graph_profiles
+    from args_export.gpu.tensorrt_build import graph_profiles
     from args_runtime.errors import GenerationError
     from args_runtime.manifest import load_manifest
     from args_runtime.tensorrt_stamp import select_profile
@@ -255,7 +255,7 @@ def test_cli_tensorrt_only_without_tensorrt_leaves_bundle_unchanged(tiny_pairs, 
 
 
 def test_build_engines_refuses_bad_precision_and_missing_tensorrt(tiny_pairs):
-    from args_export.tensorrt_build import build_engines
+    from args_export.gpu.tensorrt_build import build_engines
     from args_runtime.errors import ExportError
 
     bundle = tiny_pairs["llama"].bundle
@@ -327,7 +327,7 @@ def engine_bundle(tiny_pairs, tmp_path_factory):
     """A copy of the tiny llama bundle with fp16 engines built into it."""
     import shutil
 
-    from args_export.tensorrt_build import build_engines
+    from args_export.gpu.tensorrt_build import build_engines
 
     _require_gpu_stack()
     bundle = tmp_path_factory.mktemp("trt") / "llama-bundle"

@@ -9,7 +9,7 @@ Decoding runs with ignore_eos and the replies are cut after their first EOS, as 
 every row of a batch decodes the same number of steps and ms/token (res.timings' decode_ms_per_token, one
 batched step of --batch prompts) is the same kind of figure for every method; for best-of-n it is n times the
 sampling runs' figure (sampled through the ARGS loop with w=0, so the RM runs needlessly there: an LM-only
-sampler would cost about n × greedy's figure). Metrics are defined in args_export.quality."""
+sampler would cost about n × greedy's figure). Metrics are defined in args_export.quality.metrics."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from args_export.demo import cache_dir, demo_paths, prepare_bundle
-from args_export.quality import RewardScorer, SentenceEmbedder, cut_at_eos, diversity
-from args_export.sentiment_data import load_prompts, vader
+from args_export.demo.prepare import cache_dir, demo_paths, prepare_bundle
+from args_export.quality.metrics import RewardScorer, SentenceEmbedder, cut_at_eos, diversity
+from args_export.rewards.sentiment_pairs import load_prompts, vader
 from args_runtime import ArgsGenerator
 
 WS = (0.5, 1.0, 2.0, 4.0)
@@ -142,7 +142,7 @@ def main() -> int:
         print(f"{row['method']:<32} reward {row['reward']:+.3f}  diversity {row['diversity']:.3f}  coherence {row['coherence']:.3f}  "
               f"sentiment {row['sentiment']:+.3f}  {ms:.1f} ms/token", file=sys.stderr)
 
-    from args_benchmarks.latency import RESULTS, machine
+    from args_benchmarks.common import RESULTS, machine
 
     info = machine()
     args.out = args.out or RESULTS / info["label"] / "quality"

@@ -68,7 +68,7 @@ class RewardScorer:
     def __init__(self, rm_folder: Path, eos_ids: set[int]) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from .architectures import family_of
+        from ..architectures import family_of
 
         self.model = AutoModelForSequenceClassification.from_pretrained(rm_folder, dtype=torch.float32).eval()
         family = family_of(self.model.config)
@@ -77,7 +77,7 @@ class RewardScorer:
 
     @torch.no_grad()
     def rewards(self, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 16) -> list[float]:
-        from .train_rm import last_token_hidden
+        from ..rewards.train import last_token_hidden
 
         rows = []
         for p, r in zip(prompts, responses):

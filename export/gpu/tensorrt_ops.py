@@ -6,7 +6,7 @@ BFLOAT16, INT32, INT64 and BOOL, so our INT64 ids/positions are accepted nativel
 Ops marked N there (e.g. Bernoulli, BitShift, Multinomial, Unique) are left out. This is a list kept in
 the code, not a parser run: it says the graphs are not the obstacle, not that an engine builds.
 
-    python -m args_export.tensorrt_ops BUNDLE_OR_ONNX...
+    python -m args_export.gpu.tensorrt_ops BUNDLE_OR_ONNX...
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def check_model(model, path: Path | str = "<model>", supported: frozenset[str] =
 
 def graph_files(target: Path) -> list[Path]:
     """A bundle's model graphs (not choose.onnx: it computes in float64 and always runs on ONNX Runtime), or the file."""
-    from .choice_graph import CHOICE_FILE
+    from ..choice_graph import CHOICE_FILE
 
     target = Path(target)
     return sorted(f for f in target.glob("*.onnx") if f.name != CHOICE_FILE) if target.is_dir() else [target]
@@ -114,7 +114,7 @@ def check_paths(targets: list[Path]) -> list[OpReport]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m args_export.tensorrt_ops",
+        prog="python -m args_export.gpu.tensorrt_ops",
         description="Check, without TensorRT, that every op (subgraphs included) in a bundle's ONNX graphs is one "
         f"TensorRT 10 parses and that the opset is within {OPSET_RANGE[0]}-{OPSET_RANGE[1]} (list from {SOURCE}). "
         "Exit 0 when all graphs pass, 1 otherwise. Does not build an engine.",

@@ -18,7 +18,7 @@ emits; it is a list kept in the code, like the TensorRT op list, not a run of th
 graph ORT sees after its basic optimizations (``ort_basic_graph``): constant folding there decides what is an
 initializer.
 
-    python -m args_export.cuda_placement BUNDLE [--host-input NAME]
+    python -m args_export.gpu.cuda_placement BUNDLE [--host-input NAME]
 """
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ def predict_file(path: Path, host_inputs: tuple[str, ...] = ()) -> Placement:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m args_export.cuda_placement",
+        prog="python -m args_export.gpu.cuda_placement",
         description="Predict, without a GPU, whether ONNX Runtime's CUDA provider can capture each graph of a bundle "
         "as a CUDA graph: no Memcpy node, and no changing input read on the host. " + KERNEL_SOURCE + ".",
     )

@@ -30,7 +30,7 @@ from torch import nn
 
 from args_runtime.errors import ArgsError, TrainingError
 
-from .architectures import family_of
+from ..architectures import family_of
 
 
 @dataclass

@@ -24,8 +24,7 @@ import random
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data"
-PROMPTS_FILE = DATA / "sentiment_prompts.jsonl"
+from ..data import SENTIMENT_PROMPTS as PROMPTS_FILE
 STEERING = {
     "plain": None,
     "cheerful": "You are a cheerful assistant. Answer in a happy, warm and positive tone.",
@@ -106,10 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.lm is None:
-        from .demo import cache_dir, demo_paths
-        from .models_on_disk import convert_gguf, smollm2_gguf
+        from ..demo.prepare import cache_dir, smollm2_folder
 
-        args.lm = convert_gguf(smollm2_gguf(), demo_paths(cache_dir())[0])
+        args.lm = smollm2_folder(cache_dir())
     prompts = load_prompts("train")[: args.limit]
     analyzer = vader()
     replies = sample_replies(args.lm, prompts, args.samples, args.max_new_tokens, args.seed)
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {len(pairs)} pairs to {args.out} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]})")
     if args.rm_out is None:
         return 0
-    from .train_rm import main as train_main
+    from .train import main as train_main
 
     train_args = ["--backbone", str(args.lm), "--pairs", str(args.out), "--out", str(args.rm_out), "--seed", str(args.seed), "--force"]
     return train_main(train_args + (["--head-out", str(args.head_out)] if args.head_out else []))

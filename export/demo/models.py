@@ -12,8 +12,9 @@ import torch
 
 from args_runtime.errors import ExportError
 
+from ..data import SENTIMENT_HEAD
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SENTIMENT_HEAD = Path(__file__).parent / "data" / "sentiment_head.json"
 
 
 def smollm2_gguf() -> Path:

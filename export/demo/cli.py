@@ -6,48 +6,13 @@ on ONNX Runtime CPU and prints the texts, ms/token and rewards."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
 from args_runtime.errors import ArgsError
-from args_runtime.manifest import FORMAT_VERSION
+
+from .prepare import cache_dir, prepare_bundle
 
 DEFAULT_PROMPT = "Give me one tip for a calm morning."
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ARGS_RT_CACHE", Path.home() / ".cache" / "args-rt"))
-
-
-def demo_paths(cache: Path) -> tuple[Path, Path, Path]:
-    """Where the demo keeps the converted LM, the sentiment RM and their bundle."""
-    return cache / "smollm2-135m-instruct", cache / "smollm2-135m-sentiment-rm", cache / "smollm2-sentiment-bundle"
-
-
-def _current(bundle: Path) -> bool:
-    """A cached bundle this args-rt reads (an older format is re-exported, not refused)."""
-    try:
-        return json.loads((bundle / "manifest.json").read_text()).get("format_version") == FORMAT_VERSION
-    except (OSError, ValueError):
-        return False
-
-
-def prepare_bundle(cache: Path, force: bool = False) -> Path:
-    """SmolLM2 (LM) + the sentiment reward model on its backbone → bundle, each step cached under `cache`."""
-    from .bundle import ExportOptions, export_bundle
-    from .models_on_disk import convert_gguf, sentiment_reward_model, smollm2_gguf
-
-    lm_dir, rm_dir, bundle = demo_paths(cache)
-    if _current(bundle) and not force:
-        return bundle
-    cache.mkdir(parents=True, exist_ok=True)
-    print("args-demo: first run: converting SmolLM2-135M-Instruct and exporting the bundle (about a minute)", file=sys.stderr)
-    lm = convert_gguf(smollm2_gguf(), lm_dir)
-    rm = sentiment_reward_model(lm, rm_dir)
-    export_bundle(ExportOptions(lm, rm, bundle, max_context=2048, force=True))
-    return bundle
 
 
 def _vader():

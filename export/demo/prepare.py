@@ -1,0 +1,52 @@
+"""The demo's models and bundle on disk, each made once and cached: the packaged SmolLM2 converted from GGUF, the
+sentiment reward model on its backbone, and their bundle. Used by `args-demo`, the benchmarks and the RM recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from args_runtime.manifest import FORMAT_VERSION
+
+
+def cache_dir() -> Path:
+    """Where args-rt keeps what it makes for itself: $ARGS_RT_CACHE, else ~/.cache/args-rt."""
+    return Path(os.environ.get("ARGS_RT_CACHE", Path.home() / ".cache" / "args-rt"))
+
+
+def demo_paths(cache: Path) -> tuple[Path, Path, Path]:
+    """Where the demo keeps the converted LM, the sentiment RM and their bundle."""
+    return cache / "smollm2-135m-instruct", cache / "smollm2-135m-sentiment-rm", cache / "smollm2-sentiment-bundle"
+
+
+def smollm2_folder(cache: Path) -> Path:
+    """The packaged SmolLM2-135M-Instruct as a Hugging Face folder (converted from its GGUF once)."""
+    from .models import convert_gguf, smollm2_gguf
+
+    return convert_gguf(smollm2_gguf(), demo_paths(cache)[0])
+
+
+def _current(bundle: Path) -> bool:
+    """A cached bundle this args-rt reads (an older format is re-exported, not refused)."""
+    try:
+        return json.loads((bundle / "manifest.json").read_text()).get("format_version") == FORMAT_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_bundle(cache: Path, force: bool = False) -> Path:
+    """SmolLM2 (LM) + the sentiment reward model on its backbone → bundle, each step cached under `cache`."""
+    from ..bundle import ExportOptions, export_bundle
+    from .models import sentiment_reward_model
+
+    _, rm_dir, bundle = demo_paths(cache)
+    if _current(bundle) and not force:
+        return bundle
+    cache.mkdir(parents=True, exist_ok=True)
+    print("args-demo: first run: converting SmolLM2-135M-Instruct and exporting the bundle (about a minute)", file=sys.stderr)
+    lm = smollm2_folder(cache)
+    rm = sentiment_reward_model(lm, rm_dir)
+    export_bundle(ExportOptions(lm, rm, bundle, max_context=2048, force=True))
+    return bundle
