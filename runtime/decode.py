@@ -38,13 +38,14 @@ def args_decode(lm: LanguageModel, rm: RewardModel, stepper: Stepper, k: int, ch
         ids, positions = step.next_ids, step.positions
 
 
-def greedy_decode(lm: LanguageModel, stepper: Stepper) -> Iterator[Step]:
-    """Plain greedy decoding of the LM alone (the baseline ARGS is compared with): k = 1, no rewards."""
+def lm_decode(lm: LanguageModel, stepper: Stepper, k: int = 1) -> Iterator[Step]:
+    """The LM alone, no reward model: plain greedy (k = 1, the baseline ARGS is compared with) or sampling among its
+    top-k (what best-of-n draws its candidates with); the stepper chooses with every reward at 0."""
     ids, positions = stepper.prompt_ids, stepper.prompt_positions
     lm.reset(len(ids))
-    no_rewards = np.zeros((len(ids), 1), np.float32)
+    no_rewards = np.zeros((len(ids), k), np.float32)
     while True:
-        top = lm.extend(ids, positions, stepper, 1)
+        top = lm.extend(ids, positions, stepper, k)
         step = stepper.step(top.logits, top.ids, no_rewards)
         yield step
         ids, positions = step.next_ids, step.positions

@@ -13,7 +13,7 @@ import numpy as np
 
 from .backend import Backend, open_backend
 from .choice import CHOICES, DeviceChooser
-from .decode import args_decode, greedy_decode
+from .decode import args_decode, lm_decode
 from .errors import BundleError, GenerationError
 from .manifest import Manifest, load_manifest
 from .models import LanguageModel, RewardModel
@@ -130,7 +130,7 @@ class ArgsGenerator:
         Keywords: k=10, w=1.0, max_new_tokens=128, method="greedy"|"stochastic", temperature=0.7, seed=0,
         ignore_eos=False, stop=None (a string or a list of strings)."""
         prompts, is_batch = self._split_batch(prompt)
-        results = self._finish(self._drive(prompts, self.settings(**kwargs), greedy=False))
+        results = self._finish(self._drive(prompts, self.settings(**kwargs), lm_only=False))
         return results if is_batch else results[0]
 
     def stream(self, prompt: Prompt, **kwargs: Any) -> Iterator[TokenEvent]:
@@ -140,13 +140,23 @@ class ArgsGenerator:
         if is_batch:
             raise GenerationError("stream() takes one prompt; use generate() for a batch")
         settings = self.settings(**kwargs)
-        yield from self._stream_events(self._drive(prompts, settings, greedy=False), settings.stop)
+        yield from self._stream_events(self._drive(prompts, settings, lm_only=False), settings.stop)
 
     def greedy(self, prompt: Prompt | list[Prompt], max_new_tokens: int = 128, ignore_eos: bool = False, stop: str | list[str] | None = None):
         """Plain greedy decoding of the LM alone, the baseline ARGS is measured against."""
         prompts, is_batch = self._split_batch(prompt)
         settings = self.settings(k=1, w=0.0, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, stop=stop)
-        results = self._finish(self._drive(prompts, settings, greedy=True))
+        results = self._finish(self._drive(prompts, settings, lm_only=True))
+        return results if is_batch else results[0]
+
+    def sample(self, prompt: Prompt | list[Prompt], k: int = 50, temperature: float = 0.7, seed: int | None = 0, max_new_tokens: int = 128,
+               ignore_eos: bool = False, stop: str | list[str] | None = None):
+        """Sampling from the LM alone among its top-k, softmax(logit / temperature), no reward model: the sampler
+        best-of-n draws its candidates with. Rewards in the result are 0 (the RM does not run)."""
+        prompts, is_batch = self._split_batch(prompt)
+        settings = self.settings(k=k, w=0.0, max_new_tokens=max_new_tokens, method="stochastic", temperature=temperature, seed=seed,
+                                 ignore_eos=ignore_eos, stop=stop)
+        results = self._finish(self._drive(prompts, settings, lm_only=True))
         return results if is_batch else results[0]
 
     def settings(
@@ -193,19 +203,19 @@ class ArgsGenerator:
                 )
         return prompts, is_batch
 
-    def _drive(self, prompts: list[list[int]], s: Settings, greedy: bool) -> Iterator[tuple[list[_Row], float]]:
+    def _drive(self, prompts: list[list[int]], s: Settings, lm_only: bool) -> Iterator[tuple[list[_Row], float]]:
         """Run the decode loop, keep each row's bookkeeping; yield (rows, elapsed seconds) after every step."""
         # Rows share one left-padded cache: the longest prompt's positions run out of context first, for all.
         context_budget = self.manifest.max_context - max(len(p) for p in prompts)
         rows = [_Row(len(p), s.max_new_tokens, context_budget) for p in prompts]
-        on_device = self.chooser is not None and not greedy
+        on_device = self.chooser is not None and not lm_only
         # Chosen on the device, one candidate per row reaches the stepper: it keeps the books with k = 1.
         k, method = (1, "greedy") if on_device else (s.k, s.method)
         config = StepConfig(k, s.w, method, s.temperature, s.seed, list(self.manifest.tokenizer.eos_token_ids), s.ignore_eos,
                             [r.limit for r in rows])
         stepper = make_stepper(self.loop, prompts, self.manifest.tokenizer.pad_token_id, config)
         chooser = DeviceChooser(self.chooser, s.w, s.method, s.temperature, s.seed) if on_device else None
-        steps = greedy_decode(self.lm, stepper) if greedy else args_decode(self.lm, self.rm, stepper, s.k, chooser)
+        steps = lm_decode(self.lm, stepper, s.k) if lm_only else args_decode(self.lm, self.rm, stepper, s.k, chooser)
         start = time.perf_counter()
         try:
             for step in steps:

@@ -62,6 +62,24 @@ def test_w0_equals_plain_greedy(tiny_pairs, generators, arch):
         assert gen.greedy(prompt, max_new_tokens=64, ignore_eos=True).token_ids == expected
 
 
+def test_lm_sampling_runs_the_lm_alone_and_equals_args_sampling_at_w0(tiny_pairs):
+    """sample() is ARGS-stochastic at w = 0 without the reward model: the same seeded tokens, rewards 0, and the RM
+    never runs; k = 1 is plain greedy."""
+    gen = ArgsGenerator.from_bundle(tiny_pairs["llama"].bundle)
+    kw = dict(k=8, temperature=1.0, max_new_tokens=24, ignore_eos=True)
+    expected = [gen.generate(p, w=0.0, method="stochastic", seed=3, **kw).token_ids for p in TEXT_PROMPTS]
+
+    def rm_must_not_run(*args, **kwargs):
+        raise AssertionError("sample() ran the reward model")
+
+    gen.rm.backend.run = rm_must_not_run
+    got = gen.sample(TEXT_PROMPTS[:1], seed=3, **kw)[0]
+    assert got.token_ids == expected[0] and set(got.rewards) == {0.0}
+    assert gen.sample(TEXT_PROMPTS[1], seed=3, **kw).token_ids == expected[1]
+    assert gen.sample(TEXT_PROMPTS[1], seed=4, **kw).token_ids != expected[1]
+    assert gen.sample(TEXT_PROMPTS[0], k=1, max_new_tokens=24, ignore_eos=True).token_ids == gen.greedy(TEXT_PROMPTS[0], max_new_tokens=24, ignore_eos=True).token_ids
+
+
 @pytest.mark.slow
 def test_smollm2_args_matches_reference(smollm2_pair):
     gen = ArgsGenerator.from_bundle(smollm2_pair.bundle)
