@@ -19,11 +19,13 @@ def random_pair(shape: str, dtype: str, cache: Path, max_positions: int = 4096) 
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
 
-    from args_export.loading import DTYPES
     from args_export.demo.prepare import smollm2_folder
+    from args_export.loading import torch_dtype
+    from args_runtime.errors import GenerationError
+    from args_runtime.files import atomic_folder
 
     if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
+        raise GenerationError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
     lm_dir, rm_dir = cache / f"random-{shape}-{dtype}-lm", cache / f"random-{shape}-{dtype}-rm"
     if (lm_dir / "config.json").is_file() and (rm_dir / "config.json").is_file():
         return lm_dir, rm_dir
@@ -32,10 +34,9 @@ def random_pair(shape: str, dtype: str, cache: Path, max_positions: int = 4096) 
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
     for seed, folder, auto, extra in ((0, lm_dir, AutoModelForCausalLM, {}), (1, rm_dir, AutoModelForSequenceClassification, {"num_labels": 1})):
         torch.manual_seed(seed)
-        model = auto.from_config(LlamaConfig.from_dict({**config.to_dict(), **extra}), dtype=DTYPES[dtype])
-        tmp = folder.with_name(folder.name + ".partial")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(folder)
+        model = auto.from_config(LlamaConfig.from_dict({**config.to_dict(), **extra}), dtype=torch_dtype(dtype))
+        with atomic_folder(folder, replace=True) as work:
+            model.save_pretrained(work)
+            tokenizer.save_pretrained(work)
         del model
     return lm_dir, rm_dir

@@ -24,6 +24,8 @@ import random
 import sys
 from pathlib import Path
 
+from args_runtime.files import write_atomic
+
 from ..data import SENTIMENT_PROMPTS as PROMPTS_FILE
 STEERING = {
     "plain": None,
@@ -39,11 +41,10 @@ def load_prompts(split: str, path: Path = PROMPTS_FILE) -> list[str]:
 
 
 def vader():
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError as e:
-        raise SystemExit("args-build-sentiment-pairs needs vaderSentiment: pip install vaderSentiment") from e
-    return SentimentIntensityAnalyzer()
+    """VADER's sentiment analyzer (the labels of the sentiment pairs)."""
+    from args_runtime.optional import require
+
+    return require("vaderSentiment.vaderSentiment", "VADER sentiment labels", "vaderSentiment").SentimentIntensityAnalyzer()
 
 
 def sample_replies(lm_dir: Path, prompts: list[str], samples: int, max_new_tokens: int, seed: int, batch_size: int = 48) -> list[dict]:
@@ -118,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("args-build-sentiment-pairs: error: no pair reached the margin; lower --margin or raise --samples", file=sys.stderr)
         return 2
     text = "".join(json.dumps(pr) + "\n" for pr in pairs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_atomic(args.out, text)
     by_cond = {c: [r["vader"] for r in replies if r["condition"] == c] for c in STEERING}
     print(f"{len(replies)} replies from {len(prompts)} prompts; mean VADER by condition: "
           + ", ".join(f"{c} {sum(v) / max(len(v), 1):+.2f}" for c, v in by_cond.items()))
