@@ -11,20 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from args_runtime.selection import StochasticChooser, args_scores, choose_greedy
 
 from .architectures import Family
+from .hf_compat import forward_with_cache
 
 
 def last_position_rewards(rm, family: Family, input_ids: torch.Tensor, past=None):
     """Score head at the last position of each row: (rewards [N], new cache)."""
-    backbone = getattr(rm, family.backbone_attr)
-    out = backbone(input_ids=input_ids, past_key_values=past, use_cache=True)
+    out, cache = forward_with_cache(getattr(rm, family.backbone_attr), input_ids, past)
     score = getattr(rm, family.score_attr)
-    return score(out.last_hidden_state[:, -1, :]).squeeze(-1).float(), out.past_key_values
+    return score(out.last_hidden_state[:, -1, :]).squeeze(-1).float(), cache
 
 
 @torch.no_grad()
@@ -52,8 +51,7 @@ class ReferenceARGS:
         lm_cache = rm_cache = None
         feed = tokens
         while True:
-            out = self.lm(input_ids=feed, past_key_values=lm_cache, use_cache=True)
-            lm_cache = out.past_key_values
+            out, lm_cache = forward_with_cache(self.lm, feed, lm_cache)
             top_logits, top_ids = torch.topk(out.logits[:, -1, :].float(), k, dim=-1)  # [1, k]
             # RM: k rows, each its own copy of the prefix cache plus one candidate (the prompt too on step 1).
             rm_feed = top_ids.T if rm_cache is not None else torch.cat([tokens.repeat(k, 1), top_ids.T], dim=1)
@@ -95,7 +93,3 @@ def _tensor_bytes(obj) -> int:
     if layers is not None:
         return sum(_tensor_bytes([getattr(layer, "keys", None), getattr(layer, "values", None)]) for layer in layers)
     return 0 if obj is None else sum(_tensor_bytes(v) for v in vars(obj).values() if isinstance(v, (torch.Tensor, list, tuple)))
-
-
-def as_numpy(x) -> np.ndarray:
-    return x.detach().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
