@@ -1,4 +1,5 @@
-"""Trace an LMStep / RMScorer to ONNX with named, dynamic I/O and weights in an external data file."""
+"""Trace an LMStep / RMScorer to ONNX with named, dynamic I/O and weights in an external data file; each export returns
+the graph's spec for the manifest."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from args_runtime.manifest import GraphSpec, TensorSpec
 
 from .architectures import DecoderStack
 from .graphs import LMStep, RMScorer
+from .loading import LoadedModel
+from .plan import GraphPlan
 
 OPSET = 17
-ONNX_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
@@ -55,15 +57,14 @@ def _step_inputs(cache: str) -> list:
         ("attention_mask", ["batch_size", mask_width], "int64"),
     ]
     if cache == "static":
-        inputs.append(("cache_position", ["sequence_length"], "int64"))
+        inputs.append(("cache_position", ["batch_size", "sequence_length"], "int64"))  # each row's own write slots
     return inputs
 
 
-def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
+def lm_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
     past, present = _cache_io(stack, cache_dtype, cache)
     inputs = [*_step_inputs(cache), ("candidate_slots", ["num_candidates"], "int64"), *past]
     outputs = [
-        ("logits", ["batch_size", vocab], "float32"),
         ("topk_values", ["batch_size", "num_candidates"], "float32"),
         ("topk_ids", ["batch_size", "num_candidates"], "int64"),
         *present,
@@ -142,39 +143,43 @@ def _step_dummies(stack: DecoderStack, dtype: torch.dtype, vocab: int, cache: st
     if cache == "static":
         mask = torch.zeros(batch, TRACE_SLOTS, dtype=torch.int64)
         mask[:, : past + new] = 1
-        return [ids, positions, mask, torch.arange(past, past + new)], _kv_dummies(stack, batch, TRACE_SLOTS, dtype)
+        return [ids, positions, mask, positions.clone()], _kv_dummies(stack, batch, TRACE_SLOTS, dtype)
     return [ids, positions, torch.ones(batch, past + new, dtype=torch.int64)], _kv_dummies(stack, batch, past, dtype)
 
 
-def export_lm(stack: DecoderStack, lm_head: torch.nn.Module, dtype: torch.dtype, max_k: int, vocab: int, path: Path,
-              cache: str = "dynamic", max_context: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    inputs, outputs = lm_io(stack, vocab, max_k, ONNX_DTYPE_NAMES[dtype], cache)
-    step, past = _step_dummies(stack, dtype, vocab, cache)
-    args = (*step, torch.zeros(min(3, max_k), dtype=torch.int64), *past)
-    return _export(LMStep(stack, lm_head, max_k, cache).eval(), args, inputs, outputs, path, max_context if cache == "static" else None)
+def export_lm(lm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
+    """The LM step graph (prefill and decode, in-graph top-k) at `path`; its spec for the manifest."""
+    stack = lm.stack()
+    inputs, outputs = lm_io(stack, plan.dtype, plan.cache)
+    step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
+    args = (*step, torch.zeros(min(3, plan.max_k), dtype=torch.int64), *past)
+    io = _export(LMStep(stack, lm.head, plan.max_k, plan.cache).eval(), args, inputs, outputs, path, plan.cache_slots)
+    return graph_spec(path.name, lm, stack, plan, io)
 
 
-def export_rm(stack: DecoderStack, score_head: torch.nn.Module, dtype: torch.dtype, vocab: int, path: Path,
-              cache: str = "dynamic", max_context: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    inputs, outputs = rm_io(stack, ONNX_DTYPE_NAMES[dtype], cache)
-    step, past = _step_dummies(stack, dtype, vocab, cache)
-    args = (*step, torch.randint(0, vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
-    return _export(RMScorer(stack, score_head, cache).eval(), args, inputs, outputs, path, max_context if cache == "static" else None)
+def export_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
+    """The RM extend-and-score graph (one cache, k candidates per pass) at `path`; its spec for the manifest."""
+    stack = rm.stack()
+    inputs, outputs = rm_io(stack, plan.dtype, plan.cache)
+    step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
+    args = (*step, torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
+    io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, inputs, outputs, path, plan.cache_slots)
+    return graph_spec(path.name, rm, stack, plan, io)
 
 
-def graph_spec(file: str, source: str, hf_config, stack: DecoderStack, dtype: torch.dtype, vocab: int, io, cache: str = "dynamic") -> GraphSpec:
-    s = stack.shape
+def graph_spec(file: str, model: LoadedModel, stack: DecoderStack, plan: GraphPlan, io: tuple[list[TensorSpec], list[TensorSpec]]) -> GraphSpec:
+    s, config = stack.shape, model.config
     return GraphSpec(
         file=file,
-        source=source,
-        architecture=hf_config.model_type,
-        dtype=ONNX_DTYPE_NAMES[dtype],
+        source=model.name,
+        architecture=config.model_type,
+        dtype=plan.dtype,
         num_layers=s.num_layers,
         num_kv_heads=s.num_kv_heads,
         head_dim=s.head_dim,
-        vocab_size=vocab,
+        vocab_size=plan.vocab,
         inputs=io[0],
         outputs=io[1],
-        cache=cache,
-        hf_config=hf_config.to_diff_dict() if hasattr(hf_config, "to_diff_dict") else {},
+        cache=plan.cache,
+        hf_config=config.to_diff_dict() if hasattr(config, "to_diff_dict") else {},
     )
