@@ -128,15 +128,14 @@ def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> lis
         def reference() -> Contender:
             import torch
 
-            from args_export.loading import load_lm, load_rm, resolve_source
+            from args_export.loading import ModelSpec, load_lm, load_rm
             from args_export.reference import ReferenceARGS
 
-            dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[manifest.lm.dtype]
             if args.threads:
                 torch.set_num_threads(args.threads)
-            lm, _ = load_lm(resolve_source(args.lm or manifest.lm.source, "LM"), dtype)
-            rm, rm_family = load_rm(resolve_source(args.rm or manifest.rm.source, "RM"), dtype)
-            return ReferenceContender(ReferenceARGS(lm.to(device), rm.to(device), rm_family), device)
+            lm = load_lm(ModelSpec.read(args.lm or manifest.lm.source, "LM"), manifest.lm.dtype).model
+            rm = load_rm(ModelSpec.read(args.rm or manifest.rm.source, "RM"), manifest.rm.dtype)
+            return ReferenceContender(ReferenceARGS(lm.to(device), rm.model.to(device), rm.family), device)
 
         entries.append(Entry("reference", f"transformers eager {device}", reference))
 
@@ -164,10 +163,12 @@ def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> lis
 
 def require_cuda_graphs(gen) -> None:
     """A contender labelled "cuda graph" must run with them: stop with ORT's reason rather than time a plain run."""
+    from args_runtime.errors import GenerationError
+
     status = {role: model.backend.describe().get("cuda_graph") for role, model in (("lm", gen.lm), ("rm", gen.rm))}
     off = {role: why for role, why in status.items() if why != "on"}
     if off:
-        raise SystemExit(f"args-bench --cuda-graph: CUDA graphs are not on ({off}); fix that or run without --cuda-graph")
+        raise GenerationError(f"args-bench --cuda-graph: CUDA graphs are not on ({off}); fix that or run without --cuda-graph")
 
 
 def engine_label(device: str, cache_layout: str, loop: str | None = None, cuda_graph: bool = False) -> str:
@@ -331,7 +332,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from args_runtime.errors import ArgsError
-    from args_runtime.stepper import available_loops
+    from args_runtime.loops import available_loops
 
     try:
         import onnxruntime

@@ -12,7 +12,7 @@ import pytest
 from args_benchmarks import latency
 from args_benchmarks.contenders import FloorContender, GreedyContender, Run
 from args_benchmarks.report import Case, Record, judge_targets, summarise
-from args_runtime import ArgsGenerator
+from args_runtime import ArgsGenerator, GenerationError
 
 KINDS = {"reference", "args", "greedy", "floor"}
 
@@ -130,7 +130,7 @@ def test_random_shape_pair_is_seeded_and_exportable(cache_dir, tmp_path):
     assert rm_config.num_labels == 1 and rm_config.max_position_embeddings == 256
     manifest = export_bundle(ExportOptions(lm_dir, rm_dir, tmp_path / "bundle", max_k=12), quiet=True)
     assert manifest.max_context == 256
-    with pytest.raises(ValueError, match="unknown shape"):
+    with pytest.raises(GenerationError, match="unknown shape"):
         random_pair("llama-70b", "fp32", cache_dir)
 
 
@@ -146,5 +146,5 @@ def test_prefix_agreement_counts_tokens_before_the_first_difference():
 def test_cuda_graph_contenders_refuse_to_time_a_plain_run(static_bundles):
     """On the CPU nothing is captured: a contender labelled "cuda graph" must stop with the reason, not time plain runs."""
     gen = ArgsGenerator.from_bundle(static_bundles["llama"], cuda_graph=True)
-    with pytest.raises(SystemExit, match=r"CUDA graphs are not on \({'lm': 'off', 'rm': 'off'}\)"):
+    with pytest.raises(GenerationError, match=r"CUDA graphs are not on \({'lm': 'off', 'rm': 'off'}\)"):
         latency.require_cuda_graphs(gen)
