@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
+import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -15,7 +20,12 @@ from args_runtime.manifest import GraphSpec, TensorSpec
 from .architectures import DecoderStack
 from .graphs import LMStep, RMScorer
 
-OPSET = 17
+OPSET = 17  # the TorchScript path's opset
+DYNAMO_OPSET = 18  # the dynamo path's: torchlib's own opset (onnx's converter cannot take its ReduceMean down to 17)
+EXPORTERS = ("dynamo", "torchscript")
+# Which torch.onnx path traces the graphs: "dynamo" (torch.export, the default) or "torchscript" (dynamo=False, deprecated
+# by torch), kept to compare the two side by side (benchmarks/exporters.py). ARGS_RT_EXPORTER overrides it.
+EXPORTER = os.environ.get("ARGS_RT_EXPORTER", "dynamo")
 ONNX_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -96,8 +106,22 @@ def _fixed_specs(specs: list[TensorSpec], name: str, value: int) -> list[TensorS
 
 def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
             cache_slots: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Trace `module` to `path` (+ `path.data` holding the weights); a static cache's slot axis is then fixed to
-    `cache_slots`. Returns the graph's input and output specs as exported."""
+    """Trace `module` to `path` (+ `path.data` holding the weights) with the exporter `EXPORTER` names; a static
+    cache's slot axis is then fixed to `cache_slots`. Returns the graph's input and output specs as exported."""
+    trace = _trace_dynamo if EXPORTER == "dynamo" else _trace_torchscript
+    trace(module, args, inputs, outputs, path, cache_slots)
+    if cache_slots is None:
+        return inputs, outputs
+    return _fixed_specs(inputs, CACHE_SLOTS, cache_slots), _fixed_specs(outputs, CACHE_SLOTS, cache_slots)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's TorchScript path (dynamo=False, deprecated by torch): one traced file, reloaded to fix dims."""
     scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
     scratch.mkdir()
     tmp = scratch / "traced.onnx"
@@ -117,7 +141,7 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
                     dynamo=False,
                 )
             except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
-                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
         model = onnx.load(str(tmp), load_external_data=True)
         if cache_slots is not None:
             _fix_dims(model, CACHE_SLOTS, cache_slots)
@@ -126,9 +150,56 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if cache_slots is None:
-        return inputs, outputs
-    return _fixed_specs(inputs, CACHE_SLOTS, cache_slots), _fixed_specs(outputs, CACHE_SLOTS, cache_slots)
+
+
+def _dynamic_shapes(module: torch.nn.Module, inputs: list[TensorSpec]) -> tuple:
+    """torch.export's dynamic_shapes for forward(input_ids, position_ids, attention_mask, *rest): one {axis: name}
+    per named input, the varargs as one tuple. Named axes become Dim.DYNAMIC; the exporter then names them back."""
+    axes = [{i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in inputs]
+    fixed = len(inspect.signature(module.forward).parameters) - 1  # the parameters before *rest
+    return (*axes[:fixed], tuple(axes[fixed:]))
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs (torchvision ops it skips, axis renames) and warns about internals the user cannot act
+    on; the export's own staged log says what happens."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export", "torch.fx.experimental")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's dynamo path: torch.export captures the module, torchlib lowers it, onnxscript's optimizer folds
+    constants. The I/O dims are then written from our specs (torch.export names derived dims 'Min(48, k)')."""
+    from onnxscript import ir
+
+    with torch.no_grad(), _quiet_exporter():
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                input_names=[t.name for t in inputs],
+                output_names=[t.name for t in outputs],
+                dynamic_shapes=_dynamic_shapes(module, inputs),
+                opset_version=DYNAMO_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter's errors are long; keep the first line, chain the rest
+            raise ExportError(f"exporting {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
+    graph = program.model.graph
+    for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
+        value.shape = ir.Shape([cache_slots if d == CACHE_SLOTS and cache_slots is not None else d for d in spec.shape])
+    ir.save(program.model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
 
 
 TRACE_BATCH, TRACE_PAST, TRACE_NEW, TRACE_CANDIDATES, TRACE_SLOTS = 2, 3, 4, 5, 16
