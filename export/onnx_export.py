@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -108,6 +109,8 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
             cache_slots: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Trace `module` to `path` (+ `path.data` holding the weights) with the exporter `EXPORTER` names; a static
     cache's slot axis is then fixed to `cache_slots`. Returns the graph's input and output specs as exported."""
+    if EXPORTER not in EXPORTERS:
+        raise ExportError(f"ARGS_RT_EXPORTER={EXPORTER!r} is not one of {list(EXPORTERS)}: unset it to use the dynamo exporter")
     trace = _trace_dynamo if EXPORTER == "dynamo" else _trace_torchscript
     trace(module, args, inputs, outputs, path, cache_slots)
     if cache_slots is None:
@@ -115,8 +118,8 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
     return _fixed_specs(inputs, CACHE_SLOTS, cache_slots), _fixed_specs(outputs, CACHE_SLOTS, cache_slots)
 
 
-def _first_line(e: Exception) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
     return lines[0] if lines else ""
 
 
@@ -194,9 +197,13 @@ def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSp
                 dynamo=True,
                 verbose=False,
             )
-        except Exception as e:  # the exporter's errors are long; keep the first line, chain the rest
-            raise ExportError(f"exporting {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
+        except Exception as e:  # torch.onnx wraps the cause in a long report; keep the cause's first line, chain the rest
+            cause = e.__cause__ or e
+            raise ExportError(f"exporting {path.name} to ONNX failed: {type(cause).__name__}: {_first_line(cause)}") from e
     graph = program.model.graph
+    names = [v.name for v in (*graph.inputs, *graph.outputs)]
+    if names != [t.name for t in (*inputs, *outputs)]:  # e.g. an input the module never reads, dropped by torch.export
+        raise ExportError(f"exporting {path.name} to ONNX gave the I/O {names}, not the {[t.name for t in (*inputs, *outputs)]} expected")
     for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
         value.shape = ir.Shape([cache_slots if d == CACHE_SLOTS and cache_slots is not None else d for d in spec.shape])
     ir.save(program.model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
