@@ -240,6 +240,9 @@ def summary_lines(records: list[ExportRecord]) -> list[str]:
         if r.error:
             lines.append(f"| {r.model} | {r.layout} | {r.exporter} | failed: {r.error} |")
             continue
+        if not r.graphs:  # timed, graphs not kept
+            lines.append(f"| {r.model} | {r.layout} | {r.exporter} | {r.export_s:.1f} | {r.trace_s:.1f} ({r.trace_cpu_s:.1f}) | | | | | | | |")
+            continue
         lm, rm = r.graphs["lm.onnx"], r.graphs["rm.onnx"]
         ok = lambda a, b: "ok" if a and b else "FAIL"  # noqa: E731
         in_place = "-" if lm.in_place is None else ok(lm.in_place, rm.in_place)
