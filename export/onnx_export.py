@@ -3,8 +3,13 @@ the graph's spec for the manifest."""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import re
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -18,7 +23,8 @@ from .graphs import LMStep, RMScorer
 from .loading import LoadedModel
 from .plan import GraphPlan
 
-OPSET = 17
+OPSET = 17  # the TorchScript path's opset
+DYNAMO_OPSET = 18  # the dynamo path's: torchlib's own opset (onnx's converter cannot take its ReduceMean down to 17)
 
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
@@ -95,10 +101,25 @@ def _fixed_specs(specs: list[TensorSpec], name: str, value: int) -> list[TensorS
     return [TensorSpec(t.name, [value if d == name else d for d in t.shape], t.dtype) for t in specs]
 
 
-def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
-            cache_slots: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Trace `module` to `path` (+ `path.data` holding the weights); a static cache's slot axis is then fixed to
-    `cache_slots`. Returns the graph's input and output specs as exported."""
+def _export(module: torch.nn.Module, args: tuple, io: tuple[list[TensorSpec], list[TensorSpec]], path: Path,
+            plan: GraphPlan) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Trace `module` to `path` (+ `path.data` holding the weights) with the plan's exporter; a static cache's slot
+    axis is then fixed to the context. Returns the graph's input and output specs as exported."""
+    inputs, outputs = io
+    trace = _trace_dynamo if plan.exporter == "dynamo" else _trace_torchscript
+    trace(module, args, inputs, outputs, path, plan.cache_slots)
+    if plan.cache_slots is None:
+        return inputs, outputs
+    return _fixed_specs(inputs, CACHE_SLOTS, plan.cache_slots), _fixed_specs(outputs, CACHE_SLOTS, plan.cache_slots)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's TorchScript path (dynamo=False, deprecated by torch): one traced file, reloaded to fix dims."""
     scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
     scratch.mkdir()
     tmp = scratch / "traced.onnx"
@@ -118,7 +139,7 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
                     dynamo=False,
                 )
             except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
-                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
         model = onnx.load(str(tmp), load_external_data=True)
         if cache_slots is not None:
             _fix_dims(model, CACHE_SLOTS, cache_slots)
@@ -127,9 +148,62 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if cache_slots is None:
-        return inputs, outputs
-    return _fixed_specs(inputs, CACHE_SLOTS, cache_slots), _fixed_specs(outputs, CACHE_SLOTS, cache_slots)
+
+
+def _dynamic_shapes(module: torch.nn.Module, inputs: list[TensorSpec]) -> tuple:
+    """torch.export's dynamic_shapes for forward(input_ids, position_ids, attention_mask, *rest): one {axis: name}
+    per named input, the varargs as one tuple. Named axes become Dim.DYNAMIC; the exporter then names them back."""
+    axes = [{i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in inputs]
+    fixed = len(inspect.signature(module.forward).parameters) - 1  # the parameters before *rest
+    return (*axes[:fixed], tuple(axes[fixed:]))
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs (torchvision ops it skips, axis renames) and warns about internals the user cannot act
+    on; the export's own staged log says what happens."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export", "torch.fx.experimental")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's dynamo path: torch.export captures the module, torchlib lowers it, onnxscript's optimizer folds
+    constants. The I/O dims are then written from our specs (torch.export names derived dims 'Min(48, k)')."""
+    from args_runtime.optional import require
+
+    ir = require("onnxscript.ir", "the dynamo exporter (args-export --exporter dynamo)", "onnxscript")
+
+    with torch.no_grad(), _quiet_exporter():
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                input_names=[t.name for t in inputs],
+                output_names=[t.name for t in outputs],
+                dynamic_shapes=_dynamic_shapes(module, inputs),
+                opset_version=DYNAMO_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as e:  # torch.onnx wraps the cause in a long report; keep the cause's first line, chain the rest
+            cause = e.__cause__ or e
+            raise ExportError(f"exporting {path.name} to ONNX failed: {type(cause).__name__}: {_first_line(cause)}") from e
+    graph = program.model.graph
+    names = [v.name for v in (*graph.inputs, *graph.outputs)]
+    if names != [t.name for t in (*inputs, *outputs)]:  # e.g. an input the module never reads, dropped by torch.export
+        raise ExportError(f"exporting {path.name} to ONNX gave the I/O {names}, not the {[t.name for t in (*inputs, *outputs)]} expected")
+    for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
+        value.shape = ir.Shape([cache_slots if d == CACHE_SLOTS and cache_slots is not None else d for d in spec.shape])
+    ir.save(program.model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
 
 
 TRACE_BATCH, TRACE_PAST, TRACE_NEW, TRACE_CANDIDATES, TRACE_SLOTS = 2, 3, 4, 5, 16
@@ -153,7 +227,7 @@ def export_lm(lm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
     inputs, outputs = lm_io(stack, plan.dtype, plan.cache)
     step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
     args = (*step, torch.zeros(min(3, plan.max_k), dtype=torch.int64), *past)
-    io = _export(LMStep(stack, lm.head, plan.max_k, plan.cache).eval(), args, inputs, outputs, path, plan.cache_slots)
+    io = _export(LMStep(stack, lm.head, plan.max_k, plan.cache).eval(), args, (inputs, outputs), path, plan)
     return graph_spec(path.name, lm, stack, plan, io)
 
 
@@ -163,7 +237,7 @@ def export_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
     inputs, outputs = rm_io(stack, plan.dtype, plan.cache)
     step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
     args = (*step, torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
-    io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, inputs, outputs, path, plan.cache_slots)
+    io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, (inputs, outputs), path, plan)
     return graph_spec(path.name, rm, stack, plan, io)
 
 
