@@ -228,6 +228,7 @@ BAD_REQUESTS = [
     ("completions", {"max_tokens": 4}, "prompt"),
     ("chat/completions", {"messages": []}, "messages"),
     ("chat/completions", {"messages": [{"role": "wizard", "content": "Hi"}]}, "messages[0].role"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "Hi", "name": "Ann"}]}, "messages[0].name"),
     ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content[0]"),
 ]

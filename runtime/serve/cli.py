@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w", type=float, default=1.5, help="default reward weight, for requests without args.w (default 1.5)")
     p.add_argument("--max-batch", type=int, default=8,
                    help="most requests decoded together in one run (greedy requests with equal settings; default 8)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long a batchable request waits for others to join its batch (default 5 ms)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a batchable request waits for others to join its batch (default 10 ms)")
     p.add_argument("--model-name", default="", help="the model id clients send (default: the bundle folder's name)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     ray = p.add_argument_group("Ray Serve (pip install \"args-rt[ray]\")")

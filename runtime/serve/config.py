@@ -20,7 +20,7 @@ class ServeConfig:
     k: int = 10
     w: float = 1.5  # the README demo's reward weight
     max_batch: int = 8
-    batch_wait_ms: float = 5.0  # how long a batchable request waits for others to join its batch
+    batch_wait_ms: float = 10.0  # how long a batchable request waits for others to join its batch
     load_in_background: bool = True
 
     @property

@@ -189,6 +189,9 @@ def chat_prompt(req: ChatCompletionRequest) -> list[dict[str, str]]:
     if not req.messages:
         raise InvalidRequest("messages is empty: give at least one message", "messages")
     for i, message in enumerate(req.messages):
+        if message.name is not None:  # chat templates may render it; ours are not given it, so refuse rather than drop it
+            raise InvalidRequest(f"messages[{i}].name is not supported by args-serve: put the name in the content",
+                                 f"messages[{i}].name", "unsupported_parameter")
         for j, part in enumerate(message.content if isinstance(message.content, list) else []):
             if part.type != "text" or part.text is None:
                 raise InvalidRequest(f"messages[{i}].content[{j}] is a {part.type!r} part: args-serve serves text only "
@@ -225,7 +228,7 @@ def generation_settings(req: _Sampling, prompt_tokens: int, limits: Limits) -> G
     options = req.args or ArgsOptions()
     k = limits.default_k if options.k is None else options.k
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= limits.max_k:
-        raise InvalidRequest(f"args.k={k!r} is out of range: this model supports 1 <= k <= {limits.max_k}", "args.k")
+        raise InvalidRequest(f"args.k={k!r} must be an integer with 1 <= k <= {limits.max_k} (this model's range)", "args.k")
     w = limits.default_w if options.w is None else options.w
     if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
         raise InvalidRequest(f"args.w={w!r} must be a finite number (the reward weight in logit + w * reward)", "args.w")

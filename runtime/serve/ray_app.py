@@ -91,7 +91,7 @@ def app_builder(args: dict[str, str]):
     config = ServeConfig(
         bundle=Path(args["bundle"]), model_name=args.get("model_name", ""), device=args.get("device", "cpu"),
         threads=_number(args, "threads", int, None), k=_number(args, "k", int, 10), w=_number(args, "w", float, 1.5),
-        max_batch=_number(args, "max_batch", int, 8), batch_wait_ms=_number(args, "batch_wait_ms", float, 5.0),
+        max_batch=_number(args, "max_batch", int, 8), batch_wait_ms=_number(args, "batch_wait_ms", float, 10.0),
     )
     scale = RayScale(
         replicas=_number(args, "replicas", int, 1),

@@ -178,7 +178,7 @@ class BatchScheduler(Scheduler):
     """Today's scheduler: a worker thread takes what is waiting, runs the oldest job's group (see plan_batches),
     and comes back for the rest. A batchable job waits up to `batch_wait_s` for others to join it."""
 
-    def __init__(self, generator: Any, max_batch: int = 8, batch_wait_s: float = 0.005, hooks: SchedulerHooks | None = None) -> None:
+    def __init__(self, generator: Any, max_batch: int = 8, batch_wait_s: float = 0.010, hooks: SchedulerHooks | None = None) -> None:
         self.gen, self.max_batch, self.batch_wait_s = generator, max_batch, batch_wait_s
         self.hooks = hooks or SchedulerHooks()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
