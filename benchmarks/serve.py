@@ -55,6 +55,7 @@ class Measured:
     latency_p50_ms: float
     latency_p99_ms: float
     exact: int  # answers whose tokens equal the one-at-a-time run's
+    mean_batch: float = 1.0  # requests per model run, from the server's args_batch_size histogram
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -130,6 +131,19 @@ async def run_clients(url: str, model: str, w: Workload, chats: list, args_body:
     return summarise(w, seconds, latencies, ttfts, tokens, exact)
 
 
+def batch_totals(url: str) -> tuple[float, float]:
+    """(requests run, model runs) so far, from the server's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name in ("args_batch_size_sum", "args_batch_size_count"):
+                values[sample.name] = sample.value
+    return values.get("args_batch_size_sum", 0.0), values.get("args_batch_size_count", 0.0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,11 +209,11 @@ def plot(rows: list[Measured], path: Path, title: str) -> None:
 def print_table(rows: list[Measured]) -> None:
     base = rows[0].tokens_per_s
     print(f"{'workload':34} {'req/s':>7} {'tok/s':>7} {'vs 1-at-a-time':>14} {'TTFT p50':>9} {'TTFT p99':>9} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'exact':>6}")
+          f"{'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'exact':>6}")
     for r in rows:
         ttft = (f"{r.ttft_p50_ms:9.0f} {r.ttft_p99_ms:9.0f}") if r.ttft_p50_ms is not None else f"{'-':>9} {'-':>9}"
         print(f"{r.name:34} {r.requests_per_s:7.2f} {r.tokens_per_s:7.1f} {r.tokens_per_s / base:13.2f}x {ttft} "
-              f"{r.latency_p50_ms:8.0f} {r.latency_p99_ms:8.0f} {r.exact:>3}/{r.requests}")
+              f"{r.latency_p50_ms:8.0f} {r.latency_p99_ms:8.0f} {r.mean_batch:6.1f} {r.exact:>3}/{r.requests}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         for stream in (False, True):
             for c in clients:
                 w = Workload(f"{'streamed' if stream else 'plain'}, {c} client{'s' if c > 1 else ''}", c, stream)
+                before = batch_totals(url)
                 m = asyncio.run(run_clients(url, "bench", w, chats, args_body, args.max_tokens, expected))
+                after = batch_totals(url)
+                m.mean_batch = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
                 rows.append(m)
                 print(f"  {m.name}: {m.tokens_per_s:.1f} tokens/s, p50 {m.latency_p50_ms:.0f} ms, exact {m.exact}/{m.requests}", flush=True)
     finally:
