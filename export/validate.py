@@ -64,8 +64,12 @@ class ValidationReport:
 @torch.no_grad()
 def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf, rm_hf, rm_family: Family, k: int, max_context: int,
                     steps: int = 3, seed: int = 0, device: str = "cpu") -> ValidationReport:
-    """Prefill + `steps` decode steps on a batch of two random prompts; compare logits and k rewards each step."""
+    """Prefill + `steps` decode steps on a batch of two random prompts; compare logits and k rewards each step.
+    With ONNX Runtime on CUDA, PyTorch computes its side on the GPU too: a 7B model's fp16 forward passes on the
+    CPU take minutes."""
     report = ValidationReport()
+    torch_device = "cuda" if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    lm_hf, rm_hf = lm_hf.to(torch_device), rm_hf.to(torch_device)
     lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, max_context)
     rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec, max_context)
     gen = torch.Generator().manual_seed(seed)
@@ -78,11 +82,11 @@ def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf,
         top = lm.extend(ids, positions, prefix, k)
         values, candidates = top.logits, top.ids
         rewards = rm.extend_and_score(ids, positions, prefix, top)
-        out = lm_hf(input_ids=hf_feed, past_key_values=hf_cache, use_cache=True)
-        hf_cache, ref_logits = out.past_key_values, out.logits[:, -1, :].float()
+        out = lm_hf(input_ids=hf_feed.to(torch_device), past_key_values=hf_cache, use_cache=True)
+        hf_cache, ref_logits = out.past_key_values, out.logits[:, -1, :].float().cpu()
         report.add(f"lm top-{k} logits, step {step}", values, np.take_along_axis(ref_logits.numpy(), candidates, axis=1), lm_spec.dtype)
         with_cands = torch.cat([sequence.repeat_interleave(k, dim=0), torch.from_numpy(candidates).reshape(-1, 1)], dim=1)
-        ref_rewards = hf_rewards(rm_hf, rm_family, with_cands).reshape(2, k)
+        ref_rewards = hf_rewards(rm_hf, rm_family, with_cands.to(torch_device)).reshape(2, k).cpu()
         report.add(f"rm rewards of {k} candidates, step {step}", rewards, ref_rewards.numpy(), rm_spec.dtype)
         chosen = candidates[:, :1]
         sequence = torch.cat([sequence, torch.from_numpy(chosen)], dim=1)
