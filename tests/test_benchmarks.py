@@ -13,6 +13,7 @@ from args_benchmarks import latency
 from args_benchmarks.contenders import FloorContender, GreedyContender, Run
 from args_benchmarks.report import Case, Record, judge_targets, summarise
 from args_runtime import ArgsGenerator
+from args_runtime.errors import ExportError
 
 KINDS = {"reference", "args", "greedy", "floor"}
 
@@ -130,7 +131,7 @@ def test_random_shape_pair_is_seeded_and_exportable(cache_dir, tmp_path):
     assert rm_config.num_labels == 1 and rm_config.max_position_embeddings == 256
     manifest = export_bundle(ExportOptions(lm_dir, rm_dir, tmp_path / "bundle", max_k=12), quiet=True)
     assert manifest.max_context == 256
-    with pytest.raises(ValueError, match="unknown shape"):
+    with pytest.raises(ExportError, match="unknown shape"):
         random_pair("llama-70b", "fp32", cache_dir)
 
 
