@@ -1,0 +1,198 @@
+"""Child-process helpers of the acceptance run (benchmarks/gpu/run.py), run with the installed packages:
+
+    python -m args_benchmarks.gpu.prepare versions OUT.json     # versions, the GPU, and one op on ORT's CUDA provider
+    python -m args_benchmarks.gpu.prepare bundle smollm2 ...    # SmolLM2-135M + the demo's RM (needs the GGUF) → a bundle
+    python -m args_benchmarks.gpu.prepare bundle llama-7b ...   # a seeded random pair of that shape (benchmarks/shapes.py) → a bundle
+
+`bundle` makes the models (cached), exports them with args-export's own code (checked as usual) and writes a JSON
+report: the model folders, the seconds each step took and the export's parity checks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def cuda_smoke() -> dict:
+    """One Add on ONNX Runtime's CUDA provider, imported without torch first (as the torch-free runtime runs): proves
+    the provider library and its CUDA libraries load, which get_available_providers() alone does not."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    result = {"available": "CUDAExecutionProvider" in ort.get_available_providers()}
+    if not result["available"]:
+        return {**result, "ok": False, "error": f"this onnxruntime has no CUDAExecutionProvider ({ort.get_available_providers()})"}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "smoke", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        value = np.arange(6, dtype=np.float32).reshape(2, 3)
+        out = session.run(None, {"x": value})[0]
+        providers = session.get_providers()
+        ok = providers[0] == "CUDAExecutionProvider" and bool(np.array_equal(out, 2 * value))
+        return {**result, "ok": ok, "session_providers": providers,
+                "error": "" if ok else f"the session fell back to {providers} (see the log for ORT's reason)"}
+    except Exception as e:  # noqa: BLE001 - reported, not raised: the run goes on
+        return {**result, "ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+def _version(module: str) -> dict:
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001
+        return {"version": None, "error": f"{type(e).__name__}: {e}"}
+    return {"version": getattr(mod, "__version__", None), "path": str(Path(getattr(mod, "__file__", "") or "").parent)}
+
+
+def _nvidia_smi() -> dict:
+    query = "name,driver_version,memory.total,compute_cap"
+    try:
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=20).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return {}
+    return dict(zip(query.split(","), (v.strip() for v in line.split(","))))
+
+
+def _meminfo() -> dict:
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        return {k: round(int(fields[k].split()[0]) / 2**20, 1) for k in ("MemTotal", "MemAvailable")}  # GiB
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def versions(work: Path) -> dict:
+    """What the box has, for versions.json and the summary's header. ORT first, torch after (see cuda_smoke)."""
+    doc: dict = {"python": platform.python_version(), "executable": sys.executable, "platform": platform.platform()}
+    doc["onnxruntime"] = _version("onnxruntime")
+    doc["cuda_smoke"] = cuda_smoke()
+    try:
+        import onnxruntime as ort
+
+        doc["onnxruntime"]["providers"] = ort.get_available_providers()
+        doc["onnxruntime"]["built_for_cuda"] = getattr(importlib.import_module("onnxruntime.capi.build_and_package_info"), "cuda_version", None)
+    except Exception:  # noqa: BLE001
+        pass
+    for module in ("numpy", "tokenizers", "onnx", "torch", "transformers", "gguf"):
+        doc[module] = _version(module)
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            doc["torch"].update(cuda=torch.version.cuda, device=props.name, capability=f"{props.major}.{props.minor}",
+                                memory_gib=round(props.total_memory / 2**30, 1))
+        else:
+            doc["torch"]["cuda"] = None
+    except Exception:  # noqa: BLE001
+        pass
+    import args_runtime
+
+    doc["args_runtime"] = {"path": str(Path(args_runtime.__file__).parent), "loop": args_runtime.LOOP_IMPL}
+    doc["gpu"] = _nvidia_smi()
+    doc["cpu"] = {"model": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""),
+                  "cores": os.cpu_count()}
+    doc["memory_gib"] = _meminfo()
+    doc["disk_free_gib"] = {str(p): round(shutil.disk_usage(p).free / 2**30, 1) for p in (work, Path("/dev/shm")) if p.exists()}
+    doc["smollm2_gguf"] = _smollm2_gguf()
+    return doc
+
+
+def _smollm2_gguf() -> str | None:
+    from args_export.demo.models import smollm2_gguf
+    from args_runtime.errors import ExportError
+
+    try:
+        return str(smollm2_gguf())
+    except ExportError:
+        return None
+
+
+def model_pair(models: str, dtype: str, cache: Path, positions: int) -> tuple[Path, Path]:
+    """HF folders of the LM and the RM: SmolLM2 + the demo's sentiment RM, or a random pair of a named shape."""
+    if models == "smollm2":
+        from args_export.demo.models import sentiment_reward_model
+        from args_export.demo.prepare import demo_paths, smollm2_folder
+
+        lm = smollm2_folder(cache)
+        return lm, sentiment_reward_model(lm, demo_paths(cache)[1])
+    from args_benchmarks.shapes import random_pair
+
+    return random_pair(models, dtype, cache, positions)
+
+
+def make_bundle(args: argparse.Namespace) -> dict:
+    """Models (cached) → an exported, checked bundle; the report says how long each step took."""
+    import time
+
+    from args_export.bundle import ExportOptions, export_bundle
+
+    report: dict = {"models": args.models, "dtype": args.dtype, "layouts": args.layouts, "bundles": {}, "exports_s": {}}
+    started = time.perf_counter()
+    lm, rm = model_pair(args.models, args.dtype, args.cache, args.max_context)
+    report.update(lm=str(lm), rm=str(rm), models_s=round(time.perf_counter() - started, 1))
+    _write(args.report, report)
+    for layout in args.layouts.split(","):
+        out = args.out / f"{args.models}-{args.dtype}-{layout}"
+        started = time.perf_counter()
+        manifest = export_bundle(ExportOptions(lm, rm, out, dtype=args.dtype, max_context=args.max_context, max_k=args.max_k,
+                                               force=True, cache=layout))
+        report["exports_s"][layout] = round(time.perf_counter() - started, 1)
+        report["bundles"][layout] = str(out)
+        report.setdefault("validation", {})[layout] = manifest.validation
+        report.setdefault("bundle_bytes", {})[layout] = sum(f.stat().st_size for f in out.iterdir())
+        _write(args.report, report)
+    return report
+
+
+def _write(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m args_benchmarks.gpu.prepare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("versions", help="write the versions, the GPU and the CUDA smoke test as JSON")
+    v.add_argument("out", type=Path)
+    b = sub.add_parser("bundle", help="make the models and export them")
+    b.add_argument("models", help="smollm2, or a shape of benchmarks/shapes.py (llama-7b, llama-tiny)")
+    b.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
+    b.add_argument("--layouts", default="dynamic,static", help="comma-separated KV-cache layouts, one bundle each")
+    b.add_argument("--max-context", type=int, default=256)
+    b.add_argument("--max-k", type=int, default=16)
+    b.add_argument("--cache", type=Path, required=True, help="where the model folders are made (and found again)")
+    b.add_argument("--out", type=Path, required=True, help="folder for the bundles")
+    b.add_argument("--report", type=Path, required=True, help="JSON report, rewritten after each step")
+    args = p.parse_args(argv)
+    from args_runtime.errors import ArgsError
+
+    try:
+        if args.command == "versions":
+            doc = versions(args.out.parent)
+            _write(args.out, doc)
+            print(json.dumps(doc["cuda_smoke"]))
+        else:
+            print(json.dumps(make_bundle(args)))
+    except ArgsError as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
