@@ -157,7 +157,8 @@ def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> lis
         def make() -> Contender:
             key = (bundle, device, loop or args.loops[0], graphs)  # the floor uses no step loop: any generator of its engine
             if key not in generators:
-                generators[key] = ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=key[2], cuda_graph=graphs)
+                generators[key] = ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=key[2], cuda_graph=graphs,
+                                                            verify_checksums=not args.skip_checksums)
                 if graphs:
                     require_cuda_graphs(generators[key])
             return kind(generators[key], engine)
@@ -328,6 +329,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--cuda-graph", action="store_true", help="on CUDA, also race the static layout with ORT CUDA graphs")
     what.add_argument("--graphs-only", action="store_true", help="with --cuda-graph, race the static layout only with CUDA graphs "
                       "(one copy of the weights on the device fewer: a 7B fp16 pair takes ~27 GB per engine)")
+    what.add_argument("--skip-checksums", action="store_true", help="do not hash the bundle's files when loading it (a 7B bundle's 27 GB "
+                      "take tens of seconds; the export wrote and checked them)")
     what.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated contenders to race (default all: {','.join(KINDS)})")
     what.add_argument("--loops", default=None, help="comma-separated step loops for args-rt: python, cpp (default: every one built here)")
     what.add_argument("--repeats", type=int, default=3, help="timed repeats of the headline case (medians are reported)")

@@ -218,7 +218,8 @@ def dry_run(tmp_path_factory, smol_tokenizer):
         (wheels_dir / part).unlink()
     out, work, back = root / "out", root / "work", root / "return"
     env = {k: v for k, v in os.environ.items() if k not in ("ARGS_RT_TOKENIZER_DIR", "ARGS_RT_CACHE")}
-    done = subprocess.run([sys.executable, "-m", "args_benchmarks.gpu.run", "--dry-run", "--quick", "--wheels", str(wheels_dir), "--out", str(out),
+    env["PYTHON"] = sys.executable  # the box runs run.sh with its python3; here, this interpreter
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu" / "run.sh"), "--dry-run", "--quick", "--wheels", str(wheels_dir), "--out", str(out),
                            "--work", str(work), "--return", str(back)], capture_output=True, text=True, env=env, timeout=1500)
     return done, out, work, back
 
@@ -242,6 +243,12 @@ def test_dry_run_reports_every_stage_and_goes_on_after_a_failed_one(dry_run):
     engines = {r["engine"] for r in stages["smollm2"]["data"]["bench"]["records"] if r["kind"] == "args"}
     assert {e.split(", ")[1] for e in engines} == {"dynamic cache", "static cache"}
     assert (out / "random-7b" / "latency.json").is_file() and (out / "gpu-tests" / "junit.xml").is_file()
+    # The big pair's two graphs were exported side by side and assembled into one bundle, every graph checked.
+    export = stages["random-7b"]["data"]["export"]
+    assert export["split"] and (out / "random-7b" / "export-static-lm.log").is_file()
+    manifest = json.loads((Path(export["bundles"]["static"]) / "manifest.json").read_text())
+    assert "assembled" in manifest["validation"] and {"lm.onnx.data", "rm.onnx.data", "choose.onnx"} <= set(manifest["files"])
+    assert {name.split(" ")[0] for name in manifest["validation"]["checks"]} == {"lm", "rm", "choose.onnx"}
 
 
 def test_dry_run_summary_judges_every_target_and_fits_what_a_session_brings_back(dry_run):
@@ -257,3 +264,17 @@ def test_dry_run_summary_judges_every_target_and_fits_what_a_session_brings_back
     with tarfile.open(back / "results.tar.gz") as tar:
         names = tar.getnames()
     assert "out/summary.md" in names and "out/random-7b/latency.json" in names and "out/install/versions.json" in names
+
+
+def test_call_plan_fills_each_transfer_in_order(tmp_path):
+    """Parts go to the box in order, as many per call as fit: the optional SmolLM2 parts fill the last core call's room."""
+    unit = 1024
+    core = packing.Pack("core", parts=["core.tar.xz.part00", "core.tar.xz.part01", "core.tar.xz.part02"])
+    optional = packing.Pack("smollm2", parts=[f"smollm2.tar.xz.part0{i}" for i in range(4)], optional=True)
+    for name, size in zip(core.parts + optional.parts, (60, 60, 25, 30, 30, 30, 8)):
+        (tmp_path / name).write_bytes(b"\0" * size * unit)
+    for name in (packing.INDEX_FILE, packing.SUMS_FILE):
+        (tmp_path / name).write_text("{}")
+    plans = wheels.call_plan(tmp_path, [core, optional], 62 * unit)
+    assert plans["core-only"] == [[packing.INDEX_FILE, packing.SUMS_FILE, core.parts[0]], [core.parts[1]], [core.parts[2]]]
+    assert plans["with-smollm2"][2:] == [[core.parts[2], optional.parts[0]], optional.parts[1:3], [optional.parts[3]]]

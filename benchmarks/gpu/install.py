@@ -106,7 +106,7 @@ def _install_project(ctx: Context, site: Path, log: Path, stage: Stage) -> str:
     if _importable(ctx, log):
         return "args-rt already importable: left as it is"
     status, seconds = run_child(ctx, [ctx.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
-                                      "--no-compile", "--target", str(site), str(ctx.repo)], log, max(30.0, stage.budget_s - 60))
+                                      "--no-compile", "--target", str(site), str(ctx.repo)], log, max(30.0, stage.budget_s - 40))
     if status == 0 and _importable(ctx, log):
         return f"args-rt built from the checkout in {seconds:.0f} s"
     for package, folder in FOLDERS.items():

@@ -139,7 +139,7 @@ def make_bundle(args: argparse.Namespace) -> dict:
 
     from args_export.bundle import ExportOptions, export_bundle
 
-    report: dict = {"models": args.models, "dtype": args.dtype, "layouts": args.layouts, "bundles": {}, "exports_s": {}}
+    report: dict = {"models": args.models, "dtype": args.dtype, "layouts": args.layouts, "bundles": {}, "exports_s": {}, "split": args.split}
     started = time.perf_counter()
     lm, rm = model_pair(args.models, args.dtype, args.cache, args.max_context)
     report.update(lm=str(lm), rm=str(rm), models_s=round(time.perf_counter() - started, 1))
@@ -147,14 +147,82 @@ def make_bundle(args: argparse.Namespace) -> dict:
     for layout in args.layouts.split(","):
         out = args.out / f"{args.models}-{args.dtype}-{layout}"
         started = time.perf_counter()
-        manifest = export_bundle(ExportOptions(lm, rm, out, dtype=args.dtype, max_context=args.max_context, max_k=args.max_k,
-                                               force=True, cache=layout))
+        if args.split:
+            manifest = split_export(args, lm, rm, layout, out)
+        else:
+            manifest = export_bundle(ExportOptions(lm, rm, out, dtype=args.dtype, max_context=args.max_context, max_k=args.max_k,
+                                                   force=True, cache=layout))
         report["exports_s"][layout] = round(time.perf_counter() - started, 1)
         report["bundles"][layout] = str(out)
         report.setdefault("validation", {})[layout] = manifest.validation
         report.setdefault("bundle_bytes", {})[layout] = sum(f.stat().st_size for f in out.iterdir())
         _write(args.report, report)
     return report
+
+
+def split_export(args: argparse.Namespace, lm: Path, rm: Path, layout: str, out: Path):
+    """A big pair's two graphs exported at the same time: tracing a 13 GB graph to ONNX is minutes of single-threaded
+    CPU work, so two args-export processes run side by side, one with the LM and a tiny stand-in RM, one with a tiny
+    stand-in LM and the RM (same tokenizer, same settings), each checking its graphs against PyTorch as usual; the
+    bundle then takes the LM graph of the first and the RM graph of the second (assemble)."""
+    from args_benchmarks.shapes import random_pair
+
+    tiny_lm, tiny_rm = random_pair("llama-tiny", args.dtype, args.cache, args.max_context)
+    halves = {"lm": (lm, tiny_rm), "rm": (tiny_lm, rm)}
+    children = {}
+    for half, (lm_dir, rm_dir) in halves.items():
+        folder = out.with_name(f"{out.name}.{half}-half")
+        log = open(args.report.with_name(f"export-{layout}-{half}.log"), "wb")
+        argv = [sys.executable, "-m", "args_export.cli", "--lm", str(lm_dir), "--rm", str(rm_dir), "--out", str(folder), "--dtype", args.dtype,
+                "--cache", layout, "--max-context", str(args.max_context), "--max-k", str(args.max_k), "--force"]
+        children[half] = (folder, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log)
+    failed = []
+    for half, (folder, child, log) in children.items():
+        if child.wait() != 0:
+            failed.append(f"the {half} half (exit {child.returncode}, see {log.name})")
+        log.close()
+    if failed:
+        from args_runtime.errors import ExportError
+
+        raise ExportError(f"split export of {out.name} failed: {'; '.join(failed)}")
+    manifest = assemble(children["lm"][0], children["rm"][0], out)
+    for folder, _, _ in children.values():
+        shutil.rmtree(folder, ignore_errors=True)
+    return manifest
+
+
+def assemble(lm_bundle: Path, rm_bundle: Path, out: Path):
+    """One bundle from two exports with the same settings: the LM graph of `lm_bundle` and the RM graph of `rm_bundle`,
+    each with the parity checks its own export ran; tokenizer and choose.onnx from `lm_bundle` (files moved, not copied)."""
+    import dataclasses
+
+    from args_runtime.errors import ExportError
+    from args_runtime.manifest import MANIFEST_FILE, load_manifest
+
+    a, b = load_manifest(lm_bundle, verify_checksums=False), load_manifest(rm_bundle, verify_checksums=False)
+    same = lambda m: (m.max_context, m.max_k, m.rm.cache, m.rm.dtype, m.lm.vocab_size, m.tokenizer, m.format_version)  # noqa: E731
+    if same(a) != same(b):
+        raise ExportError(f"cannot assemble {lm_bundle.name} and {rm_bundle.name}: they were exported with different settings")
+    rm_files = {name for name in b.files if name == b.rm.file or name.startswith(b.rm.file + ".")}
+    lm_side = {name for name in a.files if not (name == a.rm.file or name.startswith(a.rm.file + "."))}
+    checks = {**{k: v for k, v in a.validation.get("checks", {}).items() if not k.startswith("rm ")},
+              **{k: v for k, v in b.validation.get("checks", {}).items() if k.startswith("rm ")}}
+    manifest = dataclasses.replace(
+        a, rm=b.rm, files={**{n: a.files[n] for n in lm_side}, **{n: b.files[n] for n in rm_files}},
+        validation={**a.validation, "checks": checks,
+                    "assembled": "LM graph and RM graph exported side by side (each beside a tiny stand-in, checked by its own export)"},
+        created_by=f"{a.created_by}; assembled by args_benchmarks.gpu.prepare")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in lm_side:
+        (lm_bundle / name).rename(tmp / name)
+    for name in rm_files:
+        (rm_bundle / name).rename(tmp / name)
+    (tmp / MANIFEST_FILE).write_text(manifest.to_json())
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return manifest
 
 
 def _write(path: Path, doc: dict) -> None:
@@ -178,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--cache", type=Path, required=True, help="where the model folders are made (and found again)")
     b.add_argument("--out", type=Path, required=True, help="folder for the bundles")
     b.add_argument("--report", type=Path, required=True, help="JSON report, rewritten after each step")
+    b.add_argument("--split", action="store_true", help="export the LM and the RM graphs side by side in two processes (big pairs)")
     args = p.parse_args(argv)
     from args_runtime.errors import ArgsError
 

