@@ -64,6 +64,13 @@ def test_parts_round_trip_and_a_bad_or_missing_part_is_named(tmp_path):
     sums = subprocess.run(["sha256sum", "-c", packing.SUMS_FILE], cwd=tmp_path / "w", capture_output=True, text=True)
     assert sums.returncode == 0, sums.stdout  # the box can check the parts with coreutils too
 
+    packing.resplit(tmp_path / "w", made, 100 * 1024)  # other part sizes, the same stream: no recompression
+    packing.write_index(tmp_path / "w", [made])
+    assert all((tmp_path / "w" / p).stat().st_size <= 100 * 1024 for p in made.parts) and len(list((tmp_path / "w").glob("core.*"))) == len(made.parts)
+    packs, _ = packing.read_index(tmp_path / "w")
+    packing.unpack(tmp_path / "w", packs["core"], tmp_path / "out2")
+    assert {name: (tmp_path / "out2" / name).read_bytes() for name in blobs} == blobs
+
     third = tmp_path / "w" / made.parts[2]
     third.write_bytes(b"x" + third.read_bytes()[1:])
     with pytest.raises(packing.PackError, match=f"part {made.parts[2]} is corrupt"):
@@ -266,15 +273,32 @@ def test_dry_run_summary_judges_every_target_and_fits_what_a_session_brings_back
     assert "out/summary.md" in names and "out/random-7b/latency.json" in names and "out/install/versions.json" in names
 
 
-def test_call_plan_fills_each_transfer_in_order(tmp_path):
-    """Parts go to the box in order, as many per call as fit: the optional SmolLM2 parts fill the last core call's room."""
+def test_call_plan_packs_the_parts_into_few_transfers(tmp_path):
+    """Every part reaches the box in calls of at most the limit, as few as first-fit decreasing finds; the core-only
+    plan carries no optional part."""
     unit = 1024
     core = packing.Pack("core", parts=["core.tar.xz.part00", "core.tar.xz.part01", "core.tar.xz.part02"])
-    optional = packing.Pack("smollm2", parts=[f"smollm2.tar.xz.part0{i}" for i in range(4)], optional=True)
-    for name, size in zip(core.parts + optional.parts, (60, 60, 25, 30, 30, 30, 8)):
+    optional = packing.Pack("smollm2", parts=["smollm2.tar.xz.part00", "smollm2.tar.xz.part01"], optional=True)
+    sizes = dict(zip(core.parts + optional.parts, (62, 62, 60, 62, 2)))
+    for name, size in sizes.items():
         (tmp_path / name).write_bytes(b"\0" * size * unit)
     for name in (packing.INDEX_FILE, packing.SUMS_FILE):
         (tmp_path / name).write_text("{}")
-    plans = wheels.call_plan(tmp_path, [core, optional], 62 * unit)
-    assert plans["core-only"] == [[packing.INDEX_FILE, packing.SUMS_FILE, core.parts[0]], [core.parts[1]], [core.parts[2]]]
-    assert plans["with-smollm2"][2:] == [[core.parts[2], optional.parts[0]], optional.parts[1:3], [optional.parts[3]]]
+    plans = wheels.call_plan(tmp_path, [core, optional], 63 * unit)
+    assert len(plans["core-only"]) == 3 and len(plans["with-smollm2"]) == 4  # the small SmolLM2 part rides with core part 2
+    for name, calls in plans.items():
+        assert all(sum((tmp_path / f).stat().st_size for f in call) <= 63 * unit for call in calls)
+        carried = sorted(f for call in calls for f in call)
+        assert carried == sorted([packing.INDEX_FILE, packing.SUMS_FILE, *core.parts, *(optional.parts if name == "with-smollm2" else [])])
+
+
+def test_the_7b_stage_refuses_to_fill_the_disk(tmp_path, monkeypatch):
+    """A full disk would break every stage after it: the 7B build does not start without room for it."""
+    from args_benchmarks.gpu import stages
+
+    ctx = _context(tmp_path)
+    ctx.work.mkdir(parents=True)
+    monkeypatch.setitem(stages.DISK_NEEDED, "llama-tiny", 10**18)
+    assert stages.start_random_export(ctx, "random-7b", 60) is None and not ctx.background
+    result = stages.random_figures(ctx, Stage("random-7b", 60, stages.random_figures))
+    assert result.status == FAILED and "needs ~1000000000 GB free in --work" in result.detail

@@ -101,6 +101,39 @@ def pack(files: dict[str, Path], folder: Path, name: str, part_bytes: int = 60 *
     return result
 
 
+def resplit(folder: Path, pack_: Pack, part_bytes: int) -> Pack:
+    """Cut an existing pack's byte stream into parts of another size (no recompression: xz -9e of the 280 MB ORT
+    provider takes minutes); the caller rewrites the index."""
+    stem = f"{pack_.name}.tar.xz.part"
+    staging = folder / f".resplit-{pack_.name}"
+    staging.mkdir(exist_ok=True)
+    new_parts: list[str] = []
+    out, used = None, 0
+    for part in pack_.parts:
+        with open(folder / part, "rb") as f:
+            while block := f.read(min(part_bytes, 8 * MIB)):
+                view = memoryview(block)
+                while view:
+                    if out is None or used == part_bytes:
+                        if out:
+                            out.close()
+                        new_parts.append(f"{stem}{len(new_parts):02d}")
+                        out, used = open(staging / new_parts[-1], "wb"), 0
+                    take = min(len(view), part_bytes - used)
+                    out.write(view[:take])
+                    used += take
+                    view = view[take:]
+    if out:
+        out.close()
+    for part in pack_.parts:
+        (folder / part).unlink()
+    for part in new_parts:
+        (staging / part).rename(folder / part)
+    staging.rmdir()
+    pack_.parts = new_parts
+    return pack_
+
+
 def write_index(folder: Path, packs: list[Pack], extra: dict | None = None) -> None:
     """packs.json (what each pack holds) and SHA256SUMS (every part, in `sha256sum -c` format)."""
     doc = {"packs": {p.name: p.__dict__ for p in packs}, **(extra or {})}

@@ -94,7 +94,8 @@ def _start_background_export(ctx: Context, args: argparse.Namespace) -> None:
     budget = ctx.left() - BENCH_RESERVE_S["dry" if ctx.dry_run else "gpu"]
     if budget < 30:
         return
-    stages.start_random_export(ctx, "random-7b", budget)
+    if stages.start_random_export(ctx, "random-7b", budget) is None:
+        return
     if set(args.stages) - {"install", "random-7b"}:
         ctx.facts["overlap_note"] = ("The 7B-shaped pair was built and exported in the background (4 CPU threads) while the stages "
                                      "before random-7b ran: their timings shared the machine with that export.")

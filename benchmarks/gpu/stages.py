@@ -4,6 +4,7 @@ work in child processes (benchmarks/gpu/prepare.py, args-bench, pytest) with log
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -23,6 +24,18 @@ class Workload:
     batches: str
     repeats: int
     split: bool = False  # export the LM and RM graphs side by side (prepare.py split_export): a 7B graph takes minutes
+
+
+# Peak disk of a pair's build and split export in --work: the HF folders (the RM links the LM's backbone), both graphs'
+# weights, and the tracer's spill of each while it streams into them. A full disk would break every later stage too.
+DISK_NEEDED = {"llama-7b": 45e9}
+
+
+def _disk_problem(ctx: Context, work: "Workload") -> str | None:
+    need, free = DISK_NEEDED.get(work.models, 0), shutil.disk_usage(ctx.work).free
+    if free >= need:
+        return None
+    return f"needs ~{need / 1e9:.0f} GB free in --work {ctx.work}, which has {free / 1e9:.0f} GB: rerun with --work on a bigger disk"
 
 
 def _device(ctx: Context) -> str:
@@ -106,10 +119,13 @@ def smollm2_figures(ctx: Context, stage: Stage) -> StageResult:
     return finish_figures(ctx, stage, work, child, deadline)
 
 
-def start_random_export(ctx: Context, stage_name: str, budget_s: float) -> Child:
+def start_random_export(ctx: Context, stage_name: str, budget_s: float) -> Child | None:
     """The 7B-shaped pair's build and export, started in the background right after the install: exporting 13 GB
     graphs is CPU work that takes minutes, so it runs while the GPU stages before it measure."""
-    child = start_bundle(ctx, stage_name, random_workload(ctx), time.monotonic() + budget_s, threads=4)
+    work = random_workload(ctx)
+    if _disk_problem(ctx, work):
+        return None  # random_figures reports it
+    child = start_bundle(ctx, stage_name, work, time.monotonic() + budget_s, threads=4)
     ctx.background[stage_name] = child
     return child
 
@@ -120,6 +136,8 @@ def random_figures(ctx: Context, stage: Stage) -> StageResult:
     if (missing := _cuda_missing(ctx)) is not None:
         return missing
     work = random_workload(ctx)
+    if (problem := _disk_problem(ctx, work)) is not None:
+        return StageResult(stage.name, FAILED, problem)
     deadline = time.monotonic() + stage.budget_s
     child = ctx.background.pop(stage.name, None) or start_bundle(ctx, stage.name, work, deadline)
     return finish_figures(ctx, stage, work, child, deadline)

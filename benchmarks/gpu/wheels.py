@@ -126,15 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/gpu/wheels.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="the wheel folder to make (its parts are replaced)")
     p.add_argument("--ort", default=ORT_VERSION, help=f"onnxruntime-gpu version (default {ORT_VERSION})")
-    p.add_argument("--part-mib", type=int, default=60, help="largest part in MiB (a GPU session carries 64 MiB per call, the checkout included)")
-    p.add_argument("--smollm2-part-mib", type=int, default=30, help="largest part of the optional SmolLM2 pack (small parts fill the "
-                   "room the last core part leaves in its call)")
-    p.add_argument("--call-mib", type=float, default=62, help="most MiB one transfer carries, for the call plan (64 less the checkout)")
+    p.add_argument("--part-mib", type=int, default=62, help="largest part in MiB (a GPU session carries 64 MiB per call, the ~1 MiB checkout "
+                   "included): 62 puts the core pack (184 MiB) in 3 parts")
+    p.add_argument("--smollm2-part-mib", type=int, default=62, help="largest part of the optional SmolLM2 pack")
+    p.add_argument("--call-mib", type=float, default=63, help="most MiB of parts one transfer carries, for the call plan (64 less the checkout)")
     p.add_argument("--no-smollm2", action="store_true", help="leave out the optional SmolLM2 pack (GGUF + gguf)")
     p.add_argument("--plan-only", action="store_true", help="only print the sizes and the call plan of an existing folder")
+    p.add_argument("--resplit", action="store_true", help="re-cut an existing folder's parts to --part-mib / --smollm2-part-mib "
+                   "(no download, no recompression), then print the plan")
     args = p.parse_args(argv)
-    if args.plan_only:
-        packs, _ = read_index(args.out)
+    if args.plan_only or args.resplit:
+        packs, extra = read_index(args.out)
+        if args.resplit:
+            for pack_ in packs.values():
+                packing.resplit(args.out, pack_, (args.smollm2_part_mib if pack_.optional else args.part_mib) * MIB)
+                pack_.packed_bytes = sum((args.out / part).stat().st_size for part in pack_.parts)
+            write_index(args.out, list(packs.values()), extra)
         report(args.out, list(packs.values()), int(args.call_mib * MIB))
         return 0
     raw, staging = args.out / "downloads", args.out / "staging"
@@ -163,25 +170,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def call_plan(folder: Path, packs: list[Pack], call_bytes: int) -> dict[str, list[list[str]]]:
-    """Which files each transfer to the box carries, in order, at most `call_bytes` per call: the index files and the
-    core parts first, then (in the plan "with-smollm2") the optional ones, filling the room the last core part leaves."""
+    """Which files each transfer to the box carries, at most `call_bytes` per call, in as few calls as first-fit
+    decreasing finds (the order they arrive in does not matter: the last call unpacks them all). Two plans: the core
+    pack alone, and with the optional SmolLM2 pack."""
     index = [packing.INDEX_FILE, packing.SUMS_FILE]
 
     def plan(names: list[str]) -> list[list[str]]:
-        calls: list[list[str]] = [[]]
-        used = 0
-        for name in names:
+        calls: list[tuple[int, list[str]]] = []
+        for name in sorted(names, key=lambda n: -(folder / n).stat().st_size):
             size = (folder / name).stat().st_size
-            if calls[-1] and used + size > call_bytes:
-                calls.append([])
-                used = 0
-            calls[-1].append(name)
-            used += size
-        return calls
+            room = next((i for i, (used, _) in enumerate(calls) if used + size <= call_bytes), None)
+            if room is None:
+                calls.append((0, []))
+                room = len(calls) - 1
+            used, files = calls[room]
+            calls[room] = (used + size, files + [name])
+        return [files for _, files in calls]
 
     required = index + [part for p in packs if not p.optional for part in p.parts]
-    everything = required + [part for p in packs if p.optional for part in p.parts]
-    return {"core-only": plan(required), "with-smollm2": plan(everything)}
+    optional = [part for p in packs if p.optional for part in p.parts]
+    return {"core-only": plan(required), "with-smollm2": plan(required + optional)}
 
 
 def report(folder: Path, packs: list[Pack], call_bytes: int) -> None:
