@@ -241,6 +241,8 @@ def test_dry_run_reports_every_stage_and_goes_on_after_a_failed_one(dry_run):
     assert "pack smollm2 not here" in stages["install"]["detail"]
     assert (work / "site" / "argsgpu_probe.py").read_text() == "VALUE = 42\n"  # the good pack was installed all the same
     assert stages["install"]["data"]["env"]["ARGS_RT_TOKENIZER_DIR"] == str(work / "wheels" / "smollm2-tokenizer")
+    smoke = stages["install"]["data"]["versions"]["cuda_smoke"]
+    assert smoke["cpu_ran"] is True and smoke["ok"] is False  # the smoke model runs; this onnxruntime has no CUDA
     assert stages["gpu-tests"]["status"] == PASSED and stages["gpu-tests"]["data"]["counts"]["skipped"] >= 5  # no GPU: they skip
     for name in ("smollm2", "random-7b"):
         assert stages[name]["status"] == PASSED, stages[name]["detail"]
