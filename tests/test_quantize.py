@@ -3,6 +3,7 @@ graphs, the PyTorch check holds them to quantization limits and says so, and the
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -109,3 +110,22 @@ def test_cli_quantize_flags(tmp_path):
     run = subprocess.run([sys.executable, "-m", "args_export.cli", "--lm", "a", "--rm", "b", "--out", str(tmp_path / "o"), "--quantize-only", "rm"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "--quantize-only needs --quantize" in run.stderr
+
+
+def test_args_bench_quantized_races_fp32_int8_and_int4(tiny_pairs, tmp_path, monkeypatch):
+    """`args-bench quantized --quick` on the tiny pair: one row per bundle, fp32 first and agreeing with itself, the
+    reference's tokens equal to the fp32 bundle's, JSON, CSV and plot written. No speed is asserted."""
+    from args_benchmarks import latency
+
+    pair = tiny_pairs["llama"]
+    monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert latency.main(["quantized", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--quick", "--out", str(out)]) == 0
+    result = json.loads((out / "quantized.json").read_text())
+    rows = {r["bundle"]: r for r in result["rows"]}
+    assert list(rows) == ["fp32", "int8 (lm+rm)", "int4 (lm+rm)"]
+    assert rows["fp32"]["token_agreement"] == 1.0 and rows["fp32"]["reward_change_pct"] == 0.0
+    assert rows["int4 (lm+rm)"]["weights_mib"] < rows["int8 (lm+rm)"]["weights_mib"] < rows["fp32"]["weights_mib"]
+    assert all(0.0 <= r["token_agreement"] <= 1.0 and r["speedup_vs_reference"] > 0 for r in rows.values())
+    assert result["meta"]["fp32_equals_reference"] == [True]
+    assert (out / "quantized.csv").read_text().startswith("bundle,") and (out / "quantized.png").stat().st_size > 0
