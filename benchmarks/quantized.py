@@ -5,7 +5,7 @@ held-out sentiment prompts, the reference ARGS (transformers eager, fp32) on the
 the speed-up over the reference, weight bytes on disk, token agreement with the fp32 bundle's tokens (which equal the
 reference's), and the mean reward of the replies under the fp32 RM — so a speed-up that buys worse text shows.
 
-    args-bench quantized [--quick] [--schemes int8,int4] [--quantize-only rm] [--prompts N] [--new-tokens N] [--out DIR]
+    args-bench quantized [--quick] [--schemes int8,int4,int8:rm] [--prompts N] [--new-tokens N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="args-bench quantized", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lm", help="LM folder (default: the demo's SmolLM2-135M-Instruct)")
     p.add_argument("--rm", help="RM folder (default: the demo's sentiment RM)")
-    p.add_argument("--schemes", default="int8,int4", help="comma-separated weight-only schemes to race against fp32 (default int8,int4)")
-    p.add_argument("--quantize-only", choices=["lm", "rm"], help="quantize only this graph (default: both)")
+    p.add_argument("--schemes", default="int8,int4", help="comma-separated weight-only schemes to race against fp32, each SCHEME or "
+                   "SCHEME:lm / SCHEME:rm to quantize one graph only (default int8,int4: both graphs). A bundle whose export "
+                   "check refuses the scheme is reported as refused, with the check's numbers")
     p.add_argument("--prompts", type=int, default=16, help="held-out sentiment prompts to decode (default 16)")
     p.add_argument("--reference-prompts", type=int, default=2, help="of which the reference ARGS decodes the first N (default 2; 0: skip)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens per reply, EOS ignored (default 64)")
@@ -67,25 +68,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.new_tokens, args.reference_prompts = 2, 16, 1
+    args.refused = {}
+    for entry in args.schemes.split(","):
+        scheme, _, only = entry.partition(":")
+        if scheme not in ("int8", "int4") or only not in ("", "lm", "rm"):
+            p.error(f"--schemes: {entry!r} is not SCHEME or SCHEME:lm / SCHEME:rm with SCHEME int8 or int4")
     return args
 
 
 def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
     """fp32 and one bundle per scheme, each exported once and cached by what it was made from."""
     from args_export.bundle import ExportOptions, export_bundle
+    from args_export.quantize import quantization
     from args_runtime.manifest import FORMAT_VERSION
 
-    which = (args.quantize_only,) if args.quantize_only else ("lm", "rm")
+    from args_runtime.errors import ExportError
+
     max_context = 256 + args.new_tokens
     out = []
-    for scheme in [None, *args.schemes]:
-        what = [str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), scheme, which, max_context, args.k, FORMAT_VERSION]
+    for entry in [None, *args.schemes]:
+        scheme, _, only = (entry or "").partition(":")
+        which = (only,) if only else ("lm", "rm")
+        recipe = quantization(scheme).as_dict() if scheme else None
+        what = [str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), recipe, which, max_context, args.k, FORMAT_VERSION]
         path = cache / f"bench-quantized-{hashlib.sha1(json.dumps(what).encode()).hexdigest()[:12]}"
-        if not (path / "manifest.json").is_file():
-            print(f"exporting the {scheme or 'fp32'} bundle to {path}", file=sys.stderr)
-            export_bundle(ExportOptions(args.lm, args.rm, path, max_context=max_context, max_k=args.k, force=True, quantize=scheme,
-                                        quantize_models=which))
         label = f"{scheme} ({'+'.join(which)})" if scheme else "fp32"
+        if not (path / "manifest.json").is_file():
+            print(f"exporting the {label} bundle to {path}", file=sys.stderr)
+            try:
+                export_bundle(ExportOptions(args.lm, args.rm, path, max_context=max_context, max_k=args.k, force=True, quantize=scheme or None,
+                                            quantize_models=which))
+            except ExportError as e:
+                if not scheme:
+                    raise
+                args.refused[label] = str(e)
+                print(f"{label}: refused by the export's check; reported, not raced", file=sys.stderr)
+                continue
         out.append(Bundle(label, path))
     return out
 
@@ -200,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     meta = {"machine": info, "lm": args.lm, "rm": args.rm, "k": args.k, "w": args.w, "prompts": len(chats), "new_tokens": args.new_tokens,
             "reference_ms_per_token": round(ref_ms, 2) if ref_ms else None, "reference_prompts": len(ref_tokens),
-            "fp32_equals_reference": [b == r for b, r in zip(bundles[0].replies, ref_tokens)],
+            "fp32_equals_reference": [b == r for b, r in zip(bundles[0].replies, ref_tokens)], "refused": args.refused,
             "wall_s": round(time.time() - started, 1), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(f"{'bundle':<16} {'weights MiB':>11} {'ms/token':>9} {'vs ref':>7} {'agree':>6} {'prefix':>6} {'exact':>6} {'reward':>8} {'Δ%':>7}")
     for r in rows:
         vs = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
         print(f"{r.bundle:<16} {r.weights_mib:>11} {r.ms_per_token:>9} {vs:>7} {r.token_agreement:>6} {r.prefix_agreement:>6} "
               f"{r.exact_replies:>6} {r.mean_reward:>8} {r.reward_change_pct:>7}")
+    for label, why in args.refused.items():
+        print(f"{label}: refused by the export's check against PyTorch: {why.splitlines()[0]}")
     if ref_ms:
         print(f"reference ARGS (transformers eager fp32): {ref_ms:.1f} ms/token on {len(ref_tokens)} prompt(s); "
               f"fp32 bundle's tokens equal it: {meta['fp32_equals_reference']}")

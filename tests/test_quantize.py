@@ -14,6 +14,7 @@ import pytest
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.validate import TOLERANCES
 from args_runtime import ArgsGenerator
+from args_runtime.errors import ExportError
 from args_runtime.manifest import load_manifest
 from args_runtime.models import PrefixState
 
@@ -57,12 +58,20 @@ def test_quantized_bundle_records_its_scheme_and_shrinks_its_weights(quantized, 
     assert lm_check["max_abs_diff"] > TOLERANCES["float32"][0]  # the weights really changed
 
 
+def test_the_reward_heads_one_column_stays_unquantized(quantized):
+    """The score head (a [hidden, 1] weight) is left in fp32: it costs nothing and a reward is read from it."""
+    model = onnx.load(str(quantized["int8"] / "rm.onnx"), load_external_data=False)
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    heads = [n for n in model.graph.node if n.op_type == "MatMul" and shapes.get(n.input[1], [0])[-1:] == [1]]
+    assert len(heads) == 1
+
+
 def test_int4_is_smaller_than_int8(quantized):
     assert weight_bytes(quantized["int4"], "lm.onnx") < weight_bytes(quantized["int8"], "lm.onnx")
 
 
 def test_check_lines_say_quantization_limits(tiny_pairs, tmp_path, capsys):
-    pair = tiny_pairs["gpt2"]
+    pair = tiny_pairs["qwen2"]
     export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "b", max_k=8, quantize="int8", quantize_models=("rm",)))
     log = capsys.readouterr().err
     assert "quantizing the RM weights to int8" in log
@@ -77,7 +86,12 @@ def test_every_architecture_quantizes_within_limits_and_generates(tiny_pairs, tm
     """int8 on every architecture: the export's check passes, and the runtime generates with the bundle; with tiny
     random weights the tokens need not equal fp32's, so this asserts the check and the run, not agreement."""
     pair = tiny_pairs[arch]
-    export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "q", max_k=8, quantize="int8"), quiet=True)
+    if arch == "gpt2":  # its Conv1D layers are Gemm nodes: only the LM head (a MatMul) can be quantized
+        with pytest.raises(ExportError, match="rm.onnx: .* no MatMul with a constant weight .* Gemm"):
+            export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "q", max_k=8, quantize="int8"), quiet=True)
+        assert not (tmp_path / "q").exists()
+    export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "q", max_k=8, quantize="int8",
+                                quantize_models=("lm",) if arch == "gpt2" else ("lm", "rm")), quiet=True)
     result = ArgsGenerator.from_bundle(tmp_path / "q").generate(PROMPT, k=4, w=1.0, max_new_tokens=6, ignore_eos=True)
     assert len(result.token_ids) == 6 and np.isfinite(result.rewards).all()
 
