@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 import shutil
+import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,12 +143,10 @@ def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[Ten
                 )
             except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
                 raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
-        model = onnx.load(str(tmp), load_external_data=True)
+        model = onnx.load(str(tmp), load_external_data=False)
         if cache_slots is not None:
             _fix_dims(model, CACHE_SLOTS, cache_slots)
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024
-        )
+        save_with_one_data_file(model, scratch, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -204,6 +205,65 @@ def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSp
     for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
         value.shape = ir.Shape([cache_slots if d == CACHE_SLOTS and cache_slots is not None else d for d in spec.shape])
     ir.save(program.model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
+
+
+def _initializers(graph: onnx.GraphProto):
+    """Every initializer of `graph` and of its subgraphs, in the order onnx's external-data writer visits them."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _initializers(sub)
+
+
+def save_with_one_data_file(model: onnx.ModelProto, source_dir: Path, path: Path, size_threshold: int = 1024) -> None:
+    """Save `model` to `path` with every initializer of at least `size_threshold` bytes in `path.name + ".data"`, byte for
+    byte as onnx.save_model(..., save_as_external_data=True, all_tensors_to_one_file=True) lays it out, but streaming
+    the tensors the tracer already wrote to files under `source_dir` (each removed once copied) instead of loading them
+    all into memory and writing them again: a 7B graph's 13 GB cost one copy, and the disk holds them once."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    data_name = path.name + ".data"
+    tensors = list(_initializers(model.graph))
+    readers = Counter(ExternalDataInfo(t).location for t in tensors if uses_external_data(t))  # tensors left to read per file
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in tensors:
+            offset = data.tell()
+            if uses_external_data(tensor):
+                info = ExternalDataInfo(tensor)
+                source = source_dir / info.location
+                with open(source, "rb") as f:
+                    f.seek(info.offset or 0)
+                    left = info.length if info.length is not None else os.fstat(f.fileno()).st_size - (info.offset or 0)
+                    if sys.getsizeof(b"") + left < size_threshold:  # small: inline, as onnx would keep it
+                        tensor.raw_data = f.read(left)
+                        tensor.data_location = onnx.TensorProto.DEFAULT
+                        del tensor.external_data[:]
+                    while left > 0 and tensor.data_location == onnx.TensorProto.EXTERNAL:
+                        block = f.read(min(left, 64 << 20))
+                        if not block:
+                            raise ExportError(f"the tracer's external data for {tensor.name} in {source} is {left} bytes short")
+                        data.write(block)
+                        left -= len(block)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    _point_to(tensor, data_name, offset, data.tell() - offset)
+                readers[info.location] -= 1
+                if not readers[info.location]:  # free the disk as we go
+                    source.unlink()
+            elif tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= size_threshold:
+                data.write(tensor.raw_data)
+                _point_to(tensor, data_name, offset, data.tell() - offset)
+                tensor.ClearField("raw_data")
+    onnx.save_model(model, str(path))
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Mark `tensor` as stored in `location` at `offset`, as onnx's set_external_data writes it."""
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
 
 
 TRACE_BATCH, TRACE_PAST, TRACE_NEW, TRACE_CANDIDATES, TRACE_SLOTS = 2, 3, 4, 5, 16
