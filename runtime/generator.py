@@ -11,7 +11,7 @@ from .backend import Backend
 from .choice import make_chooser, open_device_chooser
 from .decode import args_decode, lm_decode
 from .engines import BundleGraph, open_graph
-from .errors import BundleError, GenerationError
+from .errors import BundleError, ContextLengthError, GenerationError
 from .manifest import Manifest, load_manifest
 from .models import LanguageModel, RewardModel
 from .options import RuntimeOptions
@@ -115,28 +115,33 @@ class ArgsGenerator:
             results = collect(self._drive(prompts, settings, lm_only), self._engine_timings())
         return results if is_batch else results[0]
 
+    def prompt_ids(self, prompt: Prompt, where: str = "the prompt") -> list[int]:
+        """One prompt (text, chat messages or token ids) as checked token ids: what generate() would run. `where`
+        names it in errors (args-serve: the request field). Raises GenerationError, ContextLengthError when it leaves
+        no room for a new token."""
+        return self._checked_ids(self._encode_one(prompt, where), where)
+
     def _encode(self, prompt: Any) -> tuple[list[list[int]], bool]:
         """Token ids of one prompt or a batch (a list of texts, id lists or chats), each checked against the bundle's
         vocabulary and context."""
         is_batch = isinstance(prompt, list) and any(isinstance(p, (str, list)) for p in prompt) and not any(isinstance(p, dict) for p in prompt)
-        if is_batch:
-            nested = next((i for i, p in enumerate(prompt) if not isinstance(p, (str, list))), None)
-            if nested is not None:
-                raise GenerationError(f"prompt {nested} of the batch is {kind_of(prompt[nested])}: {FORMS}")
-            prompts = [self._encode_one(p, f"prompt {i} of the batch") for i, p in enumerate(prompt)]
-        else:
-            prompts = [self._encode_one(prompt, "the prompt")]
+        if not is_batch:
+            return [self.prompt_ids(prompt)], False
+        nested = next((i for i, p in enumerate(prompt) if not isinstance(p, (str, list))), None)
+        if nested is not None:
+            raise GenerationError(f"prompt {nested} of the batch is {kind_of(prompt[nested])}: {FORMS}")
+        return [self.prompt_ids(p, f"prompt {i} of the batch") for i, p in enumerate(prompt)], True
+
+    def _checked_ids(self, ids: list[int], where: str) -> list[int]:
         limit = self.manifest.max_context
-        for i, ids in enumerate(prompts):
-            name = f"prompt {i} of the batch" if is_batch else "the prompt"
-            if not ids:
-                raise GenerationError(f"{name} is empty: give at least one token")
-            if len(ids) >= limit:
-                raise GenerationError(
-                    f"{name} has {len(ids)} tokens, but the bundle's context is {limit} tokens (the prompt must leave room "
-                    f"for at least one new token): shorten the prompt or re-export with a larger --max-context"
-                )
-        return prompts, is_batch
+        if not ids:
+            raise GenerationError(f"{where} is empty: give at least one token")
+        if len(ids) >= limit:
+            raise ContextLengthError(
+                f"{where} has {len(ids)} tokens, but the bundle's context is {limit} tokens (the prompt must leave room "
+                f"for at least one new token): shorten the prompt or re-export with a larger --max-context"
+            )
+        return ids
 
     def _encode_one(self, prompt: Any, where: str) -> list[int]:
         if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):

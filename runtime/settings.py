@@ -10,7 +10,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from .choice import ChoiceConfig
-from .errors import GenerationError
+from .errors import SettingError
 
 METHODS = ("greedy", "stochastic")
 MAX_ABS_W = 1e6  # scores are float32 (logit + w·reward): ARGS's useful weights are O(1), and 1e39 is not a float32
@@ -45,23 +45,23 @@ def check_settings(max_k: int, caller: str = "generate", /, **kwargs) -> Setting
     s = Settings(**kwargs)
     k, w, temperature = s.k, s.w, s.temperature
     if not _is_int(k) or not 1 <= k <= max_k:
-        raise GenerationError(f"k={k!r} is out of range: this bundle supports 1 <= k <= {max_k} (an integer; re-export with --max-k for more)")
+        raise SettingError(f"k={k!r} is out of range: this bundle supports 1 <= k <= {max_k} (an integer; re-export with --max-k for more)", "k")
     if not _is_real(w) or not _finite(w) or abs(w) > MAX_ABS_W:
-        raise GenerationError(f"w={w!r} must be a finite number with |w| <= {MAX_ABS_W:g} (the reward weight; 0 is plain greedy)")
+        raise SettingError(f"w={w!r} must be a finite number with |w| <= {MAX_ABS_W:g} (the reward weight; 0 is plain greedy)", "w")
     if not isinstance(s.method, str) or s.method not in METHODS:
-        raise GenerationError(f"method={s.method!r} is not one of {METHODS}")
+        raise SettingError(f"method={s.method!r} is not one of {METHODS}", "method")
     if not _is_real(temperature) or not _finite(temperature) or temperature < MIN_TEMPERATURE:
-        raise GenerationError(f"temperature={temperature!r} must be a finite number >= {MIN_TEMPERATURE:g} "
-                              "(a colder sample is the argmax: use method='greedy')")
+        raise SettingError(f"temperature={temperature!r} must be a finite number >= {MIN_TEMPERATURE:g} "
+                              "(a colder sample is the argmax: use method='greedy')", "temperature")
     if not _is_int(s.max_new_tokens) or s.max_new_tokens < 1:
-        raise GenerationError(f"max_new_tokens={s.max_new_tokens!r} must be an integer >= 1")
+        raise SettingError(f"max_new_tokens={s.max_new_tokens!r} must be an integer >= 1", "max_new_tokens")
     if s.seed is not None and (not _is_int(s.seed) or s.seed < 0):
-        raise GenerationError(f"seed={s.seed!r} must be None (a fresh random stream) or an integer >= 0")
+        raise SettingError(f"seed={s.seed!r} must be None (a fresh random stream) or an integer >= 0", "seed")
     if not isinstance(s.ignore_eos, (bool, np.bool_)):
-        raise GenerationError(f"ignore_eos={s.ignore_eos!r} must be True or False")
+        raise SettingError(f"ignore_eos={s.ignore_eos!r} must be True or False", "ignore_eos")
     stops = [] if s.stop is None else [s.stop] if isinstance(s.stop, str) else s.stop
     if not isinstance(stops, (list, tuple)) or any(not isinstance(x, str) or not x for x in stops):
-        raise GenerationError(f"stop={s.stop!r} must be None, a non-empty string, or a list of non-empty strings")
+        raise SettingError(f"stop={s.stop!r} must be None, a non-empty string, or a list of non-empty strings", "stop")
     return Settings(int(k), float(w), int(s.max_new_tokens), str(s.method), float(temperature),
                     None if s.seed is None else int(s.seed), bool(s.ignore_eos), [str(x) for x in stops])
 

@@ -13,7 +13,7 @@ from .manifest import TokenizerSpec
 
 Prompt = str | list[dict[str, Any]] | list[int]
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: the OpenAI API's newer name for system
 MESSAGE_KEYS = ("role", "content")
 FORMS = ("a prompt is text, a list of token ids, or a list of chat messages ({'role': ..., 'content': ...} dicts); "
          "a batch is a list of prompts")

@@ -155,7 +155,7 @@ BAD_PROMPTS = [
     ([{"role": "user", "content": 5}], r"message 0, has content of type int: content must be a string"),  # was a TypeError
     ([{"role": "user", "content": None}], r"content of type NoneType"),
     ([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], r"OpenAI-style content parts: join their text"),
-    ([{"role": "robot", "content": "hi"}], r"message 0, has role 'robot': roles are system, user, assistant, tool"),  # was silently rendered
+    ([{"role": "robot", "content": "hi"}], r"message 0, has role 'robot': roles are system, developer, user, assistant, tool"),  # was silently rendered
     ([{"role": 5, "content": "hi"}], r"has role 5"),
     ([{"role": "user", "content": "hi", "name": "x"}], r"has keys \['name'\] that the chat template would ignore"),  # was silently dropped
     ([{"role": "user", "content": "hi"}, "x"], r"the prompt mixes chat messages with other values"),
