@@ -149,7 +149,6 @@ class Limits:
     model_name: str
     max_context: int
     max_k: int
-    vocab_size: int
     default_k: int
     default_w: float
 
