@@ -107,6 +107,10 @@ def _check_options(opts: ExportOptions, out: Path) -> Device:
         raise ExportError(f"--cache {opts.cache!r} is not one of {list(CACHE_LAYOUTS)}")
     if opts.exporter not in EXPORTERS:
         raise ExportError(f"--exporter {opts.exporter!r} is not one of {list(EXPORTERS)}")
+    if not isinstance(opts.max_k, int) or isinstance(opts.max_k, bool) or opts.max_k < 1:
+        raise ExportError(f"--max-k {opts.max_k!r} is out of range: it must be an integer >= 1 (and at most the vocabulary size)")
+    if opts.max_context is not None and (not isinstance(opts.max_context, int) or isinstance(opts.max_context, bool) or opts.max_context < 2):
+        raise ExportError(f"--max-context {opts.max_context!r} is out of range: it must be an integer >= 2 (and at most the models' position limit)")
     if opts.quantize not in (None, "none") and opts.dtype == "bf16":
         raise ExportError(f"--quantize {opts.quantize} applies to fp32 or fp16 graphs, not --dtype bf16: export with --dtype fp32 or fp16")
     unknown = sorted(set(opts.quantize_models) - {"lm", "rm"})
@@ -114,7 +118,18 @@ def _check_options(opts: ExportOptions, out: Path) -> Device:
         raise ExportError(f"--quantize-only {','.join(unknown) or '(none)'}: name the graphs to quantize, 'lm' and/or 'rm'")
     if out.exists() and not opts.force:
         raise ExportError(f"{out} already exists: pass --force to replace it, or choose another --out")
+    _check_writable(out)
     return _check_device(opts.dtype)
+
+
+def _check_writable(out: Path) -> None:
+    """--out must be creatable: its nearest existing ancestor is a folder we may write in."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is a file" if not parent.is_dir() else "is not writable"
+        raise ExportError(f"cannot write --out {out}: {parent} {why}; choose an --out inside a folder you can write to")
 
 
 def _check_device(dtype: str) -> Device:

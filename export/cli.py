@@ -76,6 +76,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--quantize-only needs --quantize int8|int4")
     if args.trt_max_batch < 1:
         p.error(f"--trt-max-batch {args.trt_max_batch}: must be at least 1")
+    if not args.trt_workspace_gib > 0 or args.trt_workspace_gib == float("inf"):
+        p.error(f"--trt-workspace-gib {args.trt_workspace_gib}: must be a number of GiB > 0")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArgsError as e:
         print(f"args-export: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the bundle is written into a temporary folder and renamed only when complete
+        print(f"\nargs-export: interrupted; nothing was written ({args.out or args.tensorrt_only} is as it was)", file=sys.stderr)
+        return 130
     if args.json and manifest is not None:
         print(manifest.to_json())
     return 0

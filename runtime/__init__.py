@@ -3,8 +3,8 @@
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it from here)
 
 from .backend import Device
-from .errors import (ArgsError, BundleError, ExportError, GenerationError, MissingDependencyError, TokenizerMismatchError,
-                     TrainingError, UnsupportedModelError)
+from .errors import (ArgsError, BundleError, ContextLengthError, ExportError, GenerationError, MissingDependencyError, SettingError,
+                     TokenizerMismatchError, TrainingError, UnsupportedModelError)
 from .generator import ArgsGenerator
 from .loops import LOOP_IMPL
 from .options import RuntimeOptions
@@ -14,6 +14,7 @@ __all__ = [
     "ArgsError",
     "ArgsGenerator",
     "BundleError",
+    "ContextLengthError",
     "Device",
     "ExportError",
     "GenerationError",
@@ -21,6 +22,7 @@ __all__ = [
     "LOOP_IMPL",
     "MissingDependencyError",
     "RuntimeOptions",
+    "SettingError",
     "TokenEvent",
     "TokenizerMismatchError",
     "TrainingError",

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="ONNX Runtime's intra-op threads per model (default: the engine's choice)")
     p.add_argument("--backend", default="onnxruntime", choices=list(ENGINES),
                    help="onnxruntime (CPU or CUDA by --device), onnxruntime-trt (ORT's TensorRT provider) or tensorrt (the bundle's engines)")
     p.add_argument("--cuda-graph", action="store_true", help="capture decode steps as CUDA graphs (ONNX Runtime CUDA, static-cache bundles)")
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     prompt = [{"role": "user", "content": args.chat}] if args.chat is not None else args.prompt
     try:
-        gen = ArgsGenerator.from_bundle(args.bundle, device=args.device, backend=args.backend, cuda_graph=args.cuda_graph, choice=args.choice)
+        gen = ArgsGenerator.from_bundle(args.bundle, device=args.device, backend=args.backend, cuda_graph=args.cuda_graph, choice=args.choice,
+                                        threads=args.threads)
         if args.verbose:
             print(f"args-generate: loop={gen.loop} choice={gen.choice} cache={gen.manifest.lm.cache} "
                   f"lm={gen.lm.backend.describe()} rm={gen.rm.backend.describe()}", file=sys.stderr)
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArgsError as e:
         print(f"args-generate: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nargs-generate: interrupted", file=sys.stderr)
+        return 130
     if args.verbose and result is not None:
         t = result.timings
         print(f"{len(result.token_ids)} tokens ({result.finish_reason}); first token {t['time_to_first_token_ms']:.0f} ms; "

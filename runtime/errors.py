@@ -27,6 +27,21 @@ class GenerationError(ArgsError, ValueError):
     """A runtime option (device, engine, loop, choice) or a generate() argument is out of range or does not fit the bundle."""
 
 
+class SettingError(GenerationError):
+    """One generate() keyword is out of range; `keyword` names it (args-serve answers 400 naming the request field)."""
+
+    def __init__(self, message: str, keyword: str) -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+    def __reduce__(self):
+        return type(self), (str(self), self.keyword)
+
+
+class ContextLengthError(GenerationError):
+    """A prompt leaves no room for a new token in the bundle's context."""
+
+
 class TrainingError(ArgsError, ValueError):
     """Reward-model training cannot start: bad or empty preference data, a bad option, or an existing output."""
 

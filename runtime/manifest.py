@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path, PurePath
 from typing import Any
 
+from .dtypes import FLOAT_TYPES, HOST_TYPES
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
 FORMAT_VERSION = 4  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position)
 MANIFEST_FILE = "manifest.json"
+CACHE_LAYOUTS = ("dynamic", "static")
+# The inputs and outputs the runtime feeds and reads, by role (besides past_key_values.* / present.*, one per layer).
+RUNTIME_IO = {
+    "lm": (("input_ids", "position_ids", "attention_mask", "candidate_slots"), ("topk_values", "topk_ids")),
+    "rm": (("input_ids", "position_ids", "attention_mask", "candidate_ids"), ("rewards",)),
+    "choose": (("topk_values", "topk_ids", "rewards", "w", "sample", "temperature", "draws"), ("chosen_ids", "chosen_logits", "chosen_rewards")),
+}
 
 
 @dataclass
@@ -110,17 +120,21 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Manifest:
-    """Read and check a bundle's manifest; raise BundleError naming the problem and the fix."""
+    """Read and check a bundle's manifest (syntax, fields and their types, the facts the runtime relies on, the files it
+    names, and, with `verify_checksums`, every file's sha256); raise BundleError naming the problem and the fix."""
+    if not isinstance(bundle_dir, (str, PurePath)):
+        raise BundleError(f"bundle path {bundle_dir!r} is not a folder path: pass a str or pathlib.Path naming the folder args-export wrote")
     bundle = Path(bundle_dir)
     rebuild = f"re-export it with `args-export ... --out {bundle} --force`"
     if not bundle.is_dir():
-        raise BundleError(f"bundle folder {bundle} does not exist: export one with `args-export --lm ... --rm ... --out {bundle}`")
+        what = "is a file, not a bundle folder" if bundle.exists() else "does not exist"
+        raise BundleError(f"bundle folder {bundle} {what}: pass the folder written by `args-export --lm ... --rm ... --out {bundle}`")
     path = bundle / MANIFEST_FILE
     if not path.is_file():
         raise BundleError(f"{bundle} is not an args-rt bundle: it has no {MANIFEST_FILE}; {rebuild}")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON ({e}); {rebuild}") from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise BundleError(f"{path} is not an args-rt manifest (format={raw.get('format') if isinstance(raw, dict) else None!r}); {rebuild}")
@@ -128,15 +142,153 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
         raise BundleError(
             f"{path} has format version {raw.get('format_version')!r}, this args-rt reads version {FORMAT_VERSION}; {rebuild}"
         )
-    try:
-        manifest = Manifest.from_dict(raw)
-    except (KeyError, TypeError) as e:
-        raise BundleError(f"{path} is missing or has malformed fields ({e}); {rebuild}") from e
-    if verify_checksums:
-        for name, digest in manifest.files.items():
-            file = bundle / name
-            if not file.is_file():
-                raise BundleError(f"bundle file {file} is missing; {rebuild}")
-            if sha256_file(file) != digest:
-                raise BundleError(f"bundle file {file} is corrupt (sha256 differs from the manifest); {rebuild}")
+    problem = _schema_problem(raw, Manifest, "")
+    if problem:
+        raise BundleError(f"{path} is missing or has malformed fields: {problem}; {rebuild}")
+    manifest = Manifest.from_dict(raw)
+    problem = _consistency_problem(manifest)
+    if problem:
+        raise BundleError(f"{path} does not describe a bundle this runtime can drive: {problem}; {rebuild}")
+    named = [manifest.lm.file, manifest.rm.file, manifest.tokenizer.file, manifest.tokenizer.chat_template_file, manifest.choice_file]
+    for name in [n for n in named if n] + list(manifest.files):
+        if not _plain_name(name):
+            raise BundleError(f"{path} names the file {name!r}, which is not a plain file name inside the bundle; {rebuild}")
+    unlisted = sorted(n for n in named if n and n not in manifest.files)
+    if unlisted:
+        raise BundleError(f"{path} names {unlisted} but has no checksum for them (`files`); {rebuild}")
+    for name in (manifest.files if verify_checksums else [n for n in named if n]):
+        if not (bundle / name).is_file():
+            raise BundleError(f"bundle file {bundle / name} is missing; {rebuild}")
+        if verify_checksums and sha256_file(bundle / name) != manifest.files[name]:
+            raise BundleError(f"bundle file {bundle / name} is corrupt (sha256 differs from the manifest); {rebuild}")
     return manifest
+
+
+def check_graph_io(role: str, spec: GraphSpec | None, path: Path, found: tuple[list[TensorSpec], list[TensorSpec]]) -> None:
+    """A graph file must be the graph its manifest entry describes: the same input and output names, element types
+    and ranks, and the same fixed dims (an RM graph saved as lm.onnx, or a graph from another bundle, is refused here,
+    not by the engine in the middle of a step). choose.onnx has no entry: its names are checked."""
+    if spec is None:
+        declared_io = tuple([TensorSpec(n, [], "") for n in names] for names in RUNTIME_IO[role])
+    else:
+        declared_io = (spec.inputs, spec.outputs)
+    for kind, declared, actual in (("input", declared_io[0], found[0]), ("output", declared_io[1], found[1])):
+        have = {t.name: t for t in actual}
+        missing = [t.name for t in declared if t.name not in have]
+        extra = sorted(set(have) - {t.name for t in declared})
+        wrong = [f"{t.name}: {have[t.name].dtype} {have[t.name].shape} where the manifest says {t.dtype} {t.shape}"
+                 for t in declared if spec is not None and t.name in have and not _same_tensor(t, have[t.name])]
+        if missing or extra or wrong:
+            details = "; ".join(filter(None, [missing and f"missing {kind}s {missing}", extra and f"unexpected {kind}s {extra}", *wrong]))
+            raise BundleError(f"{path} is not the {role} graph the manifest describes ({details}): the file was replaced "
+                              f"or belongs to another bundle; re-export the bundle with `args-export ... --force`")
+
+
+def _same_tensor(declared: TensorSpec, actual: TensorSpec) -> bool:
+    """Same element type and rank; every dim that is a number in either is the same number in both."""
+    if declared.dtype != actual.dtype or len(declared.shape) != len(actual.shape):
+        return False
+    return all(a == b for a, b in zip(declared.shape, actual.shape) if isinstance(a, int) or isinstance(b, int))
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and PurePath(name).name == name and name not in (".", "..") and "\\" not in name
+
+
+# ------------------------------------------------------------------ the manifest's schema, read off the dataclasses
+
+
+def _schema_problem(value: Any, kind: Any, where: str) -> str | None:
+    """Why `value` (parsed JSON) does not fit the annotation `kind`, naming the field; None when it fits."""
+    name = where or "the manifest"
+    if is_dataclass(kind):
+        if not isinstance(value, dict):
+            return f"{name} must be an object, not {type(value).__name__}"
+        hints = typing.get_type_hints(kind)
+        known = {f.name: f for f in fields(kind)}
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            return f"{where + '.' if where else ''}{unknown[0]} is not a field this args-rt knows"
+        for f in known.values():
+            if f.name not in value:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    return f"{where + '.' if where else ''}{f.name} is missing"
+                continue
+            problem = _schema_problem(value[f.name], hints[f.name], f"{where + '.' if where else ''}{f.name}")
+            if problem:
+                return problem
+        return None
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        problems = [_schema_problem(value, option, where) for option in args]
+        return None if None in problems else f"{name} = {value!r:.60} must be {' or '.join(_type_name(a) for a in args)}"
+    if kind is Any:
+        return None
+    if kind is type(None):
+        return None if value is None else f"{name} must be null"
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{name} must be a list, not {type(value).__name__}"
+        return next((p for i, v in enumerate(value) if (p := _schema_problem(v, args[0], f"{name}[{i}]"))), None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{name} must be an object, not {type(value).__name__}"
+        return next((p for k, v in value.items() if (p := _schema_problem(v, args[1], f"{name}[{k!r}]"))), None)
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+        return f"{name} = {value!r:.60} must be an integer"
+    if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        return f"{name} = {value!r:.60} must be a number"
+    if kind in (str, bool) and not isinstance(value, kind):
+        return f"{name} = {value!r:.60} must be a {kind.__name__}"
+    return None
+
+
+def _type_name(kind: Any) -> str:
+    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
+
+
+def _consistency_problem(m: Manifest) -> str | None:
+    """The facts the runtime relies on, checked once here instead of failing inside an engine later."""
+    vocab = min(m.lm.vocab_size, m.rm.vocab_size)
+    if m.max_context < 2:
+        return f"max_context = {m.max_context} (at least 2: a prompt token and a new one)"
+    if not 1 <= m.max_k <= vocab:
+        return f"max_k = {m.max_k} (it must be 1 … the vocabulary size {vocab})"
+    for role, spec in (("lm", m.lm), ("rm", m.rm)):
+        problem = _graph_problem(role, spec, m.max_context)
+        if problem:
+            return problem
+    t = m.tokenizer
+    bad_ids = [i for i in [t.pad_token_id, *t.eos_token_ids] if not 0 <= i < vocab]
+    if bad_ids:
+        return f"tokenizer ids {bad_ids} (pad and EOS ids must be token ids, 0 … {vocab - 1})"
+    return None
+
+
+def _graph_problem(role: str, spec: GraphSpec, max_context: int) -> str | None:
+    if spec.cache not in CACHE_LAYOUTS:
+        return f"{role}.cache = {spec.cache!r} (one of {CACHE_LAYOUTS})"
+    if spec.dtype not in FLOAT_TYPES:
+        return f"{role}.dtype = {spec.dtype!r} (one of {FLOAT_TYPES})"
+    for name in ("num_layers", "num_kv_heads", "head_dim", "vocab_size"):
+        if getattr(spec, name) < 1:
+            return f"{role}.{name} = {getattr(spec, name)} (at least 1)"
+    for t in spec.inputs + spec.outputs:
+        if t.dtype not in HOST_TYPES or any(isinstance(d, int) and d < 0 for d in t.shape):
+            return f"{role} tensor {t.name}: {t.dtype} {t.shape} (an element type of {sorted(HOST_TYPES)} and dims >= 0)"
+    inputs, outputs = ({t.name for t in ts} for ts in (spec.inputs, spec.outputs))
+    needed_in, needed_out = RUNTIME_IO[role]
+    missing = sorted(set(needed_in + (("cache_position",) if spec.cache == "static" else ())) - inputs) + sorted(set(needed_out) - outputs)
+    if missing:
+        return f"the {role} graph has no {missing}"
+    past = [t for t in spec.inputs if t.name.startswith("past_key_values.")]
+    present = [t for t in spec.outputs if t.name.startswith("present.")]
+    if not len(past) == len(present) == 2 * spec.num_layers:
+        return f"the {role} graph has {len(past)} past and {len(present)} present cache tensors for num_layers = {spec.num_layers} (2 each per layer)"
+    slots = max_context if spec.cache == "static" else None
+    for t in past:
+        dims = (t.shape[1], t.shape[3]) if len(t.shape) == 4 else None
+        if len(t.shape) != 4 or dims != (spec.num_kv_heads, spec.head_dim) or (slots and t.shape[2] != slots):
+            return (f"{role} cache tensor {t.name} has shape {t.shape}, not [batch, num_kv_heads = {spec.num_kv_heads}, "
+                    f"{slots or 'past_sequence_length'}, head_dim = {spec.head_dim}]")
+    return None

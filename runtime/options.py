@@ -3,14 +3,16 @@ values here, at the entry, and travel as such."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from numbers import Integral
 
 from .backend import Device, EngineOptions
 from .engines import check_engine
 from .errors import GenerationError
-from .loops import resolve_loop
+from .loops import LOOPS, resolve_loop
 
 CHOICES = ("auto", "host", "device")
+MAX_THREADS = 1024  # ONNX Runtime takes an int32 and starts that many threads per session
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,28 @@ class RuntimeOptions:
         fix("device", device)
         fix("lm_device", Device.parse(self.lm_device) if self.lm_device is not None else device)
         fix("rm_device", Device.parse(self.rm_device) if self.rm_device is not None else device)
+        if self.loop is not None and (not isinstance(self.loop, str) or self.loop not in LOOPS):
+            raise GenerationError(f"loop={self.loop!r} is not one of {LOOPS} (or None: the C++ loop when it is built)")
         fix("loop", resolve_loop(self.loop))
         check_engine(self.backend)
-        if self.choice not in CHOICES:
+        if not isinstance(self.choice, str) or self.choice not in CHOICES:
             raise GenerationError(f"choice={self.choice!r} is not one of {CHOICES}")
-        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1):
-            raise GenerationError(f"threads={self.threads!r} must be None (the engine's default) or an integer >= 1")
+        threads = self.threads
+        if threads is not None and (not isinstance(threads, Integral) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS):
+            raise GenerationError(f"threads={threads!r} must be None (the engine's default) or an integer from 1 to {MAX_THREADS}")
+        fix("threads", None if threads is None else int(threads))
+        for name in ("verify_checksums", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise GenerationError(f"{name}={getattr(self, name)!r} must be True or False")
+
+    @staticmethod
+    def from_keywords(device: Device | str, keywords: dict) -> "RuntimeOptions":
+        """from_bundle's keywords as options; an unknown keyword is a TypeError naming from_bundle's keywords."""
+        known = [f.name for f in fields(RuntimeOptions)]
+        unknown = [name for name in keywords if name not in known]
+        if unknown:
+            raise TypeError(f"from_bundle() got an unexpected keyword argument {unknown[0]!r}; its keywords are {', '.join(known)}")
+        return RuntimeOptions(device=device, **keywords)
 
     @property
     def engine(self) -> EngineOptions:

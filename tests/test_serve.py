@@ -231,6 +231,12 @@ BAD_REQUESTS = [
     ("chat/completions", {"messages": [{"role": "user", "content": "Hi", "name": "Ann"}]}, "messages[0].name"),
     ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content[0]"),
+    # the runtime's own door checks (ArgsGenerator.prompt_ids, check_settings), answered as 400s naming the field
+    ("completions", {"prompt": "Hi", "args": {"w": 1e300}}, "args.w"),
+    ("completions", {"prompt": "Hi", "args": {"method": "stochastic"}, "seed": -1}, "seed"),
+    ("completions", {"prompt": "Hi", "args": {"method": "stochastic"}, "temperature": 1e-9}, "temperature"),
+    ("completions", {"prompt": [-1, 5]}, "prompt"),
+    ("chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages"),  # a lone surrogate: not valid Unicode
 ]
 
 

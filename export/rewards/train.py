@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import sys
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from args_runtime.errors import ArgsError, TrainingError
+from args_runtime.errors import ArgsError, GenerationError, TrainingError
 from args_runtime.files import atomic_folder, write_atomic
+from args_runtime.tokenizer import check_messages
 
 from ..architectures import family_of
 
@@ -81,6 +83,11 @@ def load_pairs(path: Path) -> list[dict]:
             raise TrainingError(f"{path}:{n}: chosen and rejected must be non-empty strings")
         if not isinstance(row["prompt"], (str, list)):
             raise TrainingError(f"{path}:{n}: prompt must be a string or a list of chat messages")
+        if isinstance(row["prompt"], list):
+            try:
+                check_messages(row["prompt"], "the prompt")
+            except GenerationError as e:
+                raise TrainingError(f"{path}:{n}: {e}") from e
         pairs.append(row)
     if not pairs:
         raise TrainingError(f"{path} holds no preference pairs")
@@ -250,7 +257,8 @@ def write_head(model, family, path: Path, report: TrainReport, opts: TrainOption
     write_atomic(path, json.dumps(body, indent=1) + "\n")
 
 
-def train_reward_model(opts: TrainOptions) -> TrainReport:
+def check_options(opts: TrainOptions) -> None:
+    """Every option that needs no model, checked before any work."""
     if Path(opts.out).exists() and not opts.force:
         raise TrainingError(f"{opts.out} exists; pass --force to replace it")
     for name in ("epochs", "batch_size"):
@@ -258,8 +266,20 @@ def train_reward_model(opts: TrainOptions) -> TrainReport:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(opts, name)}")
     if opts.train_layers < 0:
         raise TrainingError(f"--train-layers must be ≥ 0; got {opts.train_layers}")
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise TrainingError(f"--lr must be a finite learning rate > 0; got {opts.lr}")
+    if not (math.isfinite(opts.weight_decay) and opts.weight_decay >= 0):
+        raise TrainingError(f"--weight-decay must be a finite number ≥ 0; got {opts.weight_decay}")
+    if not 0.0 <= opts.held_out_fraction < 1.0:
+        raise TrainingError(f"--held-out-fraction must be in [0, 1); got {opts.held_out_fraction}")
     if opts.head_out and opts.train_layers:
         raise TrainingError("--head-out saves a head for a frozen backbone; it cannot be combined with --train-layers")
+    if opts.head_out and Path(opts.head_out).is_dir():
+        raise TrainingError(f"--head-out {opts.head_out} is a folder: give the JSON file to write, e.g. {Path(opts.head_out) / 'head.json'}")
+
+
+def train_reward_model(opts: TrainOptions) -> TrainReport:
+    check_options(opts)
     pairs = load_pairs(opts.pairs)
     torch.manual_seed(opts.seed)
     model, tokenizer, family = load_model(opts)
@@ -303,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArgsError as e:
         print(f"args-train-rm: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the model folder and the head file are written atomically, at the end
+        print(f"\nargs-train-rm: interrupted; nothing was written ({opts.out} is as it was)", file=sys.stderr)
+        return 130
     held = f"{report.held_out_accuracy:.3f}" if report.held_out_accuracy is not None else "n/a (no held-out pairs)"
     print(f"trained on {report.train_pairs} pairs: train accuracy {report.train_accuracy:.3f}, "
           f"held-out accuracy {held} on {report.held_out_pairs} pairs")

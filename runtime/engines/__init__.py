@@ -37,7 +37,7 @@ class BundleGraph:
 
 
 def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
+    if not isinstance(engine, str) or engine not in ENGINES:
         raise GenerationError(f"backend={engine!r} is not one of {list(ENGINES)}")
     return engine
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..backend import Backend, Device, EngineOptions
 from ..dtypes import HOST_TYPES, ONNX_ELEMENT_TYPES, ORT_TYPES
 from ..errors import BundleError, GenerationError, MissingDependencyError
+from ..manifest import TensorSpec, check_graph_io
 from ..optional import INSTALL
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -34,14 +35,22 @@ def cuda_graph_blocker(ort_version: str) -> str | None:
 
 def open_onnxruntime(graph, device: Device, options: EngineOptions) -> "OrtBackend":
     """ONNX Runtime on the CPU or CUDA, by device."""
-    return OrtBackend(graph.onnx_path, device, options)
+    return _checked(graph, OrtBackend(graph.onnx_path, device, options))
 
 
 def open_onnxruntime_tensorrt(graph, device: Device, options: EngineOptions) -> "OrtBackend":
     """ONNX Runtime's TensorRT execution provider: engines built (and cached) by ORT from the ONNX graph. TensorRT may
     use fp16 kernels only where the bundle is fp16 (on an fp32 bundle that would change the numbers)."""
     fp16 = graph.spec is not None and graph.spec.dtype == "float16"
-    return OrtBackend(graph.onnx_path, device, options, provider="tensorrt", trt_fp16=fp16)
+    return _checked(graph, OrtBackend(graph.onnx_path, device, options, provider="tensorrt", trt_fp16=fp16))
+
+
+def _checked(graph, backend: "OrtBackend") -> "OrtBackend":
+    """The opened graph's inputs and outputs must be those its manifest entry describes (choose.onnx: its names)."""
+    inputs, outputs = ([TensorSpec(m.name, list(m.shape), ORT_TYPES.get(m.type, m.type)) for m in ms]
+                       for ms in (backend.session.get_inputs(), backend.session.get_outputs()))
+    check_graph_io(graph.role, graph.spec, graph.onnx_path, (inputs, outputs))
+    return backend
 
 
 class OrtBackend(Backend):

@@ -26,9 +26,9 @@ from .protocol import (
     RequestPlan,
     chat_prompt,
     check_common,
-    check_prompt_ids,
     completion_prompt,
     generation_settings,
+    prompt_ids,
 )
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter
 from .scheduler import Handle, Job, RequestCancelled
@@ -127,11 +127,7 @@ def _plan(state: ServerState, body: Any, prompt: Any, param: str) -> RequestPlan
     check_common(body, limits)
     if body.stream_options is not None and not body.stream:
         raise InvalidRequest("stream_options is only allowed with stream=true", "stream_options")
-    try:
-        ids = state.generator.tokenizer.encode(prompt)
-    except ArgsError as e:  # e.g. the chat template refused the messages
-        raise InvalidRequest(str(e), param) from e
-    check_prompt_ids(ids, limits, param)
+    ids = prompt_ids(state.generator, prompt, param)
     settings = generation_settings(body, len(ids), limits)
     options = body.args
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

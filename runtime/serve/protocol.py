@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import GenerationError
+from ..errors import ContextLengthError, GenerationError, SettingError
+from ..settings import check_settings
 from .scheduler import GenerationSettings
 
 DEFAULT_TEMPERATURE = 0.7  # the paper's (and the runtime's) sampling temperature, when a stochastic request gives none
@@ -148,7 +149,6 @@ class Limits:
     model_name: str
     max_context: int
     max_k: int
-    vocab_size: int
     default_k: int
     default_w: float
 
@@ -211,50 +211,47 @@ def completion_prompt(req: CompletionRequest) -> str | list[int]:
     return prompt
 
 
-def check_prompt_ids(ids: list[int], limits: Limits, param: str) -> None:
-    """Token ids must exist in the vocabulary, and the prompt must leave room for a new token in the context."""
-    if not ids:
-        raise InvalidRequest(f"{param} is empty: give at least one token", param)
-    bad = [t for t in ids if not 0 <= t < limits.vocab_size]
-    if bad:
-        raise InvalidRequest(f"{param} holds token id {bad[0]}, outside this model's vocabulary 0..{limits.vocab_size - 1}", param)
-    if len(ids) >= limits.max_context:
-        raise InvalidRequest(f"{param} has {len(ids)} tokens, but the model's context is {limits.max_context} tokens and must leave room "
-                             "for at least one new token: shorten the prompt", param, "context_length_exceeded")
+# generate()'s keywords → the request fields that carry them (a SettingError names the keyword; the 400 names the field)
+FIELDS = {"k": "args.k", "w": "args.w", "method": "args.method", "temperature": "temperature", "max_new_tokens": "max_tokens",
+          "seed": "seed", "stop": "stop", "ignore_eos": "args.ignore_eos"}
+
+
+def prompt_ids(generator: Any, prompt: Any, param: str) -> list[int]:
+    """The prompt as checked token ids, by the runtime's own door (ArgsGenerator.prompt_ids: its forms, chat messages,
+    ids in the vocabulary, room in the context); its error becomes a 400 naming `param`."""
+    try:
+        return generator.prompt_ids(prompt, param)
+    except ContextLengthError as e:
+        raise InvalidRequest(str(e), param, "context_length_exceeded") from e
+    except GenerationError as e:
+        raise InvalidRequest(str(e), param) from e
 
 
 def generation_settings(req: _Sampling, prompt_tokens: int, limits: Limits) -> GenerationSettings:
-    """The request's settings as the runtime takes them, each checked here so a bad one gets a 400 that names it."""
+    """The request's fields as the runtime's generate() keywords, checked by the runtime's own check_settings (one home
+    for every range), so a bad one gets a 400 naming its field. What is particular to the OpenAI API stays here: the
+    server's defaults, temperature 0 .. 2 meaning nothing to a greedy request, max_tokens against the room left."""
     options = req.args or ArgsOptions()
-    k = limits.default_k if options.k is None else options.k
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= limits.max_k:
-        raise InvalidRequest(f"args.k={k!r} must be an integer with 1 <= k <= {limits.max_k} (this model's range)", "args.k")
-    w = limits.default_w if options.w is None else options.w
-    if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
-        raise InvalidRequest(f"args.w={w!r} must be a finite number (the reward weight in logit + w * reward)", "args.w")
-    method = options.method or "greedy"
-    if method not in ("greedy", "stochastic"):
-        raise InvalidRequest(f"args.method={method!r} must be 'greedy' or 'stochastic'", "args.method")
-    temperature = _temperature(req.temperature, method)
-    max_new = _max_new_tokens(req, prompt_tokens, limits)
-    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    if any(not s for s in stops):
-        raise InvalidRequest(f"stop={req.stop!r} holds an empty string: give non-empty stop strings", "stop")
-    seed = req.seed if method == "stochastic" else 0  # greedy never draws: the seed cannot change its tokens
-    return GenerationSettings(k, float(w), max_new, method, temperature, seed, tuple(stops), options.ignore_eos)
+    method = "greedy" if options.method is None else options.method
+    keywords = dict(k=limits.default_k if options.k is None else options.k, w=limits.default_w if options.w is None else options.w,
+                    method=method, temperature=_temperature(req.temperature, method),
+                    max_new_tokens=_max_new_tokens(req, prompt_tokens, limits), seed=req.seed if method == "stochastic" else 0,
+                    stop=req.stop, ignore_eos=options.ignore_eos)  # greedy never draws: the seed cannot change its tokens
+    try:
+        s = check_settings(limits.max_k, "generate", **keywords)
+    except SettingError as e:
+        field = FIELDS[e.keyword]
+        raise InvalidRequest(str(e).replace(f"{e.keyword}=", f"{field}=", 1), field) from e
+    return GenerationSettings(s.k, s.w, s.max_new_tokens, s.method, s.temperature, s.seed, tuple(s.stop), s.ignore_eos)
 
 
-def _temperature(value: float | None, method: str) -> float:
+def _temperature(value: float | None, method: Any) -> Any:
+    """The OpenAI field (0 .. 2; 0 is the argmax) as the runtime's temperature: a greedy request's is not used."""
     if value is not None and (not math.isfinite(value) or value < 0):
         raise InvalidRequest(f"temperature={value!r} must be a finite number >= 0", "temperature")
-    if method == "greedy":
+    if method == "greedy" or value is None:
         return DEFAULT_TEMPERATURE  # greedy takes the argmax: the temperature cannot change its tokens
-    if value is None:
-        return DEFAULT_TEMPERATURE
-    if value <= 0:
-        raise InvalidRequest(f"temperature={value!r} must be > 0 when sampling (args.method='stochastic'); for the argmax use "
-                             "args.method='greedy'", "temperature")
-    return float(value)
+    return value  # stochastic: the runtime refuses 0 (use args.method='greedy' for the argmax)
 
 
 def _max_new_tokens(req: _Sampling, prompt_tokens: int, limits: Limits) -> int:
