@@ -71,6 +71,12 @@ def test_shipped_head_matches_smollm2_and_records_its_recipe():
     assert len(head["weight"]) == 576 and head["bias"] is None  # SmolLM2-135M hidden size; Llama's score has no bias
     assert head["meta"]["held_out_accuracy"] > 0.5
     assert len(head["meta"]["pairs_sha256"]) == 64
+    meta = head["meta"]
+    assert meta["recipe"]["command"] == "args-build-sentiment-pairs" and meta["recipe"]["rounds"] >= 1
+    assert sum(meta["recipe"]["pairs_by_kind"].values()) == meta["train_pairs"] + meta["held_out_pairs"]
+    assert 0.0 <= meta["accuracy_by_kind"]["sentiment"]["held_out"] <= 1.0
+    scale = meta["reward_scale"]  # rewards are standardized: the head was divided by this std
+    assert scale["std"] > 0 and scale["replies"] > 0 and scale["on"] == "held-out replies"
 
 
 # ------------------------------------------------------------------------------------------ args-train-rm
