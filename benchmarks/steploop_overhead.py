@@ -2,7 +2,7 @@
 and end-to-end ms/token for each on SmolLM2-135M (LM and RM) with ONNX Runtime.
 
 Two host figures per loop, in µs per step:
-  * stepper: the stepper's step() alone (combine, choose, EOS/limit flags, next ids/positions/mask),
+  * stepper: the host chooser and the stepper alone (combine, choose, EOS/limit flags, next ids/positions/mask),
     replayed on LM/RM outputs recorded from a real SmolLM2 run;
   * non-backend: a whole generation's time minus the time inside the backends' run calls, per step
     (the stepper plus the rest of the per-step Python: feeds, cache swap, row bookkeeping).
@@ -18,12 +18,15 @@ import json
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from args_export.demo.prepare import cache_dir, prepare_bundle
 from args_runtime import ArgsGenerator
-from args_runtime.stepper import LOOPS, StepConfig, make_stepper
+from args_runtime.choice import ChoiceConfig, make_chooser
+from args_runtime.loops import LOOPS
+from args_runtime.stepper import StopConfig, make_stepper
 
 from .common import RESULTS, machine
 
@@ -67,13 +70,16 @@ def record(gen: ArgsGenerator, prompts, k: int, n: int) -> list[tuple[np.ndarray
 def stepper_us(gen, loop: str, prompts, steps, method: str, repeats: int) -> float:
     ids = [gen.tokenizer.encode(p) for p in prompts]
     k = steps[0][0].shape[1]
-    config = StepConfig(k, 1.5, method, 0.7, 0, list(gen.manifest.tokenizer.eos_token_ids), True, [len(steps)] * len(ids))
+    stop = StopConfig(tuple(gen.manifest.tokenizer.eos_token_ids), True, (len(steps),) * len(ids))
+    choice = ChoiceConfig(len(ids), k, 1.5, method == "stochastic", 0.7, 0)
+    tops = [(SimpleNamespace(logits=logits, ids=candidates), rewards) for logits, candidates, rewards in steps]
     best = []
     for _ in range(repeats):
-        stepper = make_stepper(loop, ids, gen.manifest.tokenizer.pad_token_id, config)
+        stepper = make_stepper(loop, ids, gen.manifest.tokenizer.pad_token_id, stop)
+        choose = make_chooser(choice, loop)
         start = time.perf_counter()
-        for logits, candidates, rewards in steps:
-            stepper.step(logits, candidates, rewards)
+        for top, rewards in tops:
+            stepper.step(choose(top, rewards))
         best.append((time.perf_counter() - start) / len(steps))
     return 1e6 * min(best)
 

@@ -1,3 +1,5 @@
 """args-export: Hugging Face LM + reward model → ONNX bundle for the args-rt runtime (needs torch)."""
 
-__version__ = "0.1.0"
+from args_runtime import __version__
+
+__all__ = ["__version__"]

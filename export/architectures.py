@@ -80,7 +80,9 @@ class ConcatCache:
 
 class _WriteSlots(torch.autograd.Function):
     """cache[b, h, slot] = update, exported as one ScatterND. ONNX Runtime's ScatterND skips its input copy when
-    the output is bound to the input's own buffer, so the runtime's fixed cache buffers are written in place."""
+    the output is bound to the input's own buffer, so the runtime's fixed cache buffers are written in place.
+    The TorchScript exporter emits `symbolic`; the dynamo exporter traces `forward`, whose clone + index_put
+    torchlib lowers to the same single ScatterND (its identity transposes folded away by the optimizer)."""
 
     @staticmethod
     def forward(ctx, cache: torch.Tensor, indices: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
@@ -95,7 +97,7 @@ class _WriteSlots(torch.autograd.Function):
 
 class StaticCache:
     """The fixed cache: past and present are the same [B,Hkv,C,D] buffer (C = the bundle's max context), the new
-    tokens are written at `cache_position` (slot indices, shared by all rows), attention spans all C slots under
+    tokens are written at `cache_position` ([B,S] slot indices, each row its own), attention spans all C slots under
     the mask. Fixed shapes and addresses: what CUDA graphs and TensorRT need, and a cost per token that stays flat."""
 
     def __init__(self, cache_position: torch.Tensor, keep: int | torch.Tensor, with_candidates: bool) -> None:
@@ -103,11 +105,11 @@ class StaticCache:
 
     def update(self, past: KV, k: torch.Tensor, v: torch.Tensor) -> tuple[list[KV], KV]:
         batch, kv_heads = k.shape[0], k.shape[1]
-        slots = self.cache_position.shape[0]
+        slots = self.cache_position.shape[1]
         index = [
             torch.arange(batch).view(-1, 1, 1).expand(batch, kv_heads, slots),
             torch.arange(kv_heads).view(1, -1, 1).expand(batch, kv_heads, slots),
-            self.cache_position.view(1, 1, -1).expand(batch, kv_heads, slots),
+            self.cache_position.unsqueeze(1).expand(batch, kv_heads, slots),
         ]
         indices = torch.stack(index, dim=-1)
         present = (_WriteSlots.apply(past[0], indices, k[:, :, : self.keep]), _WriteSlots.apply(past[1], indices, v[:, :, : self.keep]))

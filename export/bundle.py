@@ -1,33 +1,34 @@
-"""Export an LM + RM pair into a bundle folder: graphs, tokenizer, manifest with checksums and the parity report.
+"""Export an LM + RM pair into a bundle folder, straight down in stages: check the options → read the pair (configs,
+tokenizer) → load the weights → trace both graphs → write the tokenizer → check the graphs against PyTorch → write
+the manifest. Every stage reads the one ModelPair and the one GraphPlan.
 
-The bundle is written into a temporary sibling folder and renamed into place only after the parity check
-passed and the manifest is written, so an interrupted or failed export leaves nothing that looks valid.
+The bundle is written into a temporary sibling folder and renamed into place only after the parity check passed and
+the manifest is written, so an interrupted or failed export leaves nothing that looks valid.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from args_runtime import __version__
+from args_runtime.backend import Device
+from args_runtime.dtypes import SHORT_NAMES, element_type
 from args_runtime.errors import ExportError
-from args_runtime.manifest import MANIFEST_FILE, Manifest, TokenizerSpec, sha256_file
+from args_runtime.files import atomic_folder
+from args_runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, TokenizerSpec, sha256_file
 
-from . import __version__
 from .architectures import context_limit
-from .loading import DTYPES, backbone_of, check_same_tokenizer, load_config, load_lm, load_rm, load_tokenizer, resolve_source
-from .graphs import CACHE_LAYOUTS
-from .onnx_export import export_lm, export_rm, graph_spec
 from .choice_graph import CHOICE_FILE, write_choice_graph
-from .validate import validate_choice_graph, validate_graphs
+from .loading import ModelPair, PairSpec
+from .onnx_export import export_lm, export_rm
+from .plan import CACHE_LAYOUTS, EXPORTERS, GraphPlan
+from .validate import ValidationReport, validate_choice_graph, validate_graphs
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -43,6 +44,7 @@ class ExportOptions:
     max_k: int = 64
     force: bool = False
     cache: str = "dynamic"  # "static": fixed in-place KV-cache buffers (CUDA graphs, TensorRT, flat cost per token)
+    exporter: str = "torchscript"  # or "dynamo": torch.onnx's torch.export-based path
 
 
 class StageLog:
@@ -64,18 +66,45 @@ class StageLog:
             print(line, file=sys.stderr, flush=True)
 
 
-def _max_context(requested: int | None, lm_config, rm_config) -> int:
-    limits = [getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) for c in (lm_config, rm_config)]
-    limits += [context_limit(c) for c in (lm_config, rm_config)]
-    model_limit = min(x for x in limits if x)
-    if requested is None:
-        return model_limit
-    if not 2 <= requested <= model_limit:
-        raise ExportError(f"--max-context {requested} is out of range: these models support 2 … {model_limit} tokens")
-    return requested
+def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
+    """Run the whole export; return the manifest of the bundle now at opts.out."""
+    log = StageLog(7, quiet)
+    out = Path(opts.out).expanduser()
+    check_device = _check_options(opts, out)
+    with log.stage("reading configs and tokenizers"):
+        spec = PairSpec.read(opts.lm, opts.rm)
+        max_context = _max_context(opts.max_context, spec)
+    with log.stage(f"loading the LM and the RM ({opts.dtype})"):
+        pair = ModelPair.load(spec, opts.dtype)
+        if not 1 <= opts.max_k <= pair.vocab:
+            raise ExportError(f"--max-k {opts.max_k} is out of range: it must be between 1 and the vocabulary size {pair.vocab}")
+    plan = GraphPlan(element_type(opts.dtype), opts.cache, max_context, opts.max_k, pair.vocab, opts.exporter)
+    with atomic_folder(out, replace=opts.force) as work:
+        specs = _trace(pair, plan, work, log)
+        with log.stage("writing the tokenizer"):
+            tokenizer = _write_tokenizer(pair, work)
+        with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
+            report = _check(pair, plan, specs, work, check_device, log)
+        with log.stage("writing the manifest"):
+            manifest = _write_manifest(work, specs, tokenizer, plan, report, check_device)
+    log.say(f"bundle written to {out}")
+    return manifest
 
 
-def _check_device(dtype: str) -> str:
+def _check_options(opts: ExportOptions, out: Path) -> Device:
+    """Options that need no model, checked before any work; returns where the graphs can be checked."""
+    if opts.dtype not in SHORT_NAMES:
+        raise ExportError(f"--dtype {opts.dtype!r} is not one of {sorted(SHORT_NAMES)}")
+    if opts.cache not in CACHE_LAYOUTS:
+        raise ExportError(f"--cache {opts.cache!r} is not one of {list(CACHE_LAYOUTS)}")
+    if opts.exporter not in EXPORTERS:
+        raise ExportError(f"--exporter {opts.exporter!r} is not one of {list(EXPORTERS)}")
+    if out.exists() and not opts.force:
+        raise ExportError(f"{out} already exists: pass --force to replace it, or choose another --out")
+    return _check_device(opts.dtype)
+
+
+def _check_device(dtype: str) -> Device:
     """Where the exported graphs can be checked: ORT CPU runs fp32 and fp16, only ORT CUDA runs bf16."""
     import onnxruntime as ort
 
@@ -85,97 +114,72 @@ def _check_device(dtype: str) -> str:
             "--dtype bf16 graphs can only be checked on ONNX Runtime CUDA (ORT CPU has no bf16 kernels), and this machine has "
             "no CUDAExecutionProvider: export with --dtype fp16, or export on a GPU machine with `pip install 'args-rt[gpu]'`"
         )
-    return "cuda" if has_cuda and dtype != "fp32" else "cpu"
+    return Device("cuda" if has_cuda and dtype != "fp32" else "cpu")
 
 
-def _special_ids(tokenizer, lm) -> tuple[list[int], int]:
-    eos = getattr(lm.generation_config, "eos_token_id", None)
+def _max_context(requested: int | None, spec: PairSpec) -> int:
+    configs = (spec.lm.config, spec.rm.config)
+    limits = [getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) for c in configs]
+    limits += [context_limit(c) for c in configs]
+    model_limit = min(x for x in limits if x)
+    if requested is None:
+        return model_limit
+    if not 2 <= requested <= model_limit:
+        raise ExportError(f"--max-context {requested} is out of range: these models support 2 … {model_limit} tokens")
+    return requested
+
+
+def _trace(pair: ModelPair, plan: GraphPlan, work: Path, log: StageLog) -> tuple[GraphSpec, GraphSpec]:
+    layout = f"{plan.cache} KV cache" + (f", {plan.max_context} slots" if plan.static else "")
+    with log.stage(f"exporting the LM step graph (prefill + decode, in-graph top-k, {layout})"):
+        lm = export_lm(pair.lm, plan, work / "lm.onnx")
+    with log.stage(f"exporting the RM candidate graph (one cache, k candidates per pass, {layout})"):
+        rm = export_rm(pair.rm, plan, work / "rm.onnx")
+    return lm, rm
+
+
+def _write_tokenizer(pair: ModelPair, work: Path) -> TokenizerSpec:
+    """tokenizer.json, the chat template, and the special ids generation needs."""
+    tok = pair.tokenizer
+    tok.backend_tokenizer.save(str(work / TOKENIZER_FILE))
+    template = tok.chat_template if isinstance(tok.chat_template, str) else None
+    if template:
+        (work / CHAT_TEMPLATE_FILE).write_text(template)
+    eos = getattr(pair.lm.model.generation_config, "eos_token_id", None)
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
-    return sorted(eos_ids), int(pad)
+    if tok.eos_token_id is not None:
+        eos_ids.add(tok.eos_token_id)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos_ids, default=0)
+    return TokenizerSpec(TOKENIZER_FILE, CHAT_TEMPLATE_FILE if template else None, sorted(eos_ids), int(pad), tok.bos_token, tok.eos_token)
 
 
-def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
-    """Run the whole export; return the manifest of the bundle now at opts.out."""
-    log = StageLog(7, quiet)
-    out = Path(opts.out).expanduser()
-    if opts.dtype not in DTYPES:
-        raise ExportError(f"--dtype {opts.dtype!r} is not one of {sorted(DTYPES)}")
-    if opts.cache not in CACHE_LAYOUTS:
-        raise ExportError(f"--cache {opts.cache!r} is not one of {list(CACHE_LAYOUTS)}")
-    check_device = _check_device(opts.dtype)
-    if out.exists() and not opts.force:
-        raise ExportError(f"{out} already exists: pass --force to replace it, or choose another --out")
-    with log.stage("reading configs and tokenizers"):
-        lm_src, rm_src = resolve_source(opts.lm, "LM"), resolve_source(opts.rm, "RM")
-        lm_config, rm_config = load_config(lm_src), load_config(rm_src)
-        lm_tok = load_tokenizer(lm_src)
-        check_same_tokenizer(lm_tok, load_tokenizer(rm_src), lm_src.name, rm_src.name)
-        max_context = _max_context(opts.max_context, lm_config, rm_config)
-    with log.stage(f"loading the LM and the RM ({opts.dtype})"):
-        lm, lm_family = load_lm(lm_src, opts.dtype)
-        rm, rm_family = load_rm(rm_src, opts.dtype)
-        vocab = lm.get_output_embeddings().weight.shape[0]
-        if not 1 <= opts.max_k <= vocab:
-            raise ExportError(f"--max-k {opts.max_k} is out of range: it must be between 1 and the vocabulary size {vocab}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        dtype = DTYPES[opts.dtype]
-        lm_stack, rm_stack = lm_family.stack(backbone_of(lm, lm_family), lm.config), rm_family.stack(backbone_of(rm, rm_family), rm.config)
-        layout = f"{opts.cache} KV cache" + (f", {max_context} slots" if opts.cache == "static" else "")
-        with log.stage(f"exporting the LM step graph (prefill + decode, in-graph top-k, {layout})"):
-            lm_io = export_lm(lm_stack, getattr(lm, lm_family.lm_head_attr), dtype, opts.max_k, vocab, work / "lm.onnx", opts.cache, max_context)
-        with log.stage(f"exporting the RM candidate graph (one cache, k candidates per pass, {layout})"):
-            rm_io = export_rm(rm_stack, getattr(rm, rm_family.score_attr), dtype, vocab, work / "rm.onnx", opts.cache, max_context)
-        lm_spec = graph_spec("lm.onnx", lm_src.name, lm.config, lm_stack, dtype, vocab, lm_io, opts.cache)
-        rm_spec = graph_spec("rm.onnx", rm_src.name, rm.config, rm_stack, dtype, vocab, rm_io, opts.cache)
-        with log.stage("writing the tokenizer"):
-            lm_tok.backend_tokenizer.save(str(work / TOKENIZER_FILE))
-            template = lm_tok.chat_template if isinstance(lm_tok.chat_template, str) else None
-            if template:
-                (work / CHAT_TEMPLATE_FILE).write_text(template)
-            eos_ids, pad_id = _special_ids(lm_tok, lm)
-            tok_spec = TokenizerSpec(TOKENIZER_FILE, CHAT_TEMPLATE_FILE if template else None, eos_ids, pad_id, lm_tok.bos_token, lm_tok.eos_token)
-        with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
-            report = validate_graphs(work, lm_spec, rm_spec, lm, rm, rm_family, k=min(4, opts.max_k), max_context=max_context, device=check_device)
-            validate_choice_graph(write_choice_graph(work), report)
-            for line in report.lines():
-                log.say("    " + line)
-            report.raise_if_failed()
-        with log.stage("writing the manifest"):
-            for f in work.iterdir():
-                os.chmod(f, 0o644)
-            manifest = Manifest(
-                lm=lm_spec, rm=rm_spec, tokenizer=tok_spec, max_context=max_context, max_k=opts.max_k,
-                files={f.name: sha256_file(f) for f in sorted(work.iterdir())}, choice_file=CHOICE_FILE,
-                validation={"device": f"onnxruntime-{check_device}", "checks": report.as_dict()},
-                created_by=f"args-export {__version__} (torch {torch.__version__}, {_versions()})",
-            )
-            (work / MANIFEST_FILE).write_text(manifest.to_json())
-        _replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log.say(f"bundle written to {out}")
+def _check(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, GraphSpec], work: Path, device: Device, log: StageLog) -> ValidationReport:
+    """Both graphs against PyTorch, choose.onnx against the host choosers; raises ExportError on any failure."""
+    report = validate_graphs(work, specs, pair, plan, device)
+    validate_choice_graph(write_choice_graph(work), report)
+    for line in report.lines():
+        log.say("    " + line)
+    report.raise_if_failed()
+    return report
+
+
+def _write_manifest(work: Path, specs: tuple[GraphSpec, GraphSpec], tokenizer: TokenizerSpec, plan: GraphPlan,
+                    report: ValidationReport, device: Device) -> Manifest:
+    for f in work.iterdir():
+        os.chmod(f, 0o644)
+    manifest = Manifest(
+        lm=specs[0], rm=specs[1], tokenizer=tokenizer, max_context=plan.max_context, max_k=plan.max_k,
+        files={f.name: sha256_file(f) for f in sorted(work.iterdir())}, choice_file=CHOICE_FILE,
+        validation={"device": f"onnxruntime-{device}", "checks": report.as_dict()},
+        created_by=f"args-export {__version__} ({_versions()})",
+    )
+    (work / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
-
-
-def _replace(work: Path, out: Path) -> None:
-    """Move the finished bundle into place; an old one (with --force) is removed only after the new one lands."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    work.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _versions() -> str:
     import onnx
+    import torch
     import transformers
 
-    return f"transformers {transformers.__version__}, onnx {onnx.__version__}"
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, onnx {onnx.__version__}"

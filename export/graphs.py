@@ -1,8 +1,9 @@
 """The two exported graphs. Both take a KV cache of the committed prefix and extend it by S tokens.
 
-- LMStep: prefill (S = prompt) and decode (S = 1) in one graph; returns the last position's logits and
-  their top-k (values, ids) computed in the graph (k = the length of the `candidate_slots` input, at most `max_k`), plus the
-  extended cache. The top-k ids can be fed to the RM as they are, without leaving the device.
+- LMStep: prefill (S = prompt) and decode (S = 1) in one graph; returns the top-k (values, ids) of the last
+  position's logits, computed in the graph (k = the length of the `candidate_slots` input, at most `max_k`), plus the
+  extended cache. The top-k ids can be fed to the RM as they are, without leaving the device; the full logits never
+  leave the graph.
 - RMScorer: extends the RM cache by S tokens (the prompt at prefill, the chosen token afterwards) and in
   the same pass scores K candidate next tokens. All candidates sit at the same position P; each attends
   to the prefix and to itself only (a tree mask), so there is one cache, never K copies. The reward is
@@ -18,9 +19,6 @@ import torch
 from torch import nn
 
 from .architectures import KV, ConcatCache, DecoderStack, StaticCache
-
-CACHE_LAYOUTS = ("dynamic", "static")
-
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Boolean [B,S,T] → additive float mask [B,1,S,T] (0 where allowed, a large negative elsewhere)."""
@@ -56,10 +54,11 @@ def with_candidates(new_rows: torch.Tensor, attention_mask: torch.Tensor, num_ca
 
 
 def slot_mask(attention_mask: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
-    """Static layout: queries written at slots `cache_position` [S] see every real slot up to their own, [B,S,C]."""
+    """Static layout: each row's queries, written at its own slots `cache_position` [B,S], see every real slot up to
+    their own, [B,S,C]."""
     slots = torch.arange(attention_mask.shape[1])
-    causal = slots.unsqueeze(0) <= cache_position.unsqueeze(1)  # [S, C]
-    return causal.unsqueeze(0) & (attention_mask.unsqueeze(1) > 0)
+    causal = slots.view(1, 1, -1) <= cache_position.unsqueeze(-1)  # [B, S, C]
+    return causal & (attention_mask.unsqueeze(1) > 0)
 
 
 def slot_tree_mask(attention_mask: torch.Tensor, cache_position: torch.Tensor, num_candidates: int | torch.Tensor) -> torch.Tensor:
@@ -77,7 +76,7 @@ def flatten_presents(presents: list[KV]) -> list[torch.Tensor]:
 
 
 class LMStep(nn.Module):
-    """Dynamic: (input_ids, position_ids, attention_mask, candidate_slots, *past) → (logits, topk_values, topk_ids, *present).
+    """Dynamic: (input_ids, position_ids, attention_mask, candidate_slots, *past) → (topk_values, topk_ids, *present).
     `candidate_slots` is any [k] tensor: only its length is read, the k of the top-k (a shape, so that ORT's CUDA
     provider and TensorRT see k on the host without a device read, and a CUDA graph can capture the step).
     Static: the same with `cache_position` after `attention_mask`, whose width is then the cache's C slots."""
@@ -100,7 +99,7 @@ class LMStep(nn.Module):
         logits = self.lm_head(hidden[:, -1, :]).float()
         values, ids = torch.topk(logits, self.max_k, dim=-1)  # a constant k (TensorRT wants one); sliced to the asked k
         k = candidate_slots.shape[0]  # k is a shape, not a value: the slice is set up on the host without reading the device
-        return (logits, values[:, :k], ids[:, :k], *flatten_presents(presents))
+        return (values[:, :k], ids[:, :k], *flatten_presents(presents))
 
 
 class RMScorer(nn.Module):

@@ -1,4 +1,5 @@
-"""Load a Hugging Face LM / reward model from a local folder or a GGUF file, and check they share a tokenizer."""
+"""Load a Hugging Face LM and reward model (local folders or GGUF files) into one value, reading each config once,
+and check they share a tokenizer."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from args_runtime.dtypes import element_type
 from args_runtime.errors import ExportError, TokenizerMismatchError, UnsupportedModelError
 
-from .architectures import Family, family_of
+from .architectures import DecoderStack, Family, family_of
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """'fp16' or 'float16' → torch.float16."""
+    return TORCH_DTYPES[element_type(name)]
 
 
 @dataclass
@@ -58,41 +66,81 @@ def load_config(source: ModelSource):
         raise UnsupportedModelError(f"cannot read the config of {source.name}: {e}") from e
 
 
-def load_lm(source: ModelSource, dtype: str = "fp32"):
-    """The LM as AutoModelForCausalLM in eval mode, with its family."""
-    from transformers import AutoModelForCausalLM
-
-    config = load_config(source)
-    family = family_of(config)
-    model = AutoModelForCausalLM.from_pretrained(source.folder, dtype=DTYPES[dtype], trust_remote_code=False, **source.kwargs())
-    return model.eval(), family
-
-
-def load_rm(source: ModelSource, dtype: str = "fp32"):
-    """The RM as AutoModelForSequenceClassification with one label (a scalar reward), with its family."""
-    from transformers import AutoModelForSequenceClassification
-
-    config = load_config(source)
-    family = family_of(config)
-    labels = getattr(config, "num_labels", 1)
-    if labels != 1:
-        raise UnsupportedModelError(
-            f"reward model {source.name} has num_labels={labels}; ARGS needs a scalar reward (num_labels=1): retrain or re-head it"
-        )
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source.folder, dtype=DTYPES[dtype], num_labels=1, trust_remote_code=False, **source.kwargs()
-    )
-    return model.eval(), family
-
-
-def backbone_of(model, family: Family):
-    return getattr(model, family.backbone_attr)
-
-
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False, **source.kwargs())
+
+
+@dataclass
+class ModelSpec:
+    """A model before its weights load: where it is, its config (read once) and its architecture family."""
+
+    source: ModelSource
+    config: object
+    family: Family
+
+    @staticmethod
+    def read(path: str | Path, role: str) -> "ModelSpec":
+        source = resolve_source(path, role)
+        config = load_config(source)
+        return ModelSpec(source, config, family_of(config))
+
+
+@dataclass
+class LoadedModel:
+    """An HF model in eval mode with what the exporter needs of it: its decoder stack and its head."""
+
+    spec: ModelSpec
+    model: nn.Module
+    head_attr: str  # "lm_head" (LM) or "score" (RM), per family
+
+    @property
+    def name(self) -> str:
+        return self.spec.source.name
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def family(self) -> Family:
+        return self.spec.family
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.model, self.family.backbone_attr)
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self.model, self.head_attr)
+
+    def stack(self) -> DecoderStack:
+        """The export-ready decoder stack over this model's own layers."""
+        return self.family.stack(self.backbone, self.config)
+
+
+def load_lm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
+    """The LM as AutoModelForCausalLM in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(spec.source.folder, config=spec.config, dtype=torch_dtype(dtype), trust_remote_code=False,
+                                                 **spec.source.kwargs())
+    return LoadedModel(spec, model.eval(), spec.family.lm_head_attr)
+
+
+def load_rm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
+    """The RM as AutoModelForSequenceClassification with one label (a scalar reward)."""
+    from transformers import AutoModelForSequenceClassification
+
+    labels = getattr(spec.config, "num_labels", 1)
+    if labels != 1:
+        raise UnsupportedModelError(
+            f"reward model {spec.source.name} has num_labels={labels}; ARGS needs a scalar reward (num_labels=1): retrain or re-head it"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(spec.source.folder, config=spec.config, dtype=torch_dtype(dtype),
+                                                               trust_remote_code=False, **spec.source.kwargs())
+    return LoadedModel(spec, model.eval(), spec.family.score_attr)
 
 
 def check_same_tokenizer(lm_tok, rm_tok, lm_name: str, rm_name: str) -> None:
@@ -108,3 +156,36 @@ def check_same_tokenizer(lm_tok, rm_tok, lm_name: str, rm_name: str) -> None:
         f"{only_lm} tokens only in the LM, {only_rm} only in the RM, {moved} with different ids. "
         "ARGS feeds the LM's token ids to the RM, so use a reward model trained on the LM's tokenizer"
     )
+
+
+@dataclass
+class PairSpec:
+    """The LM and RM before their weights load: configs and families, and the one tokenizer they share."""
+
+    lm: ModelSpec
+    rm: ModelSpec
+    tokenizer: object  # the LM's transformers tokenizer (the RM's maps every token to the same id)
+
+    @staticmethod
+    def read(lm_path: str | Path, rm_path: str | Path) -> "PairSpec":
+        lm, rm = ModelSpec.read(lm_path, "LM"), ModelSpec.read(rm_path, "RM")
+        tokenizer = load_tokenizer(lm.source)
+        check_same_tokenizer(tokenizer, load_tokenizer(rm.source), lm.source.name, rm.source.name)
+        return PairSpec(lm, rm, tokenizer)
+
+
+@dataclass
+class ModelPair:
+    """The loaded LM and RM, and their shared tokenizer: everything the export's later stages read."""
+
+    lm: LoadedModel
+    rm: LoadedModel
+    tokenizer: object
+
+    @staticmethod
+    def load(spec: PairSpec, dtype: str) -> "ModelPair":
+        return ModelPair(load_lm(spec.lm, dtype), load_rm(spec.rm, dtype), spec.tokenizer)
+
+    @property
+    def vocab(self) -> int:
+        return self.lm.model.get_output_embeddings().weight.shape[0]

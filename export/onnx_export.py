@@ -1,9 +1,18 @@
-"""Trace an LMStep / RMScorer to ONNX with named, dynamic I/O and weights in an external data file."""
+"""Trace an LMStep / RMScorer to ONNX with named, dynamic I/O and weights in an external data file; each export returns
+the graph's spec for the manifest."""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import os
+import re
 import shutil
+import sys
 import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -14,9 +23,11 @@ from args_runtime.manifest import GraphSpec, TensorSpec
 
 from .architectures import DecoderStack
 from .graphs import LMStep, RMScorer
+from .loading import LoadedModel
+from .plan import GraphPlan
 
-OPSET = 17
-ONNX_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+OPSET = 17  # the TorchScript path's opset
+DYNAMO_OPSET = 18  # the dynamo path's: torchlib's own opset (onnx's converter cannot take its ReduceMean down to 17)
 
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
@@ -55,15 +66,14 @@ def _step_inputs(cache: str) -> list:
         ("attention_mask", ["batch_size", mask_width], "int64"),
     ]
     if cache == "static":
-        inputs.append(("cache_position", ["sequence_length"], "int64"))
+        inputs.append(("cache_position", ["batch_size", "sequence_length"], "int64"))  # each row's own write slots
     return inputs
 
 
-def lm_io(stack: DecoderStack, vocab: int, max_k: int, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
+def lm_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
     past, present = _cache_io(stack, cache_dtype, cache)
     inputs = [*_step_inputs(cache), ("candidate_slots", ["num_candidates"], "int64"), *past]
     outputs = [
-        ("logits", ["batch_size", vocab], "float32"),
         ("topk_values", ["batch_size", "num_candidates"], "float32"),
         ("topk_ids", ["batch_size", "num_candidates"], "int64"),
         *present,
@@ -94,10 +104,25 @@ def _fixed_specs(specs: list[TensorSpec], name: str, value: int) -> list[TensorS
     return [TensorSpec(t.name, [value if d == name else d for d in t.shape], t.dtype) for t in specs]
 
 
-def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
-            cache_slots: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Trace `module` to `path` (+ `path.data` holding the weights); a static cache's slot axis is then fixed to
-    `cache_slots`. Returns the graph's input and output specs as exported."""
+def _export(module: torch.nn.Module, args: tuple, io: tuple[list[TensorSpec], list[TensorSpec]], path: Path,
+            plan: GraphPlan) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Trace `module` to `path` (+ `path.data` holding the weights) with the plan's exporter; a static cache's slot
+    axis is then fixed to the context. Returns the graph's input and output specs as exported."""
+    inputs, outputs = io
+    trace = _trace_dynamo if plan.exporter == "dynamo" else _trace_torchscript
+    trace(module, args, inputs, outputs, path, plan.cache_slots)
+    if plan.cache_slots is None:
+        return inputs, outputs
+    return _fixed_specs(inputs, CACHE_SLOTS, plan.cache_slots), _fixed_specs(outputs, CACHE_SLOTS, plan.cache_slots)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's TorchScript path (dynamo=False, deprecated by torch): one traced file, reloaded to fix dims."""
     scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
     scratch.mkdir()
     tmp = scratch / "traced.onnx"
@@ -117,18 +142,128 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
                     dynamo=False,
                 )
             except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
-                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-        model = onnx.load(str(tmp), load_external_data=True)
+                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
+        model = onnx.load(str(tmp), load_external_data=False)
         if cache_slots is not None:
             _fix_dims(model, CACHE_SLOTS, cache_slots)
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024
-        )
+        save_with_one_data_file(model, scratch, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if cache_slots is None:
-        return inputs, outputs
-    return _fixed_specs(inputs, CACHE_SLOTS, cache_slots), _fixed_specs(outputs, CACHE_SLOTS, cache_slots)
+
+
+def _dynamic_shapes(module: torch.nn.Module, inputs: list[TensorSpec]) -> tuple:
+    """torch.export's dynamic_shapes for forward(input_ids, position_ids, attention_mask, *rest): one {axis: name}
+    per named input, the varargs as one tuple. Named axes become Dim.DYNAMIC; the exporter then names them back."""
+    axes = [{i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in inputs]
+    fixed = len(inspect.signature(module.forward).parameters) - 1  # the parameters before *rest
+    return (*axes[:fixed], tuple(axes[fixed:]))
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs (torchvision ops it skips, axis renames) and warns about internals the user cannot act
+    on; the export's own staged log says what happens."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export", "torch.fx.experimental")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's dynamo path: torch.export captures the module, torchlib lowers it, onnxscript's optimizer folds
+    constants. The I/O dims are then written from our specs (torch.export names derived dims 'Min(48, k)')."""
+    from args_runtime.optional import require
+
+    ir = require("onnxscript.ir", "the dynamo exporter (args-export --exporter dynamo)", "onnxscript")
+
+    with torch.no_grad(), _quiet_exporter():
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                input_names=[t.name for t in inputs],
+                output_names=[t.name for t in outputs],
+                dynamic_shapes=_dynamic_shapes(module, inputs),
+                opset_version=DYNAMO_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as e:  # torch.onnx wraps the cause in a long report; keep the cause's first line, chain the rest
+            cause = e.__cause__ or e
+            raise ExportError(f"exporting {path.name} to ONNX failed: {type(cause).__name__}: {_first_line(cause)}") from e
+    graph = program.model.graph
+    names = [v.name for v in (*graph.inputs, *graph.outputs)]
+    if names != [t.name for t in (*inputs, *outputs)]:  # e.g. an input the module never reads, dropped by torch.export
+        raise ExportError(f"exporting {path.name} to ONNX gave the I/O {names}, not the {[t.name for t in (*inputs, *outputs)]} expected")
+    for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
+        value.shape = ir.Shape([cache_slots if d == CACHE_SLOTS and cache_slots is not None else d for d in spec.shape])
+    ir.save(program.model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
+
+
+def _initializers(graph: onnx.GraphProto):
+    """Every initializer of `graph` and of its subgraphs, in the order onnx's external-data writer visits them."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _initializers(sub)
+
+
+def save_with_one_data_file(model: onnx.ModelProto, source_dir: Path, path: Path, size_threshold: int = 1024) -> None:
+    """Save `model` to `path` with every initializer of at least `size_threshold` bytes in `path.name + ".data"`, byte for
+    byte as onnx.save_model(..., save_as_external_data=True, all_tensors_to_one_file=True) lays it out, but streaming
+    the tensors the tracer already wrote to files under `source_dir` (each removed once copied) instead of loading them
+    all into memory and writing them again: a 7B graph's 13 GB cost one copy, and the disk holds them once."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    data_name = path.name + ".data"
+    tensors = list(_initializers(model.graph))
+    readers = Counter(ExternalDataInfo(t).location for t in tensors if uses_external_data(t))  # tensors left to read per file
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in tensors:
+            offset = data.tell()
+            if uses_external_data(tensor):
+                info = ExternalDataInfo(tensor)
+                source = source_dir / info.location
+                with open(source, "rb") as f:
+                    f.seek(info.offset or 0)
+                    left = info.length if info.length is not None else os.fstat(f.fileno()).st_size - (info.offset or 0)
+                    if sys.getsizeof(b"") + left < size_threshold:  # small: inline, as onnx would keep it
+                        tensor.raw_data = f.read(left)
+                        tensor.data_location = onnx.TensorProto.DEFAULT
+                        del tensor.external_data[:]
+                    while left > 0 and tensor.data_location == onnx.TensorProto.EXTERNAL:
+                        block = f.read(min(left, 64 << 20))
+                        if not block:
+                            raise ExportError(f"the tracer's external data for {tensor.name} in {source} is {left} bytes short")
+                        data.write(block)
+                        left -= len(block)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    _point_to(tensor, data_name, offset, data.tell() - offset)
+                readers[info.location] -= 1
+                if not readers[info.location]:  # free the disk as we go
+                    source.unlink()
+            elif tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= size_threshold:
+                data.write(tensor.raw_data)
+                _point_to(tensor, data_name, offset, data.tell() - offset)
+                tensor.ClearField("raw_data")
+    onnx.save_model(model, str(path))
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Mark `tensor` as stored in `location` at `offset`, as onnx's set_external_data writes it."""
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
 
 
 TRACE_BATCH, TRACE_PAST, TRACE_NEW, TRACE_CANDIDATES, TRACE_SLOTS = 2, 3, 4, 5, 16
@@ -142,39 +277,43 @@ def _step_dummies(stack: DecoderStack, dtype: torch.dtype, vocab: int, cache: st
     if cache == "static":
         mask = torch.zeros(batch, TRACE_SLOTS, dtype=torch.int64)
         mask[:, : past + new] = 1
-        return [ids, positions, mask, torch.arange(past, past + new)], _kv_dummies(stack, batch, TRACE_SLOTS, dtype)
+        return [ids, positions, mask, positions.clone()], _kv_dummies(stack, batch, TRACE_SLOTS, dtype)
     return [ids, positions, torch.ones(batch, past + new, dtype=torch.int64)], _kv_dummies(stack, batch, past, dtype)
 
 
-def export_lm(stack: DecoderStack, lm_head: torch.nn.Module, dtype: torch.dtype, max_k: int, vocab: int, path: Path,
-              cache: str = "dynamic", max_context: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    inputs, outputs = lm_io(stack, vocab, max_k, ONNX_DTYPE_NAMES[dtype], cache)
-    step, past = _step_dummies(stack, dtype, vocab, cache)
-    args = (*step, torch.zeros(min(3, max_k), dtype=torch.int64), *past)
-    return _export(LMStep(stack, lm_head, max_k, cache).eval(), args, inputs, outputs, path, max_context if cache == "static" else None)
+def export_lm(lm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
+    """The LM step graph (prefill and decode, in-graph top-k) at `path`; its spec for the manifest."""
+    stack = lm.stack()
+    inputs, outputs = lm_io(stack, plan.dtype, plan.cache)
+    step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
+    args = (*step, torch.zeros(min(3, plan.max_k), dtype=torch.int64), *past)
+    io = _export(LMStep(stack, lm.head, plan.max_k, plan.cache).eval(), args, (inputs, outputs), path, plan)
+    return graph_spec(path.name, lm, stack, plan, io)
 
 
-def export_rm(stack: DecoderStack, score_head: torch.nn.Module, dtype: torch.dtype, vocab: int, path: Path,
-              cache: str = "dynamic", max_context: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    inputs, outputs = rm_io(stack, ONNX_DTYPE_NAMES[dtype], cache)
-    step, past = _step_dummies(stack, dtype, vocab, cache)
-    args = (*step, torch.randint(0, vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
-    return _export(RMScorer(stack, score_head, cache).eval(), args, inputs, outputs, path, max_context if cache == "static" else None)
+def export_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
+    """The RM extend-and-score graph (one cache, k candidates per pass) at `path`; its spec for the manifest."""
+    stack = rm.stack()
+    inputs, outputs = rm_io(stack, plan.dtype, plan.cache)
+    step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
+    args = (*step, torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
+    io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, (inputs, outputs), path, plan)
+    return graph_spec(path.name, rm, stack, plan, io)
 
 
-def graph_spec(file: str, source: str, hf_config, stack: DecoderStack, dtype: torch.dtype, vocab: int, io, cache: str = "dynamic") -> GraphSpec:
-    s = stack.shape
+def graph_spec(file: str, model: LoadedModel, stack: DecoderStack, plan: GraphPlan, io: tuple[list[TensorSpec], list[TensorSpec]]) -> GraphSpec:
+    s, config = stack.shape, model.config
     return GraphSpec(
         file=file,
-        source=source,
-        architecture=hf_config.model_type,
-        dtype=ONNX_DTYPE_NAMES[dtype],
+        source=model.name,
+        architecture=config.model_type,
+        dtype=plan.dtype,
         num_layers=s.num_layers,
         num_kv_heads=s.num_kv_heads,
         head_dim=s.head_dim,
-        vocab_size=vocab,
+        vocab_size=plan.vocab,
         inputs=io[0],
         outputs=io[1],
-        cache=cache,
-        hf_config=hf_config.to_diff_dict() if hasattr(hf_config, "to_diff_dict") else {},
+        cache=plan.cache,
+        hf_config=config.to_diff_dict() if hasattr(config, "to_diff_dict") else {},
     )

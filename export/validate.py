@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from args_runtime.backend import OrtBackend
+from args_runtime.backend import Device
+from args_runtime.engines.onnxruntime_engine import OrtBackend
 from args_runtime.errors import ExportError
 from args_runtime.manifest import GraphSpec
 from args_runtime.models import LanguageModel, PrefixState, RewardModel
 
-from .architectures import Family
+from .hf_compat import forward_with_cache
+from .loading import ModelPair
+from .plan import GraphPlan
 from .reference import hf_rewards
 
 TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (5e-2, 2e-2), "bfloat16": (2e-1, 5e-2)}  # (atol, rtol of max |ref|)
@@ -62,13 +65,19 @@ class ValidationReport:
 
 
 @torch.no_grad()
-def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf, rm_hf, rm_family: Family, k: int, max_context: int,
-                    steps: int = 3, seed: int = 0, device: str = "cpu") -> ValidationReport:
-    """Prefill + `steps` decode steps on a batch of two random prompts; compare logits and k rewards each step."""
+def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: ModelPair, plan: GraphPlan, device: Device,
+                    steps: int = 3) -> ValidationReport:
+    """Prefill + `steps` decode steps on a batch of two seeded random prompts, k = min(4, max_k) candidates; compare
+    the LM's top-k logits and the k rewards with PyTorch at each step. With ONNX Runtime on CUDA, PyTorch computes its
+    side on the GPU too: a 7B model's fp16 forward passes on the CPU take minutes."""
+    lm_spec, rm_spec = specs
+    k = min(4, plan.max_k)
     report = ValidationReport()
-    lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, max_context)
-    rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec, max_context)
-    gen = torch.Generator().manual_seed(seed)
+    torch_device = "cuda" if device.is_cuda and torch.cuda.is_available() else "cpu"
+    lm_hf, rm_hf = pair.lm.model.to(torch_device), pair.rm.model.to(torch_device)
+    lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, plan.max_context)
+    rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec, plan.max_context)
+    gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
     prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)
     lm.reset(2)
@@ -78,11 +87,11 @@ def validate_graphs(folder: Path, lm_spec: GraphSpec, rm_spec: GraphSpec, lm_hf,
         top = lm.extend(ids, positions, prefix, k)
         values, candidates = top.logits, top.ids
         rewards = rm.extend_and_score(ids, positions, prefix, top)
-        out = lm_hf(input_ids=hf_feed, past_key_values=hf_cache, use_cache=True)
-        hf_cache, ref_logits = out.past_key_values, out.logits[:, -1, :].float()
+        out, hf_cache = forward_with_cache(lm_hf, hf_feed.to(torch_device), hf_cache)
+        ref_logits = out.logits[:, -1, :].float().cpu()
         report.add(f"lm top-{k} logits, step {step}", values, np.take_along_axis(ref_logits.numpy(), candidates, axis=1), lm_spec.dtype)
         with_cands = torch.cat([sequence.repeat_interleave(k, dim=0), torch.from_numpy(candidates).reshape(-1, 1)], dim=1)
-        ref_rewards = hf_rewards(rm_hf, rm_family, with_cands).reshape(2, k)
+        ref_rewards = hf_rewards(rm_hf, pair.rm.family, with_cands.to(torch_device)).reshape(2, k).cpu()
         report.add(f"rm rewards of {k} candidates, step {step}", rewards, ref_rewards.numpy(), rm_spec.dtype)
         chosen = candidates[:, :1]
         sequence = torch.cat([sequence, torch.from_numpy(chosen)], dim=1)
@@ -104,7 +113,7 @@ def validate_choice_graph(path: Path, report: ValidationReport, seed: int = 0) -
     ids = rng.integers(0, 50_000, size=(batch, k))
     draws = rng.random(batch)
     scores = args_scores(values, rewards, w)
-    backend = OrtBackend(path, "cpu")
+    backend = OrtBackend(path, Device("cpu"))
     for name, sample, expected in (("greedy", False, choose_greedy(scores)), ("sampled", True, sample_index(scores, temperature, draws))):
         out = {n: backend.to_host(v) for n, v in backend.run(choice_feeds(values, ids, rewards, choice_settings(w, sample, temperature), draws)).items()}
         rows = np.arange(batch)

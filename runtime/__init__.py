@@ -1,19 +1,28 @@
 """args-rt runtime: ARGS (reward-guided search) decoding over exported ONNX bundles, without torch."""
 
-from .errors import ArgsError, BundleError, ExportError, GenerationError, TokenizerMismatchError, UnsupportedModelError
-from .generator import ArgsGenerator, GenerationResult, TokenEvent
-from .stepper import LOOP_IMPL
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it from here)
+
+from .backend import Device
+from .errors import (ArgsError, BundleError, ExportError, GenerationError, MissingDependencyError, TokenizerMismatchError,
+                     TrainingError, UnsupportedModelError)
+from .generator import ArgsGenerator
+from .loops import LOOP_IMPL
+from .options import RuntimeOptions
+from .results import GenerationResult, TokenEvent
 
 __all__ = [
     "ArgsError",
     "ArgsGenerator",
     "BundleError",
+    "Device",
     "ExportError",
     "GenerationError",
     "GenerationResult",
     "LOOP_IMPL",
+    "MissingDependencyError",
+    "RuntimeOptions",
     "TokenEvent",
     "TokenizerMismatchError",
+    "TrainingError",
     "UnsupportedModelError",
 ]
-__version__ = "0.1.0"

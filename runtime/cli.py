@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from .engines import ENGINES
 from .errors import ArgsError
 
 DESCRIPTION = """\
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-trt", "tensorrt"],
+    p.add_argument("--backend", default="onnxruntime", choices=list(ENGINES),
                    help="onnxruntime (CPU or CUDA by --device), onnxruntime-trt (ORT's TensorRT provider) or tensorrt (the bundle's engines)")
     p.add_argument("--cuda-graph", action="store_true", help="capture decode steps as CUDA graphs (ONNX Runtime CUDA, static-cache bundles)")
     p.add_argument("--choice", default="auto", choices=["auto", "host", "device"],

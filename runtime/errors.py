@@ -8,7 +8,7 @@ class ArgsError(Exception):
 
 
 class BundleError(ArgsError):
-    """A bundle folder is missing, corrupt, foreign, or of another format version."""
+    """A bundle folder is missing, corrupt, foreign, or of another format version, or an engine cannot run it."""
 
 
 class ExportError(ArgsError):
@@ -24,8 +24,12 @@ class TokenizerMismatchError(ExportError):
 
 
 class GenerationError(ArgsError, ValueError):
-    """A generate() argument is out of range for the call or for the bundle."""
+    """A runtime option (device, engine, loop, choice) or a generate() argument is out of range or does not fit the bundle."""
 
 
 class TrainingError(ArgsError, ValueError):
     """Reward-model training cannot start: bad or empty preference data, a bad option, or an existing output."""
+
+
+class MissingDependencyError(ArgsError, ImportError):
+    """An optional package a feature needs is not installed (or not usable here); the message names the install command."""

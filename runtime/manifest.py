@@ -11,7 +11,7 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 3  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`
+FORMAT_VERSION = 4  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position)
 MANIFEST_FILE = "manifest.json"
 
 

@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from .backend import Backend
+from .dtypes import ITEMSIZE
 from .manifest import GraphSpec
 
 
@@ -98,7 +99,9 @@ class CachedGraph:
             return {"attention_mask": mask}
         width = mask.shape[1]
         self._slot_mask[:, :width] = mask
-        return {"attention_mask": self._slot_mask, "cache_position": np.arange(width - num_new, width, dtype=np.int64)}
+        # Left-padded rows write their new tokens at the same slots; the graph takes them per row ([B, S]).
+        slots = np.broadcast_to(np.arange(width - num_new, width, dtype=np.int64), (len(mask), num_new))
+        return {"attention_mask": self._slot_mask, "cache_position": np.ascontiguousarray(slots)}
 
     def run(self, feeds: dict[str, object]) -> dict[str, object]:
         outputs = self.backend.run({**feeds, **self.past}, into=self.into)
@@ -111,7 +114,7 @@ class CachedGraph:
         total = 0
         for value in self.past.values():
             shape = value.shape if isinstance(value, np.ndarray) else value.shape()
-            total += int(np.prod(shape)) * (2 if self.spec.dtype in ("float16", "bfloat16") else 4)
+            total += int(np.prod(shape)) * ITEMSIZE[self.spec.dtype]
         return total
 
 

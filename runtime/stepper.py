@@ -1,83 +1,35 @@
-"""The per-step bookkeeping of the decode loop, behind one small interface with two implementations.
-
-A stepper owns everything between two model runs: combine the LM's top-k logits with the rewards, choose
-one candidate per row, mark rows that hit EOS or their token limit, and prepare the next step's inputs
-(ids, positions, the left-padded attention mask). `PythonStepper` does it with numpy; `CppStepper` calls
-the optional C++ extension (`args_runtime._steploop`), which does the same arithmetic in the same order
-with the GIL released, so both give bit-identical tokens for the same seed.
-
-Which one runs is chosen at import (`LOOP_IMPL`: "cpp" when the extension is built, else "python"); the
-environment variable ARGS_RT_LOOP=python|cpp, or `loop=` on ArgsGenerator.from_bundle, overrides it.
-"""
+"""The books of the decode loop, behind one small interface with two implementations: after each choice, count every
+row's tokens, flag rows that hit EOS or their token limit, and prepare the next step's inputs (ids, positions, the
+left-padded attention mask). `PythonStepper` does it with numpy; `CppStepper` calls the optional C++ extension
+(`args_runtime._steploop.Books`), which does the same in the same order with the GIL released."""
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from .errors import GenerationError
+from .choice import Chosen
+from .loops import native
 from .models import PrefixState
-from .selection import StochasticChooser, args_scores, choose_greedy
 
-try:
-    from . import _steploop
-except ImportError as error:  # built without the extension (ARGS_RT_NO_CPP_EXT, no compiler): the Python loop runs
-    _steploop = None
-    # The install records what happened to the extension (CMakeLists.txt); a source checkout has no record.
-    _status_file = Path(__file__).with_name("cpp_ext_status.txt")
-    _status = _status_file.read_text().strip() if _status_file.exists() else "skipped"
-    if not _status.startswith("skipped"):
-        _why = _status if _status.startswith("failed") else f"built, but it does not import: {error}"
-        warnings.warn(f"args_runtime: the C++ step loop is not available ({_why}); using the Python loop. "
-                      f"Reinstall with ARGS_RT_REQUIRE_CPP_EXT=1 to see the build error.", RuntimeWarning, stacklevel=2)
-
-LOOPS = ("python", "cpp")
 RUNNING, EOS, LIMIT = 0, 1, 2  # Step.finish codes
 
 
-def resolve_loop(requested: str | None = None) -> str:
-    """The loop to use: `requested`, else $ARGS_RT_LOOP, else "cpp" when the extension is built."""
-    loop = requested or os.environ.get("ARGS_RT_LOOP") or ("cpp" if _steploop is not None else "python")
-    if loop not in LOOPS:
-        raise GenerationError(f"loop={loop!r} is not one of {LOOPS} (from the loop= argument or $ARGS_RT_LOOP)")
-    if loop == "cpp" and _steploop is None:
-        raise GenerationError(
-            "loop='cpp' was requested but args_runtime._steploop is not built: reinstall with a C++ compiler "
-            "(ARGS_RT_REQUIRE_CPP_EXT=1 pip install ... shows why it failed) or use loop='python'"
-        )
-    return loop
+@dataclass(frozen=True)
+class StopConfig:
+    """When rows finish: on an end-of-sequence id (unless ignored), or after their own number of tokens."""
 
-
-LOOP_IMPL = resolve_loop()
-
-
-def available_loops() -> list[str]:
-    """The step loops this install can run: always "python", and "cpp" when the extension is built."""
-    return ["python", "cpp"] if _steploop is not None else ["python"]
-
-
-@dataclass
-class StepConfig:
-    """How a stepper chooses and when rows finish."""
-
-    k: int
-    w: float
-    method: str  # "greedy" | "stochastic"
-    temperature: float
-    seed: int | None
-    eos_ids: list[int]
+    eos_ids: tuple[int, ...]
     ignore_eos: bool
-    limits: list[int]  # per row: tokens it may generate
+    limits: tuple[int, ...]  # per row: tokens it may generate
 
 
 @dataclass
 class Step:
     """One chosen token per row, the LM logit and reward that chose it, and the inputs of the next step.
-    The arrays may be the stepper's own buffers: read them before the next step."""
+    The arrays may be the chooser's or the stepper's own buffers: read them before the next step."""
 
     tokens: np.ndarray  # [B] int64
     logits: np.ndarray  # [B] float32
@@ -87,60 +39,57 @@ class Step:
     positions: np.ndarray  # [B, 1] int64
 
 
-class PythonStepper:
-    """The step in numpy: readable, and the reference the C++ stepper must match bit for bit."""
+class Stepper(Protocol):
+    prompt_ids: np.ndarray  # [B, T] the left-padded prompts, the first step's ids
+    prompt_positions: np.ndarray  # [B, T]
+    attention_mask: np.ndarray  # [B, width] the mask of the committed prefix (what a model run needs of it)
 
-    def __init__(self, prompts: list[list[int]], pad_id: int, config: StepConfig) -> None:
-        self.config = config
+    def step(self, chosen: Chosen) -> Step: ...
+
+
+class PythonStepper:
+    """The books in numpy: readable, and the reference the C++ stepper must match bit for bit."""
+
+    def __init__(self, prompts: list[list[int]], pad_id: int, stop: StopConfig) -> None:
         self.prefix, self.prompt_ids, self.prompt_positions = PrefixState.for_prompts(prompts, pad_id)
-        self.choose = choose_greedy if config.method == "greedy" else StochasticChooser(config.temperature, config.seed)
-        self.rows = np.arange(len(prompts))
         self.counts = np.zeros(len(prompts), np.int64)
-        self.limits = np.asarray(config.limits, np.int64)
-        self.eos = np.asarray(config.eos_ids, np.int64)
+        self.limits = np.asarray(stop.limits, np.int64)
+        self.eos = np.asarray(stop.eos_ids, np.int64)
+        self.ignore_eos = stop.ignore_eos
 
     @property
     def attention_mask(self) -> np.ndarray:
         return self.prefix.attention_mask
 
-    def step(self, logits: np.ndarray, candidates: np.ndarray, rewards: np.ndarray) -> Step:
-        pick = self.choose(args_scores(logits, rewards, self.config.w))
-        token = candidates[self.rows, pick]
+    def step(self, chosen: Chosen) -> Step:
+        token = chosen.tokens
         self.counts += 1
-        is_eos = np.isin(token, self.eos) & (not self.config.ignore_eos)
+        is_eos = np.isin(token, self.eos) & (not self.ignore_eos)
         finish = np.where(is_eos, EOS, np.where(self.counts >= self.limits, LIMIT, RUNNING)).astype(np.int8)
         _, positions = self.prefix.next_inputs()
-        return Step(token, logits[self.rows, pick], rewards[self.rows, pick], finish, token[:, None], positions)
+        return Step(token, chosen.logits, chosen.rewards, finish, token.reshape(-1, 1), positions)
 
 
 class CppStepper:
-    """The same step in C++ (args_runtime._steploop.StepLoop), writing into buffers allocated once."""
+    """The same books in C++ (args_runtime._steploop.Books), writing into buffers allocated once."""
 
-    def __init__(self, prompts: list[list[int]], pad_id: int, config: StepConfig) -> None:
-        if _steploop is None:
-            raise GenerationError("the C++ step loop is not built (args_runtime._steploop is missing); use loop='python'")
+    def __init__(self, prompts: list[list[int]], pad_id: int, stop: StopConfig) -> None:
         prefix, self.prompt_ids, self.prompt_positions = PrefixState.for_prompts(prompts, pad_id)
         self.attention_mask = prefix.attention_mask
-        # numpy seeds the stream (SeedSequence → PCG64 state); the C++ continues it with the same PCG64.
-        rng = np.random.PCG64(config.seed).state["state"]
-        state, inc = int(rng["state"]), int(rng["inc"])
-        width = self.attention_mask.shape[1]
-        self.loop = _steploop.StepLoop(
-            [len(p) for p in prompts], width + max(config.limits) + 1, int(config.k), np.float32(config.w),
-            0 if config.method == "greedy" else 1, float(config.temperature),
-            state >> 64, state & (2**64 - 1), inc >> 64, inc & (2**64 - 1),
-            [int(e) for e in config.eos_ids], bool(config.ignore_eos), [int(n) for n in config.limits],
-        )
         self.batch = len(prompts)
-        loop = self.loop
-        self._step = Step(loop.tokens, loop.logits, loop.rewards, loop.finish, loop.tokens.reshape(self.batch, 1), loop.positions)
-        self._mask = loop.mask
+        steploop = native()
+        c = steploop.BooksConfig()
+        c.prompt_lens, c.eos, c.ignore_eos, c.limits = [len(p) for p in prompts], list(stop.eos_ids), stop.ignore_eos, list(stop.limits)
+        c.capacity = self.attention_mask.shape[1] + max(stop.limits) + 1
+        self.books = steploop.Books(c)
+        self._mask = self.books.mask
 
-    def step(self, logits: np.ndarray, candidates: np.ndarray, rewards: np.ndarray) -> Step:
-        width = self.loop.step(logits, candidates, rewards)
+    def step(self, chosen: Chosen) -> Step:
+        width = self.books.advance(chosen.tokens)
         self.attention_mask = self._mask[: self.batch * width].reshape(self.batch, width)
-        return self._step
+        books = self.books
+        return Step(chosen.tokens, chosen.logits, chosen.rewards, books.finish, chosen.tokens.reshape(-1, 1), books.positions)
 
 
-def make_stepper(loop: str, prompts: list[list[int]], pad_id: int, config: StepConfig) -> PythonStepper | CppStepper:
-    return (CppStepper if loop == "cpp" else PythonStepper)(prompts, pad_id, config)
+def make_stepper(loop: str, prompts: list[list[int]], pad_id: int, stop: StopConfig) -> Stepper:
+    return (CppStepper if loop == "cpp" else PythonStepper)(prompts, pad_id, stop)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from args_runtime import ArgsGenerator, BundleError, GenerationError
-from args_runtime.backend import OrtBackend
+from args_runtime.engines.onnxruntime_engine import OrtBackend
 from args_runtime.choice import choice_feeds, choice_settings
 from args_runtime.selection import args_scores, choose_greedy, sample_index
 
@@ -68,7 +68,7 @@ def test_only_the_chosen_candidates_reach_the_host(tiny_pairs):
 
     def copied_shapes(gen):
         shapes = []
-        for backend in {id(b): b for b in (gen.lm.backend, gen.rm.backend, gen.chooser) if b is not None}.values():
+        for backend in {id(b): b for b in (gen.lm.backend, gen.rm.backend, gen.device_chooser) if b is not None}.values():
             to_host = backend.to_host
             backend.to_host = lambda v, to_host=to_host: shapes.append(to_host(v).shape) or to_host(v)
         gen.generate(["The quick brown fox", "Hi"], k=10, w=1.0, max_new_tokens=6, ignore_eos=True)
@@ -84,7 +84,7 @@ def test_choice_arguments_and_bundles_without_the_graph(tiny_pairs, tmp_path):
     with pytest.raises(GenerationError, match="choice='gpu' is not one of"):
         ArgsGenerator.from_bundle(bundle, choice="gpu")
     with pytest.raises(GenerationError, match="needs the LM and the RM on one device"):
-        ArgsGenerator.from_bundle(bundle, lm_device="cpu", rm_device="cpu:0", choice="device")
+        ArgsGenerator.from_bundle(bundle, lm_device="cpu", rm_device="cpu:1", choice="device")
     copy = tmp_path / "no-choice"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())

@@ -12,9 +12,12 @@ import sys
 import numpy as np
 import pytest
 
+from types import SimpleNamespace
+
 from args_runtime import ArgsGenerator
+from args_runtime.choice import ChoiceConfig, CppHostChooser, HostChooser
 from args_runtime.selection import args_scores, softmax
-from args_runtime.stepper import CppStepper, PythonStepper, StepConfig
+from args_runtime.stepper import CppStepper, PythonStepper, StopConfig
 
 from .conftest import ARCHS, CHAT_PROMPTS, TEXT_PROMPTS
 
@@ -48,20 +51,22 @@ def assert_same(a, b):
 # ---------------------------------------------------------------- the stepper alone, on random scores
 
 
-def _run_steppers(config, logits, candidates, rewards):
+def _run_steppers(choice, stop, logits, candidates, rewards):
+    """The host chooser and the stepper of each loop, side by side on the same scores, step by step."""
     prompts = [[5] * (3 + i) for i in range(logits.shape[1])]
-    py, cpp = PythonStepper(prompts, 0, config), CppStepper(prompts, 0, config)
+    py, cpp = (HostChooser(choice), PythonStepper(prompts, 0, stop)), (CppHostChooser(choice), CppStepper(prompts, 0, stop))
     for t in range(logits.shape[0]):
-        a = py.step(logits[t], candidates[t], rewards[t])
-        a_mask = py.attention_mask.copy()
-        b = cpp.step(logits[t], candidates[t], rewards[t])
-        assert np.array_equal(a.tokens, b.tokens), (config, t)
+        top = SimpleNamespace(logits=logits[t], ids=candidates[t])
+        a = py[1].step(py[0](top, rewards[t]))
+        a_mask = py[1].attention_mask.copy()
+        b = cpp[1].step(cpp[0](top, rewards[t]))
+        assert np.array_equal(a.tokens, b.tokens), (choice, t)
         assert np.array_equal(a.logits, b.logits) and np.array_equal(a.rewards, b.rewards)
         assert np.array_equal(a.finish, b.finish) and np.array_equal(a.positions, b.positions)
-        assert np.array_equal(a.next_ids, b.next_ids) and np.array_equal(a_mask, cpp.attention_mask)
-        if config.method == "stochastic":  # the last row's distribution, to the bit (sum order, exp, division)
-            last = args_scores(logits[t], rewards[t], config.w)[-1:].astype(np.float64) / config.temperature
-            assert np.cumsum(softmax(last), axis=-1)[0].tobytes() == cpp.loop.last_cdf().tobytes()
+        assert np.array_equal(a.next_ids, b.next_ids) and np.array_equal(a_mask, cpp[1].attention_mask)
+        if choice.sample:  # the last row's distribution, to the bit (sum order, exp, division)
+            last = args_scores(logits[t], rewards[t], choice.w)[-1:].astype(np.float64) / choice.temperature
+            assert np.cumsum(softmax(last), axis=-1)[0].tobytes() == cpp[0].native.last_cdf().tobytes()
     return py, cpp
 
 
@@ -78,11 +83,12 @@ def test_stepper_matches_on_random_scores(method, temperature, k):
         logits[::7, :, : max(1, k // 2)] = 1.0  # tied scores: the first wins
         rewards[::7, :, : max(1, k // 2)] = 0.5
         candidates = data.integers(0, 49152, size=(steps, batch, k), dtype=np.int64)
-        config = StepConfig(k, 1.3, method, temperature, seed, [candidates[5, 0, 0]], False, [10, 25, 40])
-        py, cpp = _run_steppers(config, logits, candidates, rewards)
+        choice = ChoiceConfig(batch, k, 1.3, method == "stochastic", temperature, seed)
+        stop = StopConfig((int(candidates[5, 0, 0]),), False, (10, 25, 40))
+        py, cpp = _run_steppers(choice, stop, logits, candidates, rewards)
         if method == "stochastic":  # both consumed exactly one draw per row per step
-            state = py.choose.rng.bit_generator.state["state"]
-            hi, lo, inc_hi, inc_lo = cpp.loop.rng_state()
+            state = py[0].choose.rng.bit_generator.state["state"]
+            hi, lo, inc_hi, inc_lo = cpp[0].native.rng_state()
             assert (hi << 64 | lo, inc_hi << 64 | inc_lo) == (state["state"], state["inc"])
 
 
@@ -94,11 +100,12 @@ def test_stochastic_stepper_depends_on_the_stream():
     candidates = np.tile(np.arange(k, dtype=np.int64), (steps, 1, 1))
     picks = {}
     for seed in (1, 2):
-        config = StepConfig(k, 0.0, "stochastic", 1.0, seed, [], True, [steps])
-        cpp = CppStepper([[5]], 0, config)
-        picks[seed] = [int(cpp.step(logits[t], candidates[t], logits[t]).tokens[0]) for t in range(steps)]
-        py = PythonStepper([[5]], 0, config)
-        assert picks[seed] == [int(py.step(logits[t], candidates[t], logits[t]).tokens[0]) for t in range(steps)]
+        choice = ChoiceConfig(1, k, 0.0, True, 1.0, seed)
+        tops = [SimpleNamespace(logits=logits[t], ids=candidates[t]) for t in range(steps)]
+        cpp = CppHostChooser(choice)
+        picks[seed] = [int(cpp(top, top.logits).tokens[0]) for top in tops]
+        py = HostChooser(choice)
+        assert picks[seed] == [int(py(top, top.logits).tokens[0]) for top in tops]
     assert picks[1] != picks[2] and len(set(picks[1])) > 5
 
 

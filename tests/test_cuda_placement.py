@@ -90,16 +90,12 @@ def test_every_exported_graph_places_on_cuda_without_copies(tiny_pairs, static_b
 def test_bf16_graphs_are_placed_with_their_own_types(tiny_pairs, tmp_path):
     """ORT's CPU provider cannot load bf16 graphs: they are optimized as an fp16 twin, then placed as bf16 (which
     some CUDA kernels lack, e.g. Sin, Cos, ReduceMean: a bf16 rotary or norm there would show up as no_kernel)."""
-    import torch
-
-    from args_export.loading import backbone_of, load_lm, resolve_source
+    from args_export.loading import ModelSpec, load_lm
     from args_export.onnx_export import export_lm
+    from args_export.plan import GraphPlan
 
-    pair = tiny_pairs["llama"]
-    lm, family = load_lm(resolve_source(pair.lm_dir, "LM"), "bf16")
-    vocab = lm.get_output_embeddings().weight.shape[0]
-    export_lm(family.stack(backbone_of(lm, family), lm.config), getattr(lm, family.lm_head_attr), torch.bfloat16, 8, vocab,
-              tmp_path / "lm.onnx", "static", 64)
+    lm = load_lm(ModelSpec.read(tiny_pairs["llama"].lm_dir, "LM"), "bf16")
+    export_lm(lm, GraphPlan("bfloat16", "static", 64, 8, lm.model.get_output_embeddings().weight.shape[0]), tmp_path / "lm.onnx")
     placement = predict_file(tmp_path / "lm.onnx")
     assert placement.capturable, placement.describe()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.onnx", "lm.onnx.data"]  # the twin lived elsewhere

@@ -13,8 +13,8 @@ import torch
 
 from args_export import graphs
 from args_export.bundle import ExportOptions, export_bundle
-from args_export.reference import hf_rewards
-from args_runtime.backend import OrtBackend
+from args_export.reference import ReferenceARGS, hf_rewards
+from args_runtime.engines.onnxruntime_engine import OrtBackend
 from args_runtime.errors import ExportError, TokenizerMismatchError, UnsupportedModelError
 from args_runtime.manifest import load_manifest, sha256_file
 from args_runtime.models import PrefixState, RewardModel
@@ -35,7 +35,8 @@ def test_bundle_is_complete_and_validated(tiny_pairs, arch):
     lm_inputs = [t.name for t in manifest.lm.inputs]
     assert lm_inputs[:4] == ["input_ids", "position_ids", "attention_mask", "candidate_slots"]
     assert lm_inputs[4:6] == ["past_key_values.0.key", "past_key_values.0.value"]
-    assert [t.name for t in manifest.lm.outputs][:3] == ["logits", "topk_values", "topk_ids"]
+    assert [t.name for t in manifest.lm.outputs][:2] == ["topk_values", "topk_ids"]  # the full logits never leave the graph
+    assert "logits" not in [t.name for t in manifest.lm.outputs]
     assert [t.name for t in manifest.rm.outputs][0] == "rewards"
 
 
@@ -161,6 +162,30 @@ def test_cli_help_and_errors(tmp_path):
     assert run.returncode == 2
     assert "args-export: error: LM path" in run.stderr and "does not exist" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_export_log_carries_no_deprecation_warning(tmp_path, tiny_pairs):
+    """The export talks to transformers and torch.onnx through their current APIs: with every warning shown, the log a
+    user reads holds the stages and the checks, and no warning (DeprecationWarning, FutureWarning, transformers' own)."""
+    pair = tiny_pairs["qwen2"]
+    run = subprocess.run([sys.executable, "-W", "default", "-m", "args_export.cli", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir),
+                          "--out", str(tmp_path / "b"), "--max-k", "8"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "[7/7] writing the manifest: done" in run.stderr
+    noisy = [line for line in run.stderr.splitlines() if "warn" in line.lower() or "deprecat" in line.lower()]
+    assert not noisy, noisy
+
+
+def test_reference_uses_the_current_cache_api(tiny_pairs):
+    """The reference ARGS (and the export's check) pass caches under the keyword the installed transformers defines:
+    with warnings as errors, a deprecated keyword would fail here."""
+    import warnings
+
+    pair = tiny_pairs["llama"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens = ReferenceARGS(pair.lm, pair.rm, pair.rm_family).generate([5, 17, 300], k=4, w=1.0, max_new_tokens=3)
+    assert len(tokens) == 3
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from args_export.data import SENTIMENT_HEAD
 from args_export.demo.cli import DEFAULT_W
 from args_export.demo.models import sentiment_head, sentiment_reward_model
 from args_export.quality.metrics import RewardScorer, cut_at_eos, diversity, rep_n
-from args_export.rewards.sentiment_pairs import load_prompts, make_pairs
+from args_export.rewards.sentiment_data import load_prompts, make_pairs
 from args_export.rewards.train import TrainOptions, load_pairs, main as train_main, split_by_prompt, train_reward_model
 from args_runtime import ArgsGenerator
 from args_runtime.errors import TrainingError

@@ -14,6 +14,7 @@ import pytest
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.reference import ReferenceARGS, hf_greedy
 from args_runtime import LOOP_IMPL, ArgsGenerator, BundleError, GenerationError
+from args_runtime.manifest import FORMAT_VERSION
 from args_runtime.models import PrefixState
 from args_runtime.selection import args_scores, softmax
 
@@ -256,7 +257,7 @@ def test_missing_bundle_file(bundle_copy):
     "edit, message",
     [
         (lambda m: m.update(format="something-else"), "is not an args-rt manifest"),
-        (lambda m: m.update(format_version=99), "has format version 99, this args-rt reads version 3"),
+        (lambda m: m.update(format_version=99), f"has format version 99, this args-rt reads version {FORMAT_VERSION}"),
         (lambda m: m.pop("lm"), "missing or has malformed fields"),
     ],
 )

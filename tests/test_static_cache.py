@@ -50,7 +50,7 @@ def test_manifest_records_the_layout(static_bundles, tiny_pairs):
     assert (static.lm.cache, static.rm.cache, dynamic.lm.cache) == ("static", "static", "dynamic")
     past = next(t for t in static.rm.inputs if t.name == "past_key_values.0.key")
     assert past.shape == ["batch_size", 2, CONTEXT, 16]
-    assert [t.shape for t in static.lm.inputs if t.name in ("attention_mask", "cache_position")] == [["batch_size", CONTEXT], ["sequence_length"]]
+    assert [t.shape for t in static.lm.inputs if t.name in ("attention_mask", "cache_position")] == [["batch_size", CONTEXT], ["batch_size", "sequence_length"]]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -127,7 +127,7 @@ def test_lm_topk_ids_go_to_the_rm_as_engine_values(static_bundles):
     shared.generate("Hi", k=5, w=1.0, max_new_tokens=3)
     assert seen and all(t is ort.OrtValue for t in seen)
     seen.clear()
-    split = ArgsGenerator.from_bundle(static_bundles["llama"], lm_device="cpu", rm_device="cpu:0")
+    split = ArgsGenerator.from_bundle(static_bundles["llama"], lm_device="cpu", rm_device="cpu:1")
     recording(split.rm.backend)
     split.generate("Hi", k=5, w=1.0, max_new_tokens=3)
     assert seen and all(t is np.ndarray for t in seen)
@@ -141,7 +141,7 @@ def test_cuda_graphs_need_a_static_bundle(tiny_pairs, static_bundles):
 
 
 def test_cuda_graphs_need_an_onnxruntime_that_keeps_replay_metadata():
-    from args_runtime.backend import cuda_graph_blocker
+    from args_runtime.engines.onnxruntime_engine import cuda_graph_blocker
 
     assert cuda_graph_blocker("1.29.1").startswith("off: onnxruntime 1.29.1 can replay stale kernel metadata")
     assert "onnxruntime-gpu >= 1.30" in cuda_graph_blocker("1.20.0")
@@ -186,32 +186,34 @@ def test_static_graphs_use_only_ops_tensorrt_parses(static_bundles):
 def test_fixed_address_binding_gives_the_same_run(static_bundles):
     """The binding CUDA graphs use (every input staged into, and every output written to, a buffer kept per shape)
     exercised on the CPU: same tokens, and the same output buffers step after step."""
-    from args_runtime.backend import OrtBackend
+    from args_runtime.backend import EngineOptions
+    from args_runtime.engines.onnxruntime_engine import OrtBackend
 
     plain = ArgsGenerator.from_bundle(static_bundles["llama"])
     fixed = ArgsGenerator.from_bundle(static_bundles["llama"])
     for model, graph in ((fixed.lm, "lm.onnx"), (fixed.rm, "rm.onnx")):
-        model.backend = OrtBackend(static_bundles["llama"] / graph, "cpu", fixed_addresses=True)
+        model.backend = OrtBackend(static_bundles["llama"] / graph, "cpu", EngineOptions(fixed_addresses=True))
     for prompt in TEXT_PROMPTS:
         kw = dict(k=10, w=1.0, max_new_tokens=24, ignore_eos=True)
         assert fixed.generate(prompt, **kw).token_ids == plain.generate(prompt, **kw).token_ids
     decode_buffers = [key for key in fixed.lm.backend._buffers if key[0] == "topk_ids" and key[1] == (1, 10)]
     assert len(decode_buffers) == 1  # one [1, 10] top-k buffer served every decode step of both prompts
-    assert ("candidate_slots", (10,), np.dtype(np.int64).str) in fixed.lm.backend._buffers  # k's carrier: staged like any feed
+    assert ("candidate_slots", (10,), "int64") in fixed.lm.backend._buffers  # k's carrier: staged like any feed
     assert len(fixed.rm.backend._addresses) > 2  # the RM checked its bound addresses (the LM's top-k ids among them) every step
 
 
 def test_fixed_addresses_refuse_an_engine_value_that_moved(static_bundles):
     """A replayed CUDA graph would read the captured address: a cache or id value fed from a new buffer for the same
     shapes is an error, not a silent stale read."""
-    from args_runtime.backend import OrtBackend
+    from args_runtime.backend import EngineOptions
+    from args_runtime.engines.onnxruntime_engine import OrtBackend
     from args_runtime.errors import GenerationError
 
     gen = ArgsGenerator.from_bundle(static_bundles["llama"])
-    backend = gen.rm.backend = OrtBackend(static_bundles["llama"] / "rm.onnx", "cpu", fixed_addresses=True)
+    backend = gen.rm.backend = OrtBackend(static_bundles["llama"] / "rm.onnx", "cpu", EngineOptions(fixed_addresses=True))
     spec = gen.manifest.rm
     feeds = {"input_ids": np.array([[7]]), "position_ids": np.array([[0]]), "attention_mask": np.eye(1, CONTEXT, dtype=np.int64),
-             "cache_position": np.array([0])}
+             "cache_position": np.array([[0]])}
     past = {t.name: backend.empty((1, spec.num_kv_heads, CONTEXT, spec.head_dim), "float32") for t in spec.inputs if t.name.startswith("past")}
     ids = backend.empty((1, 3), "int64")
     backend.run({**feeds, **past, "candidate_ids": ids})
@@ -225,22 +227,23 @@ def test_a_step_run_twice_changes_nothing(static_bundles, graph):
     """ORT runs a step more than once while it captures a CUDA graph (warm-up runs, then the capture), with the cache
     bound in place. A slot write is idempotent (the same values into the same slot), unlike a recurrent state update
     (microsoft/onnxruntime#32243): outputs and cache after two runs equal those after one."""
-    from args_runtime.backend import OrtBackend
+    from args_runtime.engines.onnxruntime_engine import OrtBackend
 
     bundle = static_bundles["llama"]
     spec = getattr(load_manifest(bundle), graph)
     backend = OrtBackend(bundle / spec.file, "cpu")
     past = {t.name: backend.empty((1, spec.num_kv_heads, CONTEXT, spec.head_dim), "float32") for t in spec.inputs if t.name.startswith("past")}
     into = dict(zip((t.name for t in spec.outputs if t.name.startswith("present")), past.values()))
-    extra = {"candidate_slots": np.zeros(4, np.int64)} if graph == "lm" else {"candidate_ids": np.array([[3, 50, 700, 9000]])}
+    # the LM's top-k over all max_k (48) candidates, the RM's rewards of four
+    extra = {"candidate_slots": np.zeros(load_manifest(bundle).max_k, np.int64)} if graph == "lm" else {"candidate_ids": np.array([[3, 50, 700, 9000]])}
 
     def step(ids: list[int], start: int):
         mask = np.zeros((1, CONTEXT), np.int64)
         mask[0, : start + len(ids)] = 1
         positions = np.arange(start, start + len(ids))
-        feeds = {"input_ids": np.array([ids]), "position_ids": positions[None], "attention_mask": mask, "cache_position": positions}
+        feeds = {"input_ids": np.array([ids]), "position_ids": positions[None], "attention_mask": mask, "cache_position": positions[None]}
         out = backend.run({**feeds, **extra, **past}, into=into)
-        first = out["logits" if graph == "lm" else "rewards"]
+        first = out["topk_values" if graph == "lm" else "rewards"]
         return backend.to_host(first).copy(), [backend.to_host(v).copy() for v in past.values()]
 
     step([5, 9, 11], 0)

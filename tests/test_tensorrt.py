@@ -91,7 +91,7 @@ def test_manifest_engines_round_trip_and_old_bundles_load(tiny_pairs):
 
 def test_engine_stamp_mismatch_names_both_and_rebuild():
     from args_runtime.errors import BundleError
-    from args_runtime.tensorrt_stamp import check_engine_stamp
+    from args_runtime.engines.tensorrt_stamp import check_engine_stamp
 
     stamp = {"file": "lm.engine", "tensorrt_version": "10.8.0", "compute_capability": "sm_90"}
     check_engine_stamp(stamp, "10.8.0", "sm_90")
@@ -100,16 +100,13 @@ def test_engine_stamp_mismatch_names_both_and_rebuild():
 
 
 def test_missing_tensorrt_gives_install_hint():
-    from args_export.gpu.tensorrt_build import require_tensorrt
-    from args_runtime.errors import ExportError
+    from args_export.gpu.tensorrt_build import require_build_stack
+    from args_runtime.errors import MissingDependencyError
 
-    try:
-        import tensorrt  # noqa: F401
+    if _tensorrt_usable():
         pytest.skip("TensorRT is importable here")
-    except ImportError:
-        pass
-    with pytest.raises(ExportError, match=r"args-rt\[trt\]"):
-        require_tensorrt()
+    with pytest.raises(MissingDependencyError, match=r"args-rt\[trt\]"):
+        require_build_stack()
 
 
 def test_cli_tensorrt_without_tensorrt_fails_cleanly(tmp_path, capsys):
@@ -182,7 +179,7 @@ def test_select_profile_prefers_decode_and_quotes_min_opt_max(tiny_pairs):
     from args_export.gpu.tensorrt_build import graph_profiles
     from args_runtime.errors import GenerationError
     from args_runtime.manifest import load_manifest
-    from args_runtime.tensorrt_stamp import select_profile
+    from args_runtime.engines.tensorrt_stamp import select_profile
 
     m = load_manifest(tiny_pairs["llama"].bundle)
     C = m.max_context
@@ -210,7 +207,7 @@ def test_select_profile_prefers_decode_and_quotes_min_opt_max(tiny_pairs):
 def test_bf16_conversion_rounds_to_nearest_even():
     import numpy as np
 
-    from args_runtime.tensorrt_backend import bf16_bits_to_float32, float32_to_bf16_bits, host_array
+    from args_runtime.engines.tensorrt_engine import bf16_bits_to_float32, float32_to_bf16_bits, host_array
 
     exact = np.array([0.0, 1.0, -2.5, 3.140625, 2.0**-10], np.float32)
     assert np.array_equal(bf16_bits_to_float32(float32_to_bf16_bits(exact)), exact)
@@ -262,8 +259,10 @@ def test_build_engines_refuses_bad_precision_and_missing_tensorrt(tiny_pairs):
     with pytest.raises(ExportError, match=r"'int4'.*fp16"):
         build_engines(bundle, precision="int4")
     if not _tensorrt_usable():
+        from args_runtime.errors import MissingDependencyError
+
         before = _snapshot(bundle)
-        with pytest.raises(ExportError, match=r"args-rt\[trt\]"):
+        with pytest.raises(MissingDependencyError, match=r"args-rt\[trt\]"):
             build_engines(bundle)
         assert _snapshot(bundle) == before
 
@@ -292,13 +291,16 @@ def test_cli_help_explains_tensorrt_options():
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
 def test_open_tensorrt_backend_without_stack_names_the_fix(tmp_path, device):
-    from args_runtime.backend import open_backend
-    from args_runtime.errors import BundleError
+    from args_runtime.backend import Device, EngineOptions
+    from args_runtime.engines import BundleGraph, open_graph
+    from args_runtime.errors import BundleError, MissingDependencyError
 
     if _tensorrt_usable():
         pytest.skip("TensorRT is importable here")
-    with pytest.raises(BundleError, match=r"args-rt\[trt\]|CUDA devices only") as info:
-        open_backend("tensorrt", tmp_path / "lm.engine", device)
+    graph = BundleGraph(tmp_path, "lm", "lm.onnx", engine={"file": "lm.engine"})
+    error, message = (MissingDependencyError, r"args-rt\[trt\]") if device == "cuda" else (BundleError, "CUDA devices only")
+    with pytest.raises(error, match=message) as info:
+        open_graph("tensorrt", graph, Device.parse(device), EngineOptions())
     assert ("TensorRT" in str(info.value)) if device == "cuda" else ("backend='onnxruntime'" in str(info.value))
 
 
@@ -311,7 +313,7 @@ NO_TENSORRT = ("TensorRT is not installed (its PyPI packages are download stubs 
 def _require_gpu_stack():
     if not _tensorrt_usable():
         pytest.skip(NO_TENSORRT)
-    from args_runtime.tensorrt_backend import import_cudart
+    from args_runtime.engines.tensorrt_engine import import_cudart
 
     try:
         cudart = import_cudart()
@@ -364,7 +366,7 @@ def test_tensorrt_engine_matches_onnxruntime(engine_bundle, role):
     import onnxruntime as ort
 
     from args_runtime.manifest import load_manifest
-    from args_runtime.tensorrt_backend import DeviceArray, TensorRTBackend
+    from args_runtime.engines.tensorrt_engine import DeviceArray, TensorRTBackend
 
     m = load_manifest(engine_bundle)  # checksums of the engines included
     spec, stamp = getattr(m, role), m.engines[role]
@@ -402,7 +404,7 @@ def test_tensorrt_engine_matches_onnxruntime(engine_bundle, role):
 def test_tensorrt_backend_limits_and_empty(engine_bundle):
     from args_runtime.errors import GenerationError
     from args_runtime.manifest import load_manifest
-    from args_runtime.tensorrt_backend import TensorRTBackend
+    from args_runtime.engines.tensorrt_engine import TensorRTBackend
 
     import numpy as np
 
@@ -422,7 +424,7 @@ def test_tensorrt_backend_limits_and_empty(engine_bundle):
 def test_tensorrt_engine_from_elsewhere_gives_rebuild_command(engine_bundle):
     from args_runtime.errors import BundleError
     from args_runtime.manifest import load_manifest
-    from args_runtime.tensorrt_backend import TensorRTBackend
+    from args_runtime.engines.tensorrt_engine import TensorRTBackend
 
     stamp = dict(load_manifest(engine_bundle).engines["lm"], compute_capability="sm_00")
     import re

@@ -32,7 +32,7 @@ from args_export.data import SENTIMENT_HEAD
 from args_export.demo.cli import DEFAULT_W
 from args_export.demo.prepare import cache_dir, demo_paths, prepare_bundle
 from args_export.quality.metrics import RewardScorer, SentenceEmbedder, cut_at_eos, diversity
-from args_export.rewards.sentiment_pairs import load_prompts, vader
+from args_export.rewards.sentiment_data import load_prompts, vader
 from args_runtime import ArgsGenerator
 
 PAPER_W = 1.5

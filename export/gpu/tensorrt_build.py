@@ -6,18 +6,16 @@ TensorRT) and the engine build (trt.Builder + OnnxParser). `tensorrt` and cuda-p
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from args_runtime.errors import ExportError
+from args_runtime.errors import ArgsError, ExportError
+from args_runtime.files import write_atomic
 from args_runtime.manifest import MANIFEST_FILE, TensorSpec, load_manifest, sha256_file
 
-INSTALL_HINT = "pip install 'args-rt[trt]' on a machine with an NVIDIA GPU and NVIDIA's package index (https://pypi.nvidia.com)"
 PRECISIONS = ("fp16", "bf16", "fp32")
 ENGINE_FILES = {"lm": "lm.engine", "rm": "rm.engine"}
 
@@ -25,28 +23,17 @@ Shape = tuple[int, ...]
 DimRange = tuple[int, int, int]  # (min, opt, max)
 
 
-def require_tensorrt():
-    """Import tensorrt or raise one clear ExportError naming the fix (before anything is written)."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-        trt.Builder  # the PyPI stubs import but lack the bindings
-    except (ImportError, AttributeError) as e:
-        raise ExportError(f"TensorRT is not usable here ({e}); {INSTALL_HINT}") from e
-    return trt
-
-
 def require_build_stack():
-    """TensorRT, cuda-python and a visible GPU, or one ExportError naming what is missing (checked before any write)."""
-    trt = require_tensorrt()
-    from args_runtime.errors import ArgsError  # noqa: PLC0415
-    from args_runtime.tensorrt_backend import cuda_call, import_cudart  # noqa: PLC0415
+    """TensorRT, cuda-python and a visible GPU, or one error naming what is missing (checked before any write)."""
+    from args_runtime.engines.tensorrt_engine import cuda_call, require_stack  # noqa: PLC0415
 
+    trt, cudart = require_stack()  # MissingDependencyError with the install command
     try:
-        count = cuda_call(import_cudart().cudaGetDeviceCount(), "cudaGetDeviceCount")
-    except ArgsError as e:  # cuda-python missing, or CUDA cannot start (no driver)
-        raise ExportError(f"building TensorRT engines needs cuda-python and a CUDA GPU ({e}); {INSTALL_HINT}") from e
+        count = cuda_call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except ArgsError as e:  # CUDA cannot start (no driver)
+        raise ExportError(f"building TensorRT engines needs a CUDA GPU ({e})") from e
     if not count:
-        raise ExportError(f"building TensorRT engines needs an NVIDIA GPU; CUDA sees none here. {INSTALL_HINT}")
+        raise ExportError("building TensorRT engines needs an NVIDIA GPU; CUDA sees none here")
     return trt
 
 
@@ -156,7 +143,7 @@ def _build_one(trt, onnx_path: Path, profiles: list[Profile], opts: "BuildOption
     if serialized is None:
         raise ExportError(f"TensorRT could not build an engine from {onnx_path} ({opts.precision}); rerun without --quiet for the builder log")
     if opts.timing_cache is not None:
-        _write_atomic(opts.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        write_atomic(opts.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
 
 
@@ -169,26 +156,9 @@ class BuildOptions:
     quiet: bool = False
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, fsync, rename: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def device_compute_capability(device_id: int = 0) -> str:
     """'sm_XY' of a CUDA device, via cuda-python (the same call the runtime uses for the stamp check)."""
-    from args_runtime.tensorrt_backend import compute_capability  # noqa: PLC0415
+    from args_runtime.engines.tensorrt_engine import compute_capability  # noqa: PLC0415
 
     return compute_capability(device_id)
 
@@ -222,14 +192,14 @@ def build_engines(bundle_dir: str | Path, precision: str = "fp16", max_batch: in
             f"profiles: {', '.join(p.name for p in profiles)}) …")
         built[role] = (_build_one(trt, bundle / spec.file, profiles, opts, log), profiles)
     for role, (data, profiles) in built.items():
-        _write_atomic(bundle / ENGINE_FILES[role], data)
+        write_atomic(bundle / ENGINE_FILES[role], data)
         manifest.engines[role] = {
             "file": ENGINE_FILES[role], "sha256": sha256_file(bundle / ENGINE_FILES[role]), "tensorrt_version": trt.__version__,
             "compute_capability": capability, "precision": precision, "max_batch": max_batch,
             "profiles": {p.name: p.as_json() for p in profiles},
         }
         manifest.files[ENGINE_FILES[role]] = manifest.engines[role]["sha256"]
-    _write_atomic(bundle / MANIFEST_FILE, manifest.to_json().encode())
+    write_atomic(bundle / MANIFEST_FILE, manifest.to_json())
     log(f"engines written to {bundle}: {', '.join(ENGINE_FILES[r] for r in built)}")
     return manifest.engines
 

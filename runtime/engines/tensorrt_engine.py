@@ -1,7 +1,7 @@
-"""The native TensorRT backend: runs a bundle's serialized engine (lm.engine / rm.engine) with cuda-python memory.
+"""TensorRT as an engine: runs a bundle's serialized engine (lm.engine / rm.engine) with cuda-python memory.
 
 `tensorrt` and cuda-python are imported when a backend is opened, never at module import, so this module (and its
-pure helpers: dtype tables, bf16 conversion) loads anywhere. Values stay on the GPU as `DeviceArray`s between runs.
+pure helpers: bf16 conversion) loads anywhere. Values stay on the GPU as `DeviceArray`s between runs.
 bfloat16: numpy has none, so `to_host` returns bf16 values as float32 (exact), and host bf16 feeds may be float
 arrays (rounded to nearest even) or uint16 arrays of raw bf16 bits.
 """
@@ -15,14 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, parse_device
-from .errors import ArgsError, BundleError, GenerationError
+from ..backend import Backend, Device, EngineOptions
+from ..dtypes import HOST_TYPES, ITEMSIZE
+from ..errors import ArgsError, BundleError, GenerationError, MissingDependencyError
+from ..optional import require
 from .tensorrt_stamp import check_engine_stamp, rebuild_command, select_profile
-
-INSTALL_HINT = "pip install 'args-rt[trt]' (TensorRT 10 and cuda-python) on a machine with an NVIDIA GPU, or use backend='onnxruntime'"
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
-HOST_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int64": np.int64, "int32": np.int32,
-              "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
 
 
 class CudaError(ArgsError, RuntimeError):
@@ -32,35 +29,34 @@ class CudaError(ArgsError, RuntimeError):
 def import_cudart():
     """cuda-python's runtime module: `cuda.bindings.runtime` (cuda-python >= 12.6), else the older `cuda.cudart`."""
     try:
-        from cuda.bindings import runtime as cudart  # noqa: PLC0415
-    except ImportError:
-        try:
-            from cuda import cudart  # noqa: PLC0415
-        except ImportError as e:
-            raise BundleError(f"backend 'tensorrt' needs cuda-python, which is not installed ({e}); {INSTALL_HINT}") from e
-    return cudart
+        return require("cuda.bindings.runtime", "the TensorRT engine", "cuda-python")
+    except MissingDependencyError:
+        return require("cuda.cudart", "the TensorRT engine", "cuda-python")
 
 
 def import_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-        trt.Runtime  # the PyPI download stubs import but have no bindings
-    except (ImportError, AttributeError) as e:
-        raise BundleError(f"backend 'tensorrt' needs TensorRT, which is not usable here ({e}); {INSTALL_HINT}") from e
-    return trt
+    """TensorRT, or MissingDependencyError (its PyPI download stubs import but have no bindings: refused too)."""
+    return require("tensorrt", "the TensorRT engine", "tensorrt", usable=lambda trt: trt.Runtime)
 
 
 def require_stack() -> tuple[Any, Any]:
-    """(tensorrt, cudart), or one BundleError listing everything missing and the fix."""
+    """(tensorrt, cudart), or one MissingDependencyError listing everything missing and the fix."""
     found, missing = [], []
     for importer in (import_tensorrt, import_cudart):
         try:
             found.append(importer())
-        except BundleError as e:
-            missing.append(str(e.__cause__ or e))
+        except MissingDependencyError as e:
+            missing.append(str(e))
     if missing:
-        raise BundleError(f"backend 'tensorrt' needs TensorRT and cuda-python; not usable here: {'; '.join(missing)}. Fix: {INSTALL_HINT}")
+        raise MissingDependencyError(f"the TensorRT engine needs TensorRT and cuda-python: {'; '.join(missing)}; or use backend='onnxruntime'")
     return found[0], found[1]
+
+
+def open_tensorrt(graph, device: Device, options: EngineOptions) -> "TensorRTBackend":
+    """The bundle's serialized engine for this graph (args-export --tensorrt builds them); no threads to set."""
+    if not graph.engine:
+        raise BundleError(f"{graph.bundle} has no TensorRT engine for the {graph.role.upper()}: build them with `args-export --tensorrt-only {graph.bundle}`")
+    return TensorRTBackend(graph.bundle / graph.engine["file"], device, stamp=graph.engine)
 
 
 def cuda_call(result: Any, what: str = "CUDA call") -> Any:
@@ -98,7 +94,7 @@ def host_array(value: Any, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         arr = np.asarray(value)
         return np.ascontiguousarray(arr) if arr.dtype == np.uint16 else float32_to_bf16_bits(arr)
-    return np.ascontiguousarray(value, HOST_DTYPE[dtype])
+    return np.ascontiguousarray(value, HOST_TYPES[dtype])
 
 
 class DeviceArray:
@@ -107,7 +103,7 @@ class DeviceArray:
 
     def __init__(self, shape: tuple[int, ...], dtype: str, capacity: int | None = None) -> None:
         if dtype not in ITEMSIZE:
-            raise ValueError(f"dtype {dtype!r} is not one of {sorted(ITEMSIZE)}")
+            raise BundleError(f"element type {dtype!r} is not one of {sorted(ITEMSIZE)}")
         self.shape, self.dtype, self.ptr = tuple(int(d) for d in shape), dtype, 0
         self.capacity = max(1, self.nbytes, capacity or 0)
         self._cudart = import_cudart()
@@ -143,12 +139,13 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, device: str = "cuda", stamp: dict | None = None) -> None:
-        kind, self.device_id = parse_device(device)
-        if kind != "cuda":
-            raise BundleError(f"backend 'tensorrt' runs on CUDA devices only, not {device!r}; use backend='onnxruntime' on the CPU")
+    def __init__(self, engine_path: str | Path, device: Device | str = "cuda", stamp: dict | None = None) -> None:
+        self.device = Device.parse(device)
+        if not self.device.is_cuda:
+            raise BundleError(f"backend 'tensorrt' runs on CUDA devices only, not {str(self.device)!r}; use backend='onnxruntime' on the CPU")
+        self.device_id = self.device.index
         trt, self._cudart = require_stack()
-        self._trt, self.device, self.stamp = trt, device, dict(stamp or {})
+        self._trt, self.stamp = trt, dict(stamp or {})
         self.engine_path = Path(engine_path)
         bundle = str(self.engine_path.parent)
         if not self.engine_path.is_file():
@@ -258,7 +255,7 @@ class TensorRTBackend(Backend):
     def to_host(self, value: Any) -> np.ndarray:
         if not isinstance(value, DeviceArray):
             return np.asarray(value)
-        host = np.empty(value.shape, HOST_DTYPE[value.dtype])
+        host = np.empty(value.shape, HOST_TYPES[value.dtype])
         if value.nbytes:
             kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
             cuda_call(self._cudart.cudaMemcpyAsync(host.ctypes.data, value.ptr, value.nbytes, kind, self._stream), "cudaMemcpyAsync(D2H)")
@@ -272,7 +269,7 @@ class TensorRTBackend(Backend):
         return array
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": self.device, "engine": self.engine_path.name,
+        return {"backend": self.name, "device": str(self.device), "engine": self.engine_path.name,
                 "tensorrt_version": self._trt.__version__, "compute_capability": self.compute_capability,
                 "precision": self.stamp.get("precision"), "profiles": self.profile_names or len(self.profiles)}
 
