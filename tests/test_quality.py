@@ -14,9 +14,10 @@ import torch
 
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.data import SENTIMENT_HEAD
+from args_export.demo.cli import DEFAULT_W
 from args_export.demo.models import sentiment_head, sentiment_reward_model
 from args_export.quality.metrics import RewardScorer, cut_at_eos, diversity, rep_n
-from args_export.rewards.sentiment_pairs import load_prompts, make_pairs
+from args_export.rewards.sentiment_data import load_prompts, make_pairs
 from args_export.rewards.train import TrainOptions, load_pairs, main as train_main, split_by_prompt, train_reward_model
 from args_runtime import ArgsGenerator
 from args_runtime.errors import TrainingError
@@ -70,6 +71,12 @@ def test_shipped_head_matches_smollm2_and_records_its_recipe():
     assert len(head["weight"]) == 576 and head["bias"] is None  # SmolLM2-135M hidden size; Llama's score has no bias
     assert head["meta"]["held_out_accuracy"] > 0.5
     assert len(head["meta"]["pairs_sha256"]) == 64
+    meta = head["meta"]
+    assert meta["recipe"]["command"] == "args-build-sentiment-pairs" and meta["recipe"]["rounds"] >= 1
+    assert sum(meta["recipe"]["pairs_by_kind"].values()) == meta["train_pairs"] + meta["held_out_pairs"]
+    assert 0.0 <= meta["accuracy_by_kind"]["sentiment"]["held_out"] <= 1.0
+    scale = meta["reward_scale"]  # rewards are standardized: the head was divided by this std
+    assert scale["std"] > 0 and scale["replies"] > 0 and scale["on"] == "held-out replies"
 
 
 # ------------------------------------------------------------------------------------------ args-train-rm
@@ -182,7 +189,10 @@ def test_quality_benchmark_quick(cache_dir, smollm2_dir, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((tmp_path / "quality.json").read_text())
     names = [r["method"] for r in data["rows"]]
-    assert names[0] == "greedy" and any(n.startswith("best-of") for n in names) and len(names) == 7
+    assert names[0] == "greedy" and any(n.startswith("best-of") for n in names)
+    assert f"ARGS-greedy w={DEFAULT_W:g}" in names and "ARGS-greedy w=1.5" in names  # the demo's w and the paper's
+    assert len(data["targets"]) == 4 and all(isinstance(t["met"], bool) for t in data["targets"])
+    assert "Targets (issue 18)" in run.stdout
     for r in data["rows"]:
         assert ROW_KEYS <= set(r)
         assert 0.0 <= r["diversity"] <= 1.0 and -1.0 <= r["coherence"] <= 1.0 and -1.0 <= r["sentiment"] <= 1.0

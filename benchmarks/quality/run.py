@@ -7,9 +7,14 @@ ms/token. Writes a table (stdout), JSON, CSV and a PNG (w against reward, divers
 
 Decoding runs with ignore_eos and the replies are cut after their first EOS, as the paper's code does, so
 every row of a batch decodes the same number of steps and ms/token (res.timings' decode_ms_per_token, one
-batched step of --batch prompts) is the same kind of figure for every method; for best-of-n it is n times the
-sampling runs' figure (sampled through the ARGS loop with w=0, so the RM runs needlessly there: an LM-only
-sampler would cost about n × greedy's figure). Metrics are defined in args_export.quality.metrics."""
+batched step of --batch prompts) is the same kind of figure for every method; for best-of-n it is the n LM-only
+sampling runs' figures (`gen.sample`, no RM) plus the one RM pass over the n finished candidates, spread over the
+new tokens. Metrics are defined in args_export.quality.metrics.
+
+The issue's targets are judged at the end (met / not met, with numbers): at the demo's w, ARGS-greedy k=10
+against greedy raises VADER sentiment by ≥ 0.15 and loses at most 0.05 of coherence and of diversity; at the
+paper's w=1.5 coherence stays within 0.10 of greedy's. `--head` evaluates another score head (args-train-rm
+--head-out) instead of the shipped one; `--prompt-file` other prompts (JSONL {"prompt"} or one per line)."""
 
 from __future__ import annotations
 
@@ -23,12 +28,21 @@ from pathlib import Path
 
 import torch
 
+from args_export.data import SENTIMENT_HEAD
+from args_export.demo.cli import DEFAULT_W
 from args_export.demo.prepare import cache_dir, demo_paths, prepare_bundle
 from args_export.quality.metrics import RewardScorer, SentenceEmbedder, cut_at_eos, diversity
-from args_export.rewards.sentiment_pairs import load_prompts, vader
+from args_export.rewards.sentiment_data import load_prompts, vader
 from args_runtime import ArgsGenerator
 
-WS = (0.5, 1.0, 2.0, 4.0)
+PAPER_W = 1.5
+WS = tuple(sorted({0.5, 1.0, PAPER_W, 2.0, 4.0, DEFAULT_W}))
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a file: JSONL rows with a "prompt" field, or one plain prompt per line."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    return [json.loads(line)["prompt"] if line.lstrip().startswith("{") else line.strip() for line in lines]
 
 
 def methods(k: int, n_best: int) -> list[dict]:
@@ -62,13 +76,15 @@ def run_method(gen, scorer, m: dict, prompts: list[str], args) -> tuple[list[lis
             replies += [cut_at_eos(r.token_ids, eos) for r in res]
             ms.append(t)
             continue
-        sample = {**m, "kind": "args", "w": 0.0, "method": "stochastic", "temperature": 0.7}
         cands, t_total = [], 0.0
         for j in range(m["n"]):
-            res, t = decode(gen, sample, chats, args.new_tokens, args.seed + 1000 * (j + 1) + i)
+            res = gen.sample(chats, k=m["k"], temperature=0.7, seed=args.seed + 1000 * (j + 1) + i,
+                             max_new_tokens=args.new_tokens, ignore_eos=True)
             cands.append([cut_at_eos(r.token_ids, eos) for r in res])
-            t_total += t
-        scores = [scorer.rewards(ids, c) for c in cands]
+            t_total += statistics.mean(r.timings["decode_ms_per_token"] for r in res)
+        start = time.perf_counter()
+        scores = [scorer.rewards(ids, c) for c in cands]  # the RM once per finished candidate
+        t_total += 1000 * (time.perf_counter() - start) / args.new_tokens
         replies += [cands[max(range(m["n"]), key=lambda j: scores[j][row])][row] for row in range(len(chats))]
         ms.append(t_total)
     return replies, statistics.mean(ms)
@@ -87,6 +103,30 @@ def evaluate(gen, scorer, embedder, analyzer, prompts, replies_ids) -> dict:
     }
 
 
+def row_named(rows: list[dict], name: str) -> dict | None:
+    return next((r for r in rows if r["method"] == name), None)
+
+
+def judge_targets(rows: list[dict]) -> list[dict]:
+    """The issue's targets against greedy, each with its numbers and met / not met. "Within" is one-sided:
+    only a loss counts (ARGS more coherent or more diverse than greedy meets the target)."""
+    greedy = row_named(rows, "greedy")
+    demo, paper = row_named(rows, f"ARGS-greedy w={DEFAULT_W:g}"), row_named(rows, f"ARGS-greedy w={PAPER_W:g}")
+    out = []
+
+    def target(name: str, value: float, bound: float, higher_is_met: bool) -> None:
+        met = value >= bound if higher_is_met else value <= bound
+        out.append({"target": name, "value": round(value, 4), "bound": bound, "met": bool(met)})
+
+    if greedy and demo:
+        target(f"demo w={DEFAULT_W:g}: VADER − greedy's ≥ +0.15", demo["sentiment"] - greedy["sentiment"], 0.15, True)
+        target(f"demo w={DEFAULT_W:g}: coherence − greedy's ≥ −0.05", demo["coherence"] - greedy["coherence"], -0.05, True)
+        target(f"demo w={DEFAULT_W:g}: diversity − greedy's ≥ −0.05", demo["diversity"] - greedy["diversity"], -0.05, True)
+    if greedy and paper:
+        target(f"paper w={PAPER_W:g}: coherence − greedy's ≥ −0.10 (no collapse)", paper["coherence"] - greedy["coherence"], -0.10, True)
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -94,16 +134,18 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     on_axis = [r for r in rows if r["w"] is not None and r["method"] != "ARGS-stochastic w=2 T=0.7"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, key, label in zip(axes, ("reward", "diversity", "coherence"), ("average reward (RM)", "diversity", "coherence")):
+    panels = (("reward", "average reward (RM)"), ("sentiment", "VADER sentiment"), ("coherence", "coherence"), ("diversity", "diversity"))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for ax, (key, label) in zip(axes, panels):
         ax.plot([r["w"] for r in on_axis], [r[key] for r in on_axis], "o-", label="ARGS-greedy (w=0: greedy)")
         for r, marker in zip([r for r in rows if r not in on_axis], ("s", "^")):
             ax.axhline(r[key], ls="--", lw=1, color="C1" if marker == "s" else "C2", label=r["method"])
+        ax.axvline(DEFAULT_W, ls=":", lw=1, color="grey", label=f"demo's w={DEFAULT_W:g}")
         ax.set_xlabel("w")
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M-Instruct + sentiment RM, k=10: quality against the reward weight w", fontsize=10)
+    fig.suptitle("SmolLM2-135M-Instruct + sentiment RM (standardized rewards), k=10: quality against the reward weight w", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -119,6 +161,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>/quality)")
+    p.add_argument("--head", type=Path, default=SENTIMENT_HEAD, help="score head JSON to evaluate (default: the shipped one)")
+    p.add_argument("--prompt-file", type=Path, help="prompts to use instead of the held-out split (JSONL {\"prompt\"} or one per line)")
     args = p.parse_args()
     args.new_tokens = args.new_tokens or (16 if args.quick else 40)
     n_prompts = args.prompts or (4 if args.quick else 32)
@@ -126,12 +170,12 @@ def main() -> int:
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    bundle = prepare_bundle(cache_dir())
-    _, rm_dir, _ = demo_paths(cache_dir())
+    bundle = prepare_bundle(cache_dir(), head_file=args.head)
+    _, rm_dir, _ = demo_paths(cache_dir(), args.head)
     gen = ArgsGenerator.from_bundle(bundle, threads=args.threads)
     scorer = RewardScorer(rm_dir, set(gen.manifest.tokenizer.eos_token_ids))
     embedder, analyzer = SentenceEmbedder(), vader()
-    prompts = load_prompts("eval")[:n_prompts]
+    prompts = (read_prompts(args.prompt_file) if args.prompt_file else load_prompts("eval"))[:n_prompts]
     gen.generate([[{"role": "user", "content": prompts[0]}]], k=args.k, w=1.0, max_new_tokens=2)  # warm-up
 
     rows = []
@@ -147,10 +191,11 @@ def main() -> int:
     info = machine()
     args.out = args.out or RESULTS / info["label"] / "quality"
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": info, "bundle": str(bundle), "prompts": len(prompts),
+    targets = judge_targets(rows)
+    meta = {"machine": info, "bundle": str(bundle), "head": str(args.head), "prompts": len(prompts),
             "new_tokens": args.new_tokens, "k": args.k, "best_of": n_best, "batch": args.batch, "seed": args.seed,
             "quick": args.quick, "wall_s": round(time.perf_counter() - start, 1)}
-    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=1) + "\n")
     keys = ["method", "w", "reward", "diversity", "coherence", "sentiment", "ms_per_token"]
     with open(args.out / "quality.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -161,6 +206,9 @@ def main() -> int:
     print("| method | average reward | diversity | coherence | VADER sentiment | ms/token |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['reward']:+.3f} | {r['diversity']:.3f} | {r['coherence']:.3f} | {r['sentiment']:+.3f} | {r['ms_per_token']:.1f} |")
+    print("\nTargets (issue 18), against greedy:")
+    for t in targets:
+        print(f"  {t['target']}: {t['value']:+.3f} → {'met' if t['met'] else 'NOT MET'}")
     print(f"\n{len(prompts)} held-out prompts × {args.new_tokens} tokens, batch {args.batch}, {info['cpu']} ({info['cores']} cores), "
           f"{meta['wall_s']:.0f} s; wrote {args.out}/quality.{{json,csv,png}}")
     return 0

@@ -13,6 +13,7 @@ from args_runtime.errors import ArgsError
 from .prepare import cache_dir, prepare_bundle
 
 DEFAULT_PROMPT = "Give me one tip for a calm morning."
+DEFAULT_W = 1.0  # chosen on the RM's held-out training prompts (README: Quality); the paper used 1.5
 
 
 def _vader():
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="args-demo", description=__doc__)
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="user message (the chat template is applied)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5: this RM spans several units per token, and from w=1 ARGS games it with gibberish; the paper used 1.5 with its RM)")
+    p.add_argument("--w", type=float, default=DEFAULT_W, help=f"reward weight (default {DEFAULT_W:g}; the RM's rewards are standardized: one unit is one standard deviation of "
+                        "its rewards on held-out replies, so w weighs a typical spread of rewards against the LM's logits; the paper used 1.5)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--rebuild", action="store_true", help="re-export the cached bundle")
     args = p.parse_args(argv)
@@ -46,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"bundle: {bundle}  (ONNX Runtime CPU, {LOOP_IMPL} loop)")
     print(f"prompt: {args.prompt}")
-    print("note: reward = positive sentiment per the demo's reward model (SmolLM2's frozen backbone + a score head "
-          "trained on VADER-labelled SmolLM2 replies); higher w steers harder toward it\n")
+    print("note: reward = positive sentiment per the demo's reward model (SmolLM2's frozen backbone + a score head trained on "
+          "VADER-labelled SmolLM2 replies and degenerate hard negatives), standardized; higher w steers harder toward it\n")
     analyzer = _vader()
     reward = f", mean reward of chosen tokens {sum(args_res.rewards) / len(args_res.rewards):+.3f}"
     for title, res, extra in ((f"ARGS-greedy k={args.k} w={args.w}", args_res, reward), ("plain greedy (LM only)", greedy_res, "")):

@@ -68,7 +68,18 @@ def sentiment_head() -> dict:
     """The shipped score head (trained by `args-build-sentiment-pairs --rm-out`) and its recipe's metadata."""
     if not SENTIMENT_HEAD.is_file():
         raise ExportError(f"the shipped sentiment head {SENTIMENT_HEAD} is missing: reinstall args-rt or rebuild it (README: reward model)")
-    return json.loads(SENTIMENT_HEAD.read_text())
+    return load_head(SENTIMENT_HEAD)
+
+
+def load_head(path: Path) -> dict:
+    """A score head written by `args-train-rm --head-out`: {"meta", "weight", "bias"}."""
+    try:
+        head = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read the score head {path} ({e}); write one with `args-train-rm --head-out`") from e
+    if not isinstance(head, dict) or not isinstance(head.get("weight"), list):
+        raise ExportError(f"{path} is not a score head: expected a JSON object with a \"weight\" list (args-train-rm --head-out)")
+    return head
 
 
 def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None) -> Path:
@@ -86,6 +97,8 @@ def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None)
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
     with torch.no_grad():
         rm.score.weight.copy_(weight.unsqueeze(0))
+        if getattr(rm.score, "bias", None) is not None:
+            rm.score.bias.fill_(float(head.get("bias") or 0.0))
     if rm.config.pad_token_id is None:
         rm.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with atomic_folder(out) as work:

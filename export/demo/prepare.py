@@ -3,6 +3,7 @@ sentiment reward model on its backbone, and their bundle. Used by `args-demo`, t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -10,15 +11,23 @@ from pathlib import Path
 
 from args_runtime.manifest import FORMAT_VERSION
 
+from ..data import SENTIMENT_HEAD
+
 
 def cache_dir() -> Path:
     """Where args-rt keeps what it makes for itself: $ARGS_RT_CACHE, else ~/.cache/args-rt."""
     return Path(os.environ.get("ARGS_RT_CACHE", Path.home() / ".cache" / "args-rt"))
 
 
-def demo_paths(cache: Path) -> tuple[Path, Path, Path]:
-    """Where the demo keeps the converted LM, the sentiment RM and their bundle."""
-    return cache / "smollm2-135m-instruct", cache / "smollm2-135m-sentiment-rm", cache / "smollm2-sentiment-bundle"
+def head_digest(head_file: Path = SENTIMENT_HEAD) -> str:
+    """Names the RM and bundle made from a score head, so a new head never reuses an old head's cache."""
+    return hashlib.sha256(Path(head_file).read_bytes()).hexdigest()[:12]
+
+
+def demo_paths(cache: Path, head_file: Path = SENTIMENT_HEAD) -> tuple[Path, Path, Path]:
+    """Where the demo keeps the converted LM, the sentiment RM (of `head_file`) and their bundle."""
+    tag = head_digest(head_file) if Path(head_file).is_file() else "missing-head"
+    return cache / "smollm2-135m-instruct", cache / f"smollm2-135m-sentiment-rm-{tag}", cache / f"smollm2-sentiment-bundle-{tag}"
 
 
 def smollm2_folder(cache: Path) -> Path:
@@ -36,17 +45,18 @@ def _current(bundle: Path) -> bool:
         return False
 
 
-def prepare_bundle(cache: Path, force: bool = False) -> Path:
-    """SmolLM2 (LM) + the sentiment reward model on its backbone → bundle, each step cached under `cache`."""
+def prepare_bundle(cache: Path, force: bool = False, head_file: Path = SENTIMENT_HEAD) -> Path:
+    """SmolLM2 (LM) + the sentiment reward model on its backbone (the shipped head, or `head_file`) → bundle,
+    each step cached under `cache`."""
     from ..bundle import ExportOptions, export_bundle
-    from .models import sentiment_reward_model
+    from .models import load_head, sentiment_reward_model
 
-    _, rm_dir, bundle = demo_paths(cache)
+    _, rm_dir, bundle = demo_paths(cache, head_file)
     if _current(bundle) and not force:
         return bundle
     cache.mkdir(parents=True, exist_ok=True)
     print("args-demo: first run: converting SmolLM2-135M-Instruct and exporting the bundle (about a minute)", file=sys.stderr)
     lm = smollm2_folder(cache)
-    rm = sentiment_reward_model(lm, rm_dir)
+    rm = sentiment_reward_model(lm, rm_dir, load_head(head_file))
     export_bundle(ExportOptions(lm, rm, bundle, max_context=2048, force=True))
     return bundle

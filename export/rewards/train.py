@@ -4,13 +4,18 @@
 
 r is a scalar head on a decoder backbone, read at the last token of prompt + response (never through
 pad-based pooling: with pad == eos the pad token sits inside every chat prompt). By default the backbone is
-frozen (`--train-layers 0`): its features are computed once, batched and without gradients, and only the
-head is trained, in seconds. `--train-layers N` also trains the top N decoder layers and the final norm.
+frozen (`--train-layers 0`): its features are computed once, batched and without gradients (`--feature-cache`
+keeps them for reruns), and only the head is trained, in seconds; `--prefixes` also trains it on every partial
+reply, as ARGS scores them. `--train-layers N` also trains the top N decoder layers and the final norm.
+The rewards are then standardized: the head is divided by the standard deviation of its rewards on the
+held-out replies, so one unit of reward (and so ARGS's w) means the same for every RM (`--no-standardize`).
 The result is a Hugging Face `…ForSequenceClassification` folder (num_labels=1) that args-export accepts.
 
-Input: JSONL, one pair per line: {"prompt": str or chat messages, "chosen": str, "rejected": str}. A text
-prompt is wrapped as one user message in the backbone's chat template when it has one (`--no-chat` turns
-that off); the response's tokens follow the rendered prompt's tokens directly, as they do in generation.
+Input: JSONL, one pair per line: {"prompt": str or chat messages, "chosen": str, "rejected": str, "kind": str
+(optional, default "preference")}. Accuracies are reported per kind; a kind starting with "negative:" marks a
+hard negative (a degenerate rejected reply), which the reward scale leaves out. A text prompt is wrapped as one
+user message in the backbone's chat template when it has one (`--no-chat` turns that off); the response's
+tokens follow the rendered prompt's tokens directly, as they do in generation.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -32,6 +38,8 @@ from args_runtime.files import atomic_folder, write_atomic
 from args_runtime.tokenizer import check_messages
 
 from ..architectures import family_of
+from .features import Encoded, FeatureStore, backbone_digest, padded_batch
+from .frozen_head import HeadOptions, bt_loss, fit_head
 
 
 @dataclass
@@ -49,6 +57,10 @@ class TrainOptions:
     chat: bool = True
     force: bool = False
     head_out: Path | None = None
+    prefixes: bool = False
+    prefix_weight: float = 1.0
+    standardize: bool = True
+    feature_cache: Path | None = None
 
 
 @dataclass
@@ -58,6 +70,11 @@ class TrainReport:
     train_accuracy: float
     held_out_accuracy: float | None
     pairs_sha256: str
+    accuracy_by_kind: dict | None = None
+    reward_scale: dict | None = None
+
+
+NEGATIVE = "negative:"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -88,6 +105,8 @@ def load_pairs(path: Path) -> list[dict]:
                 check_messages(row["prompt"], "the prompt")
             except GenerationError as e:
                 raise TrainingError(f"{path}:{n}: {e}") from e
+        if not isinstance(row.setdefault("kind", "preference"), str):
+            raise TrainingError(f"{path}:{n}: kind must be a string (e.g. \"preference\" or \"negative:repetition\")")
         pairs.append(row)
     if not pairs:
         raise TrainingError(f"{path} holds no preference pairs")
@@ -109,13 +128,18 @@ def split_by_prompt(pairs: list[dict], fraction: float, seed: int) -> tuple[list
 
 def encode_pair_side(tokenizer, prompt, response: str, chat: bool) -> list[int]:
     """Token ids of prompt + response, the response's tokens appended as generation appends them."""
+    return list(encode_side(tokenizer, prompt, response, chat).ids)
+
+
+def encode_side(tokenizer, prompt, response: str, chat: bool) -> Encoded:
+    """Prompt + response as token ids, and where the response starts."""
     if isinstance(prompt, list) or (chat and tokenizer.chat_template):
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     else:
         prompt_ids = tokenizer(prompt)["input_ids"]
-    return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]
+    return Encoded(tuple(prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]), len(prompt_ids))
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -123,18 +147,9 @@ def encode_pair_side(tokenizer, prompt, response: str, chat: bool) -> list[int]:
 def last_token_hidden(backbone: nn.Module, rows: list[list[int]], pad_id: int) -> torch.Tensor:
     """Backbone's last hidden state at each row's last real token (right padding, so padding is never seen)."""
     lengths = torch.tensor([len(r) for r in rows])
-    ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
+    ids, mask = padded_batch(rows, pad_id)
     hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
     return hidden[torch.arange(len(rows)), lengths - 1]
-
-
-def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Bradley–Terry: −log σ(r_w − r_l), averaged."""
-    return -nn.functional.logsigmoid(chosen - rejected).mean()
 
 
 def top_layers(backbone: nn.Module) -> nn.ModuleList:
@@ -159,48 +174,38 @@ def accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     return float((chosen > rejected).float().mean()) if len(chosen) else float("nan")
 
 
+Pair = tuple[Encoded, Encoded]
+Scorer = Callable[[list[Encoded]], torch.Tensor]
+
+
 # ---------------------------------------------------------------------------------------------- training
 
-def train_frozen(model, family, train_rows, held_rows, opts: TrainOptions):
-    """Features once (no grad), then the head on standardized features; the scaling is folded back in."""
-    from tqdm import tqdm
-
+def train_frozen(model, family, train: list[Pair], held: list[Pair], opts: TrainOptions) -> Scorer:
+    """Features once (no grad, cached with --feature-cache), then a linear head on them (see frozen_head)."""
     backbone, head = getattr(model, family.backbone_attr), getattr(model, family.score_attr)
-    pad = model.config.pad_token_id
-
-    @torch.no_grad()
-    def features(rows):
-        """Each distinct sequence once (pairs share replies), in length order (little padding)."""
-        unique = sorted({tuple(r) for r in rows}, key=len)
-        out = [last_token_hidden(backbone, [list(r) for r in unique[i : i + opts.batch_size]], pad)
-               for i in tqdm(range(0, len(unique), opts.batch_size), desc="backbone features", unit="batch")]
-        table = dict(zip(unique, torch.cat(out))) if out else {}
-        return torch.stack([table[tuple(r)] for r in rows]) if rows else torch.zeros(0, head.in_features)
-
-    feats = features([r for pair in train_rows for r in pair])
-    held = features([r for pair in held_rows for r in pair])
-    mean, std = feats.mean(0), feats.std(0) + 1e-6
-    zc, zr = ((feats[0::2] - mean) / std), ((feats[1::2] - mean) / std)
-    w = torch.zeros(head.in_features, requires_grad=True)
-    optim = torch.optim.AdamW([w], lr=opts.lr, weight_decay=opts.weight_decay)
-    gen = torch.Generator().manual_seed(opts.seed)
-    for _ in tqdm(range(opts.epochs), desc="training head", unit="epoch"):
-        for idx in torch.randperm(len(zc), generator=gen).split(opts.batch_size):
-            optim.zero_grad()
-            bt_loss(zc[idx] @ w, zr[idx] @ w).backward()
-            optim.step()
+    cache = Path(opts.feature_cache) / f"features-{backbone_digest(opts.backbone)}.pt" if opts.feature_cache else None
+    store = FeatureStore(backbone, model.config.pad_token_id, opts.batch_size, cache)
+    store.compute([s for pair in train + held for s in pair])
+    hopts = HeadOptions(opts.epochs, opts.lr, opts.weight_decay, opts.batch_size, opts.seed, opts.prefixes, opts.prefix_weight)
+    weight = fit_head(store, train, hopts)
     with torch.no_grad():
-        head.weight.copy_((w / std).unsqueeze(0))
+        head.weight.copy_(weight.unsqueeze(0))
         if getattr(head, "bias", None) is not None:
-            head.bias.fill_(-float((w / std) @ mean))
-        score = lambda f: f @ head.weight[0]  # noqa: E731  (rewards up to the bias, which cancels in pairs)
-        return accuracy(score(feats[0::2]), score(feats[1::2])), accuracy(score(held[0::2]), score(held[1::2]))
+            head.bias.zero_()
+
+    def score(seqs: list[Encoded]) -> torch.Tensor:
+        bias = head.bias[0] if getattr(head, "bias", None) is not None else 0.0
+        return (torch.stack([store.last(s) for s in seqs]) @ head.weight[0] + bias).detach()
+
+    return score
 
 
-def train_layers(model, family, train_rows, held_rows, opts: TrainOptions):
+def train_layers(model, family, train: list[Pair], held: list[Pair], opts: TrainOptions) -> Scorer:
     """The top `train_layers` decoder layers, the final norm and the head, trained end to end."""
     from tqdm import tqdm
 
+    if opts.prefixes:
+        raise TrainingError("--prefixes trains a head on a frozen backbone; it cannot be combined with --train-layers")
     backbone, head = getattr(model, family.backbone_attr), getattr(model, family.score_attr)
     layers = top_layers(backbone)
     if opts.train_layers > len(layers):
@@ -214,26 +219,60 @@ def train_layers(model, family, train_rows, held_rows, opts: TrainOptions):
     nn.init.normal_(head.weight, std=0.02)
     optim = torch.optim.AdamW(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
     pad = model.config.pad_token_id
-    reward = lambda rows: head(last_token_hidden(backbone, rows, pad)).squeeze(-1)  # noqa: E731
+    reward = lambda rows: head(last_token_hidden(backbone, [list(r.ids) for r in rows], pad)).squeeze(-1)  # noqa: E731
     gen = torch.Generator().manual_seed(opts.seed)
     model.train()
     for epoch in range(opts.epochs):
-        order = torch.randperm(len(train_rows), generator=gen).split(opts.batch_size)
+        order = torch.randperm(len(train), generator=gen).split(opts.batch_size)
         for idx in tqdm(order, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch"):
-            rows = [r for i in idx for r in train_rows[i]]
+            rows = [r for i in idx for r in train[i]]
             optim.zero_grad()
             r = reward(rows)
-            bt_loss(r[0::2], r[1::2]).backward()
+            bt_loss(r[0::2] - r[1::2]).backward()
             optim.step()
     model.eval()
 
     @torch.no_grad()
-    def acc(pairs):
-        rs = [reward([r for p in pairs[i : i + opts.batch_size] for r in p]) for i in range(0, len(pairs), opts.batch_size)]
-        r = torch.cat(rs) if rs else torch.zeros(0)
-        return accuracy(r[0::2], r[1::2])
+    def score(seqs: list[Encoded]) -> torch.Tensor:
+        out = [reward(seqs[i : i + opts.batch_size]) for i in range(0, len(seqs), opts.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0)
 
-    return acc(train_rows), acc(held_rows)
+    return score
+
+
+def accuracies(score: Scorer, pairs: list[Pair], kinds: list[str]) -> tuple[float, dict[str, float]]:
+    """Pair accuracy overall and per kind (each distinct sequence scored once)."""
+    if not pairs:
+        return float("nan"), {}
+    seqs = list({s.ids: s for pair in pairs for s in pair}.values())
+    rewards = dict(zip([s.ids for s in seqs], score(seqs).tolist()))
+    right = [rewards[c.ids] > rewards[r.ids] for c, r in pairs]
+    by_kind = {k: sum(ok for ok, kk in zip(right, kinds) if kk == k) / kinds.count(k) for k in sorted(set(kinds))}
+    return sum(right) / len(right), by_kind
+
+
+def scale_replies(pairs: list[Pair], kinds: list[str]) -> list[Encoded]:
+    """The distinct replies that set the reward scale: both sides of each pair, but not a hard negative's rejected one."""
+    seqs = [s for (c, r), k in zip(pairs, kinds) for s in ((c,) if k.startswith(NEGATIVE) else (c, r))]
+    return list({s.ids: s for s in seqs}.values())
+
+
+def standardize(model, family, score: Scorer, replies: list[Encoded]) -> dict:
+    """Fold the reward scale into the score head: weight / std (and bias − mean / std where the head has a bias), with
+    mean and std the rewards' on `replies`, so a unit of reward is one standard deviation of them."""
+    rewards = score(replies)
+    mean, std = float(rewards.mean()), float(rewards.std())
+    if not len(replies) > 1 or not std > 0:
+        raise TrainingError(f"cannot standardize rewards: {len(replies)} reference replies with spread {std:g}; "
+                            "add more varied pairs or pass --no-standardize")
+    head = getattr(model, family.score_attr)
+    with torch.no_grad():
+        head.weight.div_(std)
+        has_bias = getattr(head, "bias", None) is not None
+        if has_bias:
+            head.bias.sub_(mean).div_(std)
+    return {"mean": round(mean, 6), "std": round(std, 6), "replies": len(replies), "bias_folded": has_bias,
+            "mean_after": 0.0 if has_bias else round(mean / std, 6)}
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -251,7 +290,8 @@ def write_head(model, family, path: Path, report: TrainReport, opts: TrainOption
     """The trained score head and its recipe's metadata as JSON (small: hidden_size floats)."""
     head = getattr(model, family.score_attr)
     meta = {"backbone": str(opts.backbone.name), "seed": opts.seed, "epochs": opts.epochs, "lr": opts.lr,
-            "weight_decay": opts.weight_decay, "held_out_fraction": opts.held_out_fraction, **report.__dict__}
+            "weight_decay": opts.weight_decay, "held_out_fraction": opts.held_out_fraction, "prefixes": opts.prefixes,
+            "prefix_weight": opts.prefix_weight if opts.prefixes else None, **report.__dict__}
     body = {"meta": meta, "weight": [round(float(x), 7) for x in head.weight[0].detach()],
             "bias": None if getattr(head, "bias", None) is None else float(head.bias[0].detach())}
     write_atomic(path, json.dumps(body, indent=1) + "\n")
@@ -284,12 +324,23 @@ def train_reward_model(opts: TrainOptions) -> TrainReport:
     torch.manual_seed(opts.seed)
     model, tokenizer, family = load_model(opts)
     train, held = split_by_prompt(pairs, opts.held_out_fraction, opts.seed)
-    encode = lambda ps: [(encode_pair_side(tokenizer, p["prompt"], p["chosen"], opts.chat),  # noqa: E731
-                          encode_pair_side(tokenizer, p["prompt"], p["rejected"], opts.chat)) for p in ps]
+    encode = lambda ps: [(encode_side(tokenizer, p["prompt"], p["chosen"], opts.chat),  # noqa: E731
+                          encode_side(tokenizer, p["prompt"], p["rejected"], opts.chat)) for p in ps]
+    train_enc, held_enc = encode(train), encode(held)
     fit = train_layers if opts.train_layers else train_frozen
-    train_acc, held_acc = fit(model, family, encode(train), encode(held), opts)
+    score = fit(model, family, train_enc, held_enc, opts)
+    train_acc, train_by_kind = accuracies(score, train_enc, [p["kind"] for p in train])
+    held_acc, held_by_kind = accuracies(score, held_enc, [p["kind"] for p in held])
+    scale = None
+    if opts.standardize:
+        reference = (held_enc, held) if held else (train_enc, train)
+        scale = standardize(model, family, score, scale_replies(reference[0], [p["kind"] for p in reference[1]]))
+        scale["on"] = "held-out replies" if held else "training replies (nothing held out)"
     digest = hashlib.sha256(Path(opts.pairs).read_bytes()).hexdigest()
-    report = TrainReport(len(train), len(held), round(train_acc, 4), round(held_acc, 4) if held else None, digest)
+    by_kind = {k: {"train": round(v, 4), "held_out": round(held_by_kind[k], 4) if k in held_by_kind else None,
+                   "train_pairs": sum(p["kind"] == k for p in train), "held_out_pairs": sum(p["kind"] == k for p in held)}
+               for k, v in train_by_kind.items()}
+    report = TrainReport(len(train), len(held), round(train_acc, 4), round(held_acc, 4) if held else None, digest, by_kind, scale)
     save_atomically(model, tokenizer, opts.out, opts.force)
     if opts.head_out:
         write_head(model, family, opts.head_out, report, opts)
@@ -311,13 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat", action="store_true", help="do not wrap text prompts in the chat template")
     p.add_argument("--head-out", type=Path, help="also write the trained head (frozen backbone only) as JSON")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (only once the new folder is complete)")
+    p.add_argument("--prefixes", action="store_true",
+                   help="frozen backbone: also compare each pair's replies prefix by prefix (ARGS scores every partial reply)")
+    p.add_argument("--prefix-weight", type=float, default=1.0, help="with --prefixes: total weight of a pair's prefix comparisons (its whole replies weigh 1)")
+    p.add_argument("--no-standardize", action="store_true",
+                   help="keep the raw reward scale (default: divide the head by the std of its rewards on held-out replies)")
+    p.add_argument("--feature-cache", type=Path, help="frozen backbone: folder keeping computed hidden states for reruns")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     opts = TrainOptions(a.backbone, a.pairs, a.out, a.train_layers, a.epochs, a.lr, a.weight_decay, a.batch_size,
-                        a.held_out_fraction, a.seed, not a.no_chat, a.force, a.head_out)
+                        a.held_out_fraction, a.seed, not a.no_chat, a.force, a.head_out, a.prefixes, a.prefix_weight,
+                        not a.no_standardize, a.feature_cache)
     try:
         report = train_reward_model(opts)
     except ArgsError as e:
@@ -329,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     held = f"{report.held_out_accuracy:.3f}" if report.held_out_accuracy is not None else "n/a (no held-out pairs)"
     print(f"trained on {report.train_pairs} pairs: train accuracy {report.train_accuracy:.3f}, "
           f"held-out accuracy {held} on {report.held_out_pairs} pairs")
+    if len(report.accuracy_by_kind) > 1:
+        for kind, acc in report.accuracy_by_kind.items():
+            held_k = f"{acc['held_out']:.3f}" if acc["held_out"] is not None else "n/a"
+            print(f"  {kind}: train {acc['train']:.3f} ({acc['train_pairs']} pairs), held-out {held_k} ({acc['held_out_pairs']} pairs)")
+    if report.reward_scale:
+        s = report.reward_scale
+        print(f"rewards standardized on {s['replies']} {s['on']}: raw mean {s['mean']:+.3f}, std {s['std']:.3f} (head divided by it)")
     print(f"wrote {opts.out}")
     return 0
 

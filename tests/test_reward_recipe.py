@@ -1,0 +1,249 @@
+"""The sentiment RM's recipe pieces: backbone features (shared prompt pass, cache), prefix comparisons, reward
+standardization, hard negatives (degenerate text, ARGS's implausible replies) and the demo's head-keyed cache."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from args_export.demo.prepare import demo_paths
+from args_export.quality.metrics import RewardScorer, diversity
+from args_export.rewards.adversarial import adversarial_pairs, mean_nll
+from args_export.rewards.degenerate import KINDS, degrade, fragments, negative_pairs
+from args_export.rewards.features import Encoded, FeatureStore, padded_batch
+from args_export.rewards.frozen_head import HeadOptions, difference_rows, shared_prefix
+from args_export.rewards.train import TrainOptions, encode_side, load_model, load_pairs, scale_replies, train_reward_model
+from args_runtime.errors import TrainingError
+
+from .conftest import ARCHS
+
+REPLY = "The weather today was a mix of sunshine and a light drizzle, with a gentle breeze and the scent of flowers."
+
+
+# ------------------------------------------------------------------------------------------ features
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_prompt_pass_equals_one_pass(tiny_pairs, arch):
+    """Replies run on the prompt's repeated KV cache get the hidden states a full pass gives (every architecture)."""
+    pair = tiny_pairs[arch]
+    model, tokenizer, family = load_model(TrainOptions(pair.lm_dir, Path("unused"), Path("unused")))
+    backbone = getattr(model, family.backbone_attr)
+    seqs = [encode_side(tokenizer, "Tell me about the sea.", r, chat=True) for r in ("Calm and blue.", "It is vast, deep and cold.", "Salty.")]
+    seqs.append(encode_side(tokenizer, "Another prompt entirely", "Yes.", chat=True))
+    store = FeatureStore(backbone, model.config.pad_token_id, batch_size=2)
+    store.compute(seqs)
+    with torch.no_grad():
+        ids, mask = padded_batch([list(s.ids) for s in seqs], model.config.pad_token_id)
+        full = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    for i, s in enumerate(seqs):
+        assert store.table[s.ids].shape == (s.reply_length, full.shape[-1])
+        torch.testing.assert_close(store.table[s.ids].float(), full[i, s.start : len(s.ids)], atol=2e-2, rtol=2e-3)  # float16 storage
+
+
+def test_feature_cache_is_reused(tiny_pairs, tmp_path):
+    pair = tiny_pairs["llama"]
+    pairs = write_pairs(tmp_path / "p.jsonl")
+    opts = dict(epochs=5, held_out_fraction=0.25, feature_cache=tmp_path / "features")
+    first = train_reward_model(TrainOptions(pair.lm_dir, pairs, tmp_path / "rm1", **opts))
+    (cache,) = (tmp_path / "features").glob("features-*.pt")
+    stamp = cache.stat().st_mtime_ns
+    second = train_reward_model(TrainOptions(pair.lm_dir, pairs, tmp_path / "rm2", **opts))
+    assert cache.stat().st_mtime_ns == stamp  # nothing new to compute: the cache was read, not rewritten
+    assert first == second
+
+
+# ------------------------------------------------------------------------------------------ prefix comparisons
+
+def test_difference_rows_compare_every_position_after_the_shared_prefix():
+    prompt = (1, 2)
+    a, b = Encoded(prompt + (5, 6, 7, 8), 2), Encoded(prompt + (5, 9, 10), 2)
+    assert shared_prefix(a, b) == 1
+    store = FeatureStore(None, 0)
+    for s in (a, b):
+        store.table[s.ids] = torch.arange(s.reply_length, dtype=torch.float16).unsqueeze(1) + 10 * len(s.ids)
+    rows, weights = difference_rows(store, [(a, b)], HeadOptions(prefixes=True, prefix_weight=0.5))
+    # whole replies (last positions 3 and 2), then position 1 only: position 0 is shared, and 2 is b's last
+    assert rows[:, 0].tolist() == [(3 + 60) - (2 + 50), (1 + 60) - (1 + 50)]
+    assert weights.tolist() == [1.0, 0.5]
+    rows, weights = difference_rows(store, [(a, b)], HeadOptions(prefixes=False))
+    assert len(rows) == 1
+
+
+def test_prefix_trained_head_exports_and_scores_prefixes(tiny_pairs, tmp_path):
+    """With --prefixes the head still exports, and rewards the chosen words' first token over the rejected one's."""
+    pair = tiny_pairs["llama"]
+    out, head = tmp_path / "rm", tmp_path / "head.json"
+    report = train_reward_model(TrainOptions(pair.lm_dir, write_pairs(tmp_path / "p.jsonl"), out, epochs=20, held_out_fraction=0.25,
+                                             head_out=head, prefixes=True))
+    assert report.held_out_accuracy == 1.0
+    assert json.loads(head.read_text())["meta"]["prefixes"] is True
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    scorer = RewardScorer(out, {tok.eos_token_id})
+    first = [list(encode_side(tok, "Tell me about a new thing.", w, chat=True).ids) for w in ("great", "awful")]
+    good, bad = scorer.rewards([[], []], first)
+    assert good > bad
+
+
+# ------------------------------------------------------------------------------------------ standardization
+
+@pytest.mark.parametrize("held_out", [0.25, 0.0])
+def test_standardized_rewards_have_unit_spread_on_the_reference_replies(tiny_pairs, tmp_path, held_out):
+    pair = tiny_pairs["llama"]
+    pairs_file = write_pairs(tmp_path / "p.jsonl", mixed=True)
+    out, head = tmp_path / "rm", tmp_path / "head.json"
+    report = train_reward_model(TrainOptions(pair.lm_dir, pairs_file, out, epochs=10, held_out_fraction=held_out, head_out=head))
+    scale = json.loads(head.read_text())["meta"]["reward_scale"]
+    assert scale == report.reward_scale and scale["std"] > 0 and not scale["bias_folded"]  # Llama's score has no bias
+    assert scale["on"].startswith("held-out" if held_out else "training")
+
+    from transformers import AutoTokenizer
+
+    from args_export.rewards.train import split_by_prompt
+
+    tok = AutoTokenizer.from_pretrained(out)
+    pairs = load_pairs(pairs_file)
+    reference = split_by_prompt(pairs, held_out, 0)[1 if held_out else 0]
+    encoded = [(encode_side(tok, p["prompt"], p["chosen"], True), encode_side(tok, p["prompt"], p["rejected"], True)) for p in reference]
+    replies = scale_replies(encoded, [p["kind"] for p in reference])
+    assert len(replies) == scale["replies"]
+    rewards = torch.tensor(RewardScorer(out, {tok.eos_token_id}).rewards([[]] * len(replies), [list(s.ids) for s in replies]))
+    assert float(rewards.std()) == pytest.approx(1.0, abs=1e-3)
+    assert float(rewards.mean()) == pytest.approx(scale["mean_after"], abs=1e-3)
+
+
+def test_scale_replies_leave_out_degenerate_rejected_sides():
+    a, b, c = (Encoded((1, n), 1) for n in (2, 3, 4))
+    assert scale_replies([(a, b), (a, c)], ["sentiment", "negative:shuffled"]) == [a, b]
+
+
+def test_no_standardize_keeps_the_raw_scale(tiny_pairs, tmp_path):
+    pair = tiny_pairs["llama"]
+    report = train_reward_model(TrainOptions(pair.lm_dir, write_pairs(tmp_path / "p.jsonl"), tmp_path / "rm", epochs=5, standardize=False))
+    assert report.reward_scale is None
+
+
+def test_pair_kinds_are_checked_and_reported(tiny_pairs, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x", "chosen": "a", "rejected": "b", "kind": 3}\n')
+    with pytest.raises(TrainingError, match="bad.jsonl:1: kind must be a string"):
+        load_pairs(tmp_path / "bad.jsonl")
+    report = train_reward_model(TrainOptions(tiny_pairs["llama"].lm_dir, write_pairs(tmp_path / "p.jsonl", mixed=True), tmp_path / "rm",
+                                             epochs=5, held_out_fraction=0.25))
+    assert set(report.accuracy_by_kind) == {"preference", "negative:shuffled"}
+    assert sum(k["train_pairs"] + k["held_out_pairs"] for k in report.accuracy_by_kind.values()) == 24
+
+
+# ------------------------------------------------------------------------------------------ hard negatives
+
+def test_degenerate_kinds_are_seeded_and_degenerate():
+    pieces = fragments([REPLY])
+    for kind in KINDS:
+        bad = degrade(REPLY, kind, random.Random(1), pieces)
+        assert bad != REPLY and bad == degrade(REPLY, kind, random.Random(1), pieces)
+    assert sorted(degrade(REPLY, "shuffled", random.Random(0), pieces).split()) == sorted(REPLY.split())
+    for kind in ("repetition", "truncated-loop"):
+        assert diversity(degrade(REPLY, kind, random.Random(0), pieces)) < 0.5 * diversity(REPLY)
+    made_up = degrade(REPLY, "gibberish", random.Random(0), pieces).split()[len(REPLY.split()) // 2 + 1 :]
+    assert made_up and not set(made_up) & set(REPLY.lower().split())
+
+
+def test_negative_pairs_pair_positive_fluent_replies_with_their_own_degenerate_twins():
+    replies = [{"prompt": "p", "response": REPLY, "vader": 0.7}, {"prompt": "p", "response": "It rained all day and I was sad.", "vader": -0.5}]
+    pairs = negative_pairs(replies, min_vader=0.3, per_prompt=2, seed=0)
+    assert {p["kind"] for p in pairs} == {f"negative:{k}" for k in KINDS}
+    assert all(p["chosen"] == REPLY and p["rejected"] != REPLY for p in pairs)
+
+
+def test_adversarial_pairs_keep_only_implausible_replies_against_the_most_positive_one():
+    replies = [{"prompt": "p", "response": "fine", "vader": 0.4}, {"prompt": "p", "response": "lovely", "vader": 0.9},
+               {"prompt": "q", "response": "bleak", "vader": -0.6}]
+    outputs = [{"prompt": "p", "response": "Dulce durecionam", "nll": 6.0, "w": 4.0}, {"prompt": "p", "response": "Nice.", "nll": 1.0, "w": 2.0},
+               {"prompt": "q", "response": "Dulce tempestacra", "nll": 7.0, "w": 4.0}]
+    pairs = adversarial_pairs(outputs, replies, threshold=3.0, min_vader=0.3)
+    assert pairs == [{"prompt": "p", "chosen": "lovely", "rejected": "Dulce durecionam", "kind": "negative:args", "rejected_nll": 6.0, "w": 4.0}]
+
+
+def test_mean_nll_reads_the_reply_tokens(tiny_pairs):
+    """The mean NLL is the reply tokens' −log p under the LM, each predicted from the position before it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pair = tiny_pairs["llama"]
+    lm, tok = AutoModelForCausalLM.from_pretrained(pair.lm_dir).eval(), AutoTokenizer.from_pretrained(pair.lm_dir)
+    rows = [{"prompt": "Hi there", "response": "Hello, friend."}, {"prompt": "A longer prompt than the first", "response": "Ok."}]
+    got = mean_nll(lm, tok, rows)
+    for row, value in zip(rows, got):
+        s = encode_side(tok, row["prompt"], row["response"], chat=True)
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(input_ids=torch.tensor([s.ids])).logits[0], -1)
+        want = -sum(float(logp[i - 1, s.ids[i]]) for i in range(s.start, len(s.ids))) / s.reply_length
+        assert value == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_finds_gibberish_less_likely_than_its_own_reply(smollm2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm, tok = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval(), AutoTokenizer.from_pretrained(smollm2_dir)
+    prompt = "Write a sentence about the weather today."
+    fluent, gibberish = mean_nll(lm, tok, [{"prompt": prompt, "response": REPLY},
+                                           {"prompt": prompt, "response": "Dulce durecionam tempestacra estrerere curraca estrere rei cecem"}])
+    assert gibberish > fluent + 1.0  # measured: 2.97 against 1.44 nats/token (the recipe's bar, the 80 % quantile of sampled replies, was 2.58)
+
+
+# ------------------------------------------------------------------------------------------ the demo's cache
+
+def test_demo_cache_is_keyed_by_the_head(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text('{"weight": [1.0]}')
+    b.write_text('{"weight": [2.0]}')
+    pa, pb = demo_paths(tmp_path, a), demo_paths(tmp_path, b)
+    assert pa[0] == pb[0]  # the converted LM is shared
+    assert pa[1] != pb[1] and pa[2] != pb[2]  # a new head never reuses an old head's RM or bundle
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def write_pairs(path: Path, n_prompts: int = 12, mixed: bool = False) -> Path:
+    """Chosen replies are cheerful words, rejected ones gloomy words; `mixed` makes half of them shuffled-word negatives."""
+    rows = []
+    for i in range(n_prompts):
+        rows.append({"prompt": f"Tell me about thing number {i}.", "chosen": "great wonderful happy", "rejected": "awful terrible sad"})
+        if mixed:
+            rows.append({"prompt": f"Tell me about thing number {i}.", "chosen": "a truly great day", "rejected": "day great truly a",
+                         "kind": "negative:shuffled"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ the whole recipe
+
+def test_recipe_runs_every_stage_and_reuses_them(tiny_pairs, tmp_path, capsys):
+    """args-build-sentiment-pairs end to end on a tiny LM (its replies are noise, so the thresholds are opened up):
+    sampling, pairs, hard negatives, an adversarial round, the final head with its recipe; a rerun reuses every stage."""
+    from args_export.rewards.sentiment_pairs import main
+
+    work = tmp_path / "work"
+    argv = ["--lm", str(tiny_pairs["llama"].lm_dir), "--work", str(work), "--out", str(tmp_path / "pairs.jsonl"), "--limit", "3",
+            "--samples", "2", "--max-new-tokens", "12", "--margin", "0", "--min-vader", "-1", "--rounds", "1", "--args-w", "4",
+            "--nll-quantile", "0", "--rm-out", str(tmp_path / "rm"), "--head-out", str(tmp_path / "head.json")]
+    assert main(argv) == 0
+    pairs = load_pairs(tmp_path / "pairs.jsonl")
+    kinds = {p["kind"] for p in pairs}
+    assert {"sentiment", "negative:args"} <= kinds and any(k.startswith("negative:") and k != "negative:args" for k in kinds)
+    meta = json.loads((tmp_path / "head.json").read_text())["meta"]
+    assert meta["recipe"]["rounds"] == 1 and meta["recipe"]["pairs_by_kind"]["negative:args"] > 0
+    assert meta["reward_scale"]["std"] > 0 and meta["prefixes"] is True
+    assert "reward model: held-out accuracy" in capsys.readouterr().out
+
+    (features,) = (work / "features").glob("features-*.pt")
+    stamp, files = features.stat().st_mtime_ns, sorted(p.name for p in work.iterdir())
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("reusing") >= 3  # replies, ARGS replies, reference likelihoods
+    assert features.stat().st_mtime_ns == stamp and sorted(p.name for p in work.iterdir()) == files
+    assert load_pairs(tmp_path / "pairs.jsonl") == pairs
