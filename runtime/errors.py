@@ -33,3 +33,7 @@ class TrainingError(ArgsError, ValueError):
 
 class MissingDependencyError(ArgsError, ImportError):
     """An optional package a feature needs is not installed (or not usable here); the message names the install command."""
+
+
+class RequestCancelled(ArgsError):
+    """A request to the continuous-batching engine was cancelled (or the engine closed) before it finished."""

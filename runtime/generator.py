@@ -60,18 +60,18 @@ class ArgsGenerator:
         """ARGS-generate for one prompt (text, chat messages or ids) or a list of prompts (a batch).
         Keywords: k=10, w=1.0, max_new_tokens=128, method="greedy"|"stochastic", temperature=0.7, seed=0,
         ignore_eos=False, stop=None (a string or a list of strings)."""
-        prompts, is_batch = self._encode(prompt)
-        results = collect(self._drive(prompts, self.settings(**kwargs), lm_only=False), self._engine_timings())
+        prompts, is_batch = self.encode(prompt)
+        results = collect(self._drive(prompts, self.settings(**kwargs), lm_only=False), self.engine_info())
         return results if is_batch else results[0]
 
     def stream(self, prompt: Prompt, **kwargs: Any) -> Iterator[TokenEvent]:
         """Like generate() for one prompt, yielding each token as it is chosen; the last event carries the result.
         Text that could still begin a stop string is held back until it is known not to be one."""
-        prompts, is_batch = self._encode(prompt)
+        prompts, is_batch = self.encode(prompt)
         if is_batch:
             raise GenerationError("stream() takes one prompt; use generate() for a batch")
         settings = self.settings(**kwargs)
-        yield from stream_events(self._drive(prompts, settings, lm_only=False), settings.stop, self._engine_timings())
+        yield from stream_events(self._drive(prompts, settings, lm_only=False), settings.stop, self.engine_info())
 
     def greedy(self, prompt: Prompt | list[Prompt], max_new_tokens: int = 128, ignore_eos: bool = False, stop: str | list[str] | None = None):
         """Plain greedy decoding of the LM alone, the baseline ARGS is measured against."""
@@ -89,11 +89,11 @@ class ArgsGenerator:
     # ------------------------------------------------------------------ the drive loop shared by generate/stream
 
     def _lm_only(self, prompt: Prompt | list[Prompt], settings: Settings):
-        prompts, is_batch = self._encode(prompt)
-        results = collect(self._drive(prompts, settings, lm_only=True), self._engine_timings())
+        prompts, is_batch = self.encode(prompt)
+        results = collect(self._drive(prompts, settings, lm_only=True), self.engine_info())
         return results if is_batch else results[0]
 
-    def _encode(self, prompt: Any) -> tuple[list[list[int]], bool]:
+    def encode(self, prompt: Any) -> tuple[list[list[int]], bool]:
         """Token ids of one prompt or a batch, each checked against the bundle's context."""
         is_batch = isinstance(prompt, list) and bool(prompt) and all(isinstance(p, (str, list)) for p in prompt)
         prompts = [self.tokenizer.encode(p) for p in (prompt if is_batch else [prompt])]
@@ -129,7 +129,7 @@ class ArgsGenerator:
         finally:
             steps.close()
 
-    def _engine_timings(self) -> dict[str, Any]:
+    def engine_info(self) -> dict[str, Any]:
         """What ran, for every result's timings."""
         return {
             "loop": self.loop,
