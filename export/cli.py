@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV-cache layout: 'dynamic' grows the cache by concatenation (fastest for short texts on CPU); 'static' keeps "
                    "fixed [batch, heads, max-context, head_dim] buffers written in place (fixed shapes and addresses: CUDA graphs, "
                    "TensorRT, and a cost per token that stays flat as the text grows; attention always spans --max-context)")
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                   help="torch.onnx path that traces the graphs: torchscript (default; torch deprecates it, but it exports 7-10x "
+                   "faster on CPU) or dynamo (torch.export; same graph interface, checks and tokens, smaller graphs)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
     trt = p.add_argument_group("TensorRT engines (need TensorRT 10, cuda-python and an NVIDIA GPU: pip install 'args-rt[trt]')")
     trt.add_argument("--tensorrt", action="store_true", help="after the ONNX export, build lm.engine and rm.engine into the bundle "
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             from .bundle import ExportOptions, export_bundle
 
             manifest = export_bundle(
-                ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache), quiet=args.quiet
+                ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache, args.exporter),
+                quiet=args.quiet
             )
         if args.tensorrt or args.tensorrt_only:
             manifest = _build_engines(args.tensorrt_only or args.out, args)

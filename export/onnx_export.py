@@ -3,8 +3,16 @@ the graph's spec for the manifest."""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import os
+import re
 import shutil
+import sys
 import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -18,7 +26,8 @@ from .graphs import LMStep, RMScorer
 from .loading import LoadedModel
 from .plan import GraphPlan
 
-OPSET = 17
+OPSET = 17  # the TorchScript path's opset
+DYNAMO_OPSET = 18  # the dynamo path's: torchlib's own opset (onnx's converter cannot take its ReduceMean down to 17)
 
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
@@ -95,10 +104,25 @@ def _fixed_specs(specs: list[TensorSpec], name: str, value: int) -> list[TensorS
     return [TensorSpec(t.name, [value if d == name else d for d in t.shape], t.dtype) for t in specs]
 
 
-def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
-            cache_slots: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Trace `module` to `path` (+ `path.data` holding the weights); a static cache's slot axis is then fixed to
-    `cache_slots`. Returns the graph's input and output specs as exported."""
+def _export(module: torch.nn.Module, args: tuple, io: tuple[list[TensorSpec], list[TensorSpec]], path: Path,
+            plan: GraphPlan) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Trace `module` to `path` (+ `path.data` holding the weights) with the plan's exporter; a static cache's slot
+    axis is then fixed to the context. Returns the graph's input and output specs as exported."""
+    inputs, outputs = io
+    trace = _trace_dynamo if plan.exporter == "dynamo" else _trace_torchscript
+    trace(module, args, inputs, outputs, path, plan.cache_slots)
+    if plan.cache_slots is None:
+        return inputs, outputs
+    return _fixed_specs(inputs, CACHE_SLOTS, plan.cache_slots), _fixed_specs(outputs, CACHE_SLOTS, plan.cache_slots)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's TorchScript path (dynamo=False, deprecated by torch): one traced file, reloaded to fix dims."""
     scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
     scratch.mkdir()
     tmp = scratch / "traced.onnx"
@@ -118,18 +142,128 @@ def _export(module: torch.nn.Module, args: tuple, inputs: list[TensorSpec], outp
                     dynamo=False,
                 )
             except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
-                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-        model = onnx.load(str(tmp), load_external_data=True)
+                raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
+        model = onnx.load(str(tmp), load_external_data=False)
         if cache_slots is not None:
             _fix_dims(model, CACHE_SLOTS, cache_slots)
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024
-        )
+        save_with_one_data_file(model, scratch, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if cache_slots is None:
-        return inputs, outputs
-    return _fixed_specs(inputs, CACHE_SLOTS, cache_slots), _fixed_specs(outputs, CACHE_SLOTS, cache_slots)
+
+
+def _dynamic_shapes(module: torch.nn.Module, inputs: list[TensorSpec]) -> tuple:
+    """torch.export's dynamic_shapes for forward(input_ids, position_ids, attention_mask, *rest): one {axis: name}
+    per named input, the varargs as one tuple. Named axes become Dim.DYNAMIC; the exporter then names them back."""
+    axes = [{i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in inputs]
+    fixed = len(inspect.signature(module.forward).parameters) - 1  # the parameters before *rest
+    return (*axes[:fixed], tuple(axes[fixed:]))
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs (torchvision ops it skips, axis renames) and warns about internals the user cannot act
+    on; the export's own staged log says what happens."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export", "torch.fx.experimental")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+    """torch.onnx's dynamo path: torch.export captures the module, torchlib lowers it, onnxscript's optimizer folds
+    constants. The I/O dims are then written from our specs (torch.export names derived dims 'Min(48, k)')."""
+    from args_runtime.optional import require
+
+    ir = require("onnxscript.ir", "the dynamo exporter (args-export --exporter dynamo)", "onnxscript")
+
+    with torch.no_grad(), _quiet_exporter():
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                input_names=[t.name for t in inputs],
+                output_names=[t.name for t in outputs],
+                dynamic_shapes=_dynamic_shapes(module, inputs),
+                opset_version=DYNAMO_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as e:  # torch.onnx wraps the cause in a long report; keep the cause's first line, chain the rest
+            cause = e.__cause__ or e
+            raise ExportError(f"exporting {path.name} to ONNX failed: {type(cause).__name__}: {_first_line(cause)}") from e
+    graph = program.model.graph
+    names = [v.name for v in (*graph.inputs, *graph.outputs)]
+    if names != [t.name for t in (*inputs, *outputs)]:  # e.g. an input the module never reads, dropped by torch.export
+        raise ExportError(f"exporting {path.name} to ONNX gave the I/O {names}, not the {[t.name for t in (*inputs, *outputs)]} expected")
+    for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
+        value.shape = ir.Shape([cache_slots if d == CACHE_SLOTS and cache_slots is not None else d for d in spec.shape])
+    ir.save(program.model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
+
+
+def _initializers(graph: onnx.GraphProto):
+    """Every initializer of `graph` and of its subgraphs, in the order onnx's external-data writer visits them."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _initializers(sub)
+
+
+def save_with_one_data_file(model: onnx.ModelProto, source_dir: Path, path: Path, size_threshold: int = 1024) -> None:
+    """Save `model` to `path` with every initializer of at least `size_threshold` bytes in `path.name + ".data"`, byte for
+    byte as onnx.save_model(..., save_as_external_data=True, all_tensors_to_one_file=True) lays it out, but streaming
+    the tensors the tracer already wrote to files under `source_dir` (each removed once copied) instead of loading them
+    all into memory and writing them again: a 7B graph's 13 GB cost one copy, and the disk holds them once."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    data_name = path.name + ".data"
+    tensors = list(_initializers(model.graph))
+    readers = Counter(ExternalDataInfo(t).location for t in tensors if uses_external_data(t))  # tensors left to read per file
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in tensors:
+            offset = data.tell()
+            if uses_external_data(tensor):
+                info = ExternalDataInfo(tensor)
+                source = source_dir / info.location
+                with open(source, "rb") as f:
+                    f.seek(info.offset or 0)
+                    left = info.length if info.length is not None else os.fstat(f.fileno()).st_size - (info.offset or 0)
+                    if sys.getsizeof(b"") + left < size_threshold:  # small: inline, as onnx would keep it
+                        tensor.raw_data = f.read(left)
+                        tensor.data_location = onnx.TensorProto.DEFAULT
+                        del tensor.external_data[:]
+                    while left > 0 and tensor.data_location == onnx.TensorProto.EXTERNAL:
+                        block = f.read(min(left, 64 << 20))
+                        if not block:
+                            raise ExportError(f"the tracer's external data for {tensor.name} in {source} is {left} bytes short")
+                        data.write(block)
+                        left -= len(block)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    _point_to(tensor, data_name, offset, data.tell() - offset)
+                readers[info.location] -= 1
+                if not readers[info.location]:  # free the disk as we go
+                    source.unlink()
+            elif tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= size_threshold:
+                data.write(tensor.raw_data)
+                _point_to(tensor, data_name, offset, data.tell() - offset)
+                tensor.ClearField("raw_data")
+    onnx.save_model(model, str(path))
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Mark `tensor` as stored in `location` at `offset`, as onnx's set_external_data writes it."""
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
 
 
 TRACE_BATCH, TRACE_PAST, TRACE_NEW, TRACE_CANDIDATES, TRACE_SLOTS = 2, 3, 4, 5, 16
@@ -153,7 +287,7 @@ def export_lm(lm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
     inputs, outputs = lm_io(stack, plan.dtype, plan.cache)
     step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
     args = (*step, torch.zeros(min(3, plan.max_k), dtype=torch.int64), *past)
-    io = _export(LMStep(stack, lm.head, plan.max_k, plan.cache).eval(), args, inputs, outputs, path, plan.cache_slots)
+    io = _export(LMStep(stack, lm.head, plan.max_k, plan.cache).eval(), args, (inputs, outputs), path, plan)
     return graph_spec(path.name, lm, stack, plan, io)
 
 
@@ -163,7 +297,7 @@ def export_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
     inputs, outputs = rm_io(stack, plan.dtype, plan.cache)
     step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
     args = (*step, torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
-    io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, inputs, outputs, path, plan.cache_slots)
+    io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, (inputs, outputs), path, plan)
     return graph_spec(path.name, rm, stack, plan, io)
 
 

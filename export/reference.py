@@ -47,21 +47,24 @@ class ReferenceARGS:
     def steps(self, prompt: list[int], k: int, w: float, method: str = "greedy", temperature: float = 0.7, seed: int | None = 0) -> Iterator[tuple[int, float, float]]:
         """Yield (token, chosen LM logit, chosen reward) per step, forever; the caller stops."""
         choose = choose_greedy if method == "greedy" else StochasticChooser(temperature, seed)
-        tokens = torch.tensor([prompt])
+        lm_device, rm_device = self.lm.device, self.rm.device  # CPU or a GPU: inputs go where each model lives
+        tokens = torch.tensor([prompt], device=rm_device)
         lm_cache = rm_cache = None
-        feed = tokens
+        feed = tokens.to(lm_device)
         while True:
             out, lm_cache = forward_with_cache(self.lm, feed, lm_cache)
             top_logits, top_ids = torch.topk(out.logits[:, -1, :].float(), k, dim=-1)  # [1, k]
+            candidates = top_ids.T.to(rm_device)
             # RM: k rows, each its own copy of the prefix cache plus one candidate (the prompt too on step 1).
-            rm_feed = top_ids.T if rm_cache is not None else torch.cat([tokens.repeat(k, 1), top_ids.T], dim=1)
+            rm_feed = candidates if rm_cache is not None else torch.cat([tokens.repeat(k, 1), candidates], dim=1)
             rewards, rm_cache = last_position_rewards(self.rm, self.rm_family, rm_feed, rm_cache)
+            top_logits, top_ids, rewards = top_logits.cpu(), top_ids.cpu(), rewards.cpu()  # the choice is made on the host
             pick = int(choose(args_scores(top_logits.numpy(), rewards[None].numpy(), w))[0])
             token = int(top_ids[0, pick])
             yield token, float(top_logits[0, pick]), float(rewards[pick])
-            rm_cache.reorder_cache(torch.full((k,), pick))  # the winner's row, candidate included, to all k rows
+            rm_cache.reorder_cache(torch.full((k,), pick, device=rm_device))  # the winner's row, candidate included, to all k rows
             self._caches = {"lm": lm_cache, "rm": rm_cache}
-            feed = torch.tensor([[token]])
+            feed = torch.tensor([[token]], device=lm_device)
 
     def generate(self, prompt: list[int], k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(), **kw) -> list[int]:
         out: list[int] = []
@@ -75,12 +78,12 @@ class ReferenceARGS:
 @torch.no_grad()
 def hf_greedy(lm, prompt: list[int], max_new_tokens: int, eos_ids: set[int] = frozenset()) -> list[int]:
     """Plain greedy decoding with transformers' own generate()."""
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=lm.device)
     out = lm.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
         eos_token_id=sorted(eos_ids) or None, pad_token_id=0,
     )
-    return out[0, len(prompt) :].tolist()
+    return out[0, len(prompt) :].cpu().tolist()
 
 
 def _tensor_bytes(obj) -> int:

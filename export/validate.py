@@ -68,10 +68,13 @@ class ValidationReport:
 def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: ModelPair, plan: GraphPlan, device: Device,
                     steps: int = 3) -> ValidationReport:
     """Prefill + `steps` decode steps on a batch of two seeded random prompts, k = min(4, max_k) candidates; compare
-    the LM's top-k logits and the k rewards with PyTorch at each step."""
+    the LM's top-k logits and the k rewards with PyTorch at each step. With ONNX Runtime on CUDA, PyTorch computes its
+    side on the GPU too: a 7B model's fp16 forward passes on the CPU take minutes."""
     lm_spec, rm_spec = specs
     k = min(4, plan.max_k)
     report = ValidationReport()
+    torch_device = "cuda" if device.is_cuda and torch.cuda.is_available() else "cpu"
+    lm_hf, rm_hf = pair.lm.model.to(torch_device), pair.rm.model.to(torch_device)
     lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, plan.max_context)
     rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec, plan.max_context)
     gen = torch.Generator().manual_seed(0)
@@ -84,11 +87,11 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: Mode
         top = lm.extend(ids, positions, prefix, k)
         values, candidates = top.logits, top.ids
         rewards = rm.extend_and_score(ids, positions, prefix, top)
-        out, hf_cache = forward_with_cache(pair.lm.model, hf_feed, hf_cache)
-        ref_logits = out.logits[:, -1, :].float()
+        out, hf_cache = forward_with_cache(lm_hf, hf_feed.to(torch_device), hf_cache)
+        ref_logits = out.logits[:, -1, :].float().cpu()
         report.add(f"lm top-{k} logits, step {step}", values, np.take_along_axis(ref_logits.numpy(), candidates, axis=1), lm_spec.dtype)
         with_cands = torch.cat([sequence.repeat_interleave(k, dim=0), torch.from_numpy(candidates).reshape(-1, 1)], dim=1)
-        ref_rewards = hf_rewards(pair.rm.model, pair.rm.family, with_cands).reshape(2, k)
+        ref_rewards = hf_rewards(rm_hf, pair.rm.family, with_cands.to(torch_device)).reshape(2, k).cpu()
         report.add(f"rm rewards of {k} candidates, step {step}", rewards, ref_rewards.numpy(), rm_spec.dtype)
         chosen = candidates[:, :1]
         sequence = torch.cat([sequence, torch.from_numpy(chosen)], dim=1)

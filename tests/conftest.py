@@ -72,10 +72,12 @@ def smollm2_dir(cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smol_tokenizer(smollm2_dir):
+def smol_tokenizer(request):
+    """SmolLM2's tokenizer: from $ARGS_RT_TOKENIZER_DIR when set (a GPU box that got the tokenizer files but not the
+    GGUF: benchmarks/gpu), else from the packaged SmolLM2."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm2_dir)
+    return AutoTokenizer.from_pretrained(os.environ.get("ARGS_RT_TOKENIZER_DIR") or request.getfixturevalue("smollm2_dir"))
 
 
 def save_tiny_pair(name: str, config, tokenizer, folder: Path, seed: int = 0) -> tuple[Path, Path]:

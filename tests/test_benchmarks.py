@@ -12,7 +12,8 @@ import pytest
 from args_benchmarks import latency
 from args_benchmarks.contenders import FloorContender, GreedyContender, Run
 from args_benchmarks.report import Case, Record, judge_targets, summarise
-from args_runtime import ArgsGenerator, GenerationError
+from args_runtime import ArgsGenerator
+from args_runtime.errors import ExportError, GenerationError
 
 KINDS = {"reference", "args", "greedy", "floor"}
 
@@ -130,7 +131,7 @@ def test_random_shape_pair_is_seeded_and_exportable(cache_dir, tmp_path):
     assert rm_config.num_labels == 1 and rm_config.max_position_embeddings == 256
     manifest = export_bundle(ExportOptions(lm_dir, rm_dir, tmp_path / "bundle", max_k=12), quiet=True)
     assert manifest.max_context == 256
-    with pytest.raises(GenerationError, match="unknown shape"):
+    with pytest.raises(ExportError, match="unknown shape"):
         random_pair("llama-70b", "fp32", cache_dir)
 
 
@@ -148,3 +149,27 @@ def test_cuda_graph_contenders_refuse_to_time_a_plain_run(static_bundles):
     gen = ArgsGenerator.from_bundle(static_bundles["llama"], cuda_graph=True)
     with pytest.raises(GenerationError, match=r"CUDA graphs are not on \({'lm': 'off', 'rm': 'off'}\)"):
         latency.require_cuda_graphs(gen)
+
+
+def test_one_bundle_per_layout_is_raced(tiny_pairs, static_bundles):
+    """--bundle repeats: bundles exported elsewhere (the GPU run's own exports), one per cache layout."""
+    from args_runtime.errors import BundleError
+
+    dynamic, static = tiny_pairs["llama"].bundle, static_bundles["llama"]
+    args = latency.parse_args(["--bundle", str(dynamic), "--bundle", str(static)])
+    assert latency.ensure_bundles(args, None) == {"dynamic": dynamic, "static": static}
+    args = latency.parse_args(["--bundle", str(dynamic), "--bundle", str(tiny_pairs["qwen2"].bundle)])
+    with pytest.raises(BundleError, match="both have the dynamic cache layout"):
+        latency.ensure_bundles(args, None)
+
+
+def test_contenders_on_one_engine_share_one_generator(static_bundles):
+    """A 7B pair's weights must be on the device once per engine, not once per contender."""
+    args = latency.parse_args(["--bundle", str(static_bundles["llama"]), "--kinds", "args,greedy,floor"])
+    args.devices, args.loops = ["cpu"], ["python"]  # as main() resolves them
+    entries = latency.contender_entries(args, {"static": static_bundles["llama"]})
+    contenders = [entry.make() for entry in entries]
+    assert [e.kind for e in entries] == ["args", "greedy", "floor"]
+    assert len({id(c.gen) for c in contenders}) == 1
+    with pytest.raises(SystemExit):
+        latency.parse_args(["--kinds", "greedy,floor"])  # args-rt ARGS is what the harness measures

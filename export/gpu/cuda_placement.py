@@ -90,6 +90,7 @@ CUDA_KERNELS: dict[str, Kernel] = {
     "Neg": _k("f32 f64 f16 bf16 i8 i16 i32 i64"),
     "Pow": _k("f32 f64 f16 bf16 i32 i64"),
     "Range": _k("f32 f64 i16 i32 i64", cpu_inputs=(0, 1, 2)),
+    "Reciprocal": _k("f32 f64 f16"),  # the dynamo exporter's rsqrt (RMSNorm, in float32); no bf16 kernel
     "ReduceMax": _k("f32 f64 f16 i32 i64"),
     "ReduceMean": _k("f32 f64 f16 i32"),
     "ReduceSum": _k("f32 f64 f16 bf16 i32 i64", cpu_inputs=(1,)),

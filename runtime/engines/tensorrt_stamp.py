@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import BundleError, GenerationError
+from ..errors import BundleError, GenerationError
 
 
 def rebuild_command(bundle: str) -> str:

@@ -1,0 +1,277 @@
+"""The FastAPI app factory: OpenAI routes (chat and text completions, models), Server-Sent Events, OpenAI-style errors,
+/health and /metrics. The same app runs under uvicorn (args-serve) and as a Ray Serve ingress (ray_app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import ArgsError
+from .config import ServeConfig
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    InvalidRequest,
+    RequestPlan,
+    chat_prompt,
+    check_common,
+    check_prompt_ids,
+    completion_prompt,
+    generation_settings,
+)
+from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter
+from .scheduler import Handle, Job, RequestCancelled
+from .state import ServerState
+from .validation import validation_message
+
+log = logging.getLogger("args_runtime.serve")
+DONE = b"data: [DONE]\n\n"
+
+
+class Unavailable(ArgsError):
+    """The model is not loaded (yet, or it failed to load): HTTP 503."""
+
+
+def create_app(config: ServeConfig, on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The args-serve app for one bundle. Its lifespan loads the bundle (in the background when
+    `config.load_in_background`, so /health says 503 until it is ready) and stops the scheduler at shutdown."""
+    app = FastAPI(title="args-serve", version=__version__, lifespan=_lifespan(config, on_load_error),
+                  description="OpenAI-compatible ARGS (reward-guided search) decoding. ARGS's settings: `\"args\": {\"k\", \"w\", "
+                              "\"method\", \"return_rewards\", \"ignore_eos\"}` in the body (OpenAI SDKs: `extra_body`).")
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        state = _state(request)
+        body = {"status": state.status, "model": config.served_name, "replica": state.replica}
+        if state.error:
+            body["error"] = state.error
+        return JSONResponse(body, status_code=200 if state.healthy() else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(request: Request) -> ModelList:
+        return ModelList(data=[ModelCard(id=config.served_name, created=_state(request).created)])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        state = _ready(request)
+        plan = _plan(state, body, chat_prompt(body), "messages")
+        return await _answer(request, state, plan, ChatResponseWriter(state.limits.model_name, plan.return_rewards))
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        state = _ready(request)
+        plan = _plan(state, body, completion_prompt(body), "prompt")
+        return await _answer(request, state, plan, ResponseWriter(state.limits.model_name, plan.return_rewards))
+
+    return app
+
+
+def _lifespan(config: ServeConfig, on_load_error: Callable[[BaseException], None] | None):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServerState(config)
+        app.state.args = state
+        loading = None
+        if config.load_in_background:
+            loading = asyncio.create_task(_load(state, on_load_error))
+        else:
+            await asyncio.to_thread(state.load)
+        try:
+            yield
+        finally:
+            state.close()
+            if loading is not None and not loading.done():
+                loading.cancel()
+
+    return lifespan
+
+
+async def _load(state: ServerState, on_load_error: Callable[[BaseException], None] | None) -> None:
+    try:
+        await asyncio.to_thread(state.load)
+    except Exception as e:  # reported by /health; the CLI stops the server
+        if on_load_error is not None:
+            on_load_error(e)
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.args
+
+
+def _ready(request: Request) -> ServerState:
+    state = _state(request)
+    if not state.ready:
+        raise Unavailable("the model failed to load: " + state.error if state.error else "the model is still loading: retry shortly")
+    return state
+
+
+def _plan(state: ServerState, body: Any, prompt: Any, param: str) -> RequestPlan:
+    """Check a request and turn it into what the scheduler runs (400 naming the field on any bad value)."""
+    limits = state.limits
+    check_common(body, limits)
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequest("stream_options is only allowed with stream=true", "stream_options")
+    try:
+        ids = state.generator.tokenizer.encode(prompt)
+    except ArgsError as e:  # e.g. the chat template refused the messages
+        raise InvalidRequest(str(e), param) from e
+    check_prompt_ids(ids, limits, param)
+    settings = generation_settings(body, len(ids), limits)
+    options = body.args
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return RequestPlan(ids, settings, body.stream, include_usage, bool(options and options.return_rewards))
+
+
+async def _answer(request: Request, state: ServerState, plan: RequestPlan, writer: ResponseWriter) -> Response:
+    endpoint = request.url.path
+    job = Job(plan.prompt_ids, plan.settings, plan.stream)
+    handle = state.scheduler.submit(job)
+    headers = {"x-args-replica": state.replica}
+    if plan.stream:
+        events = _sse(state, endpoint, handle, writer, plan.include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+    result = await _result_unless_disconnected(request, handle)
+    state.metrics.finished(endpoint, result, job.submitted_at, handle.first_token_at)
+    return Response(writer.response(result).model_dump_json(), media_type="application/json", headers=headers)
+
+
+async def _result_unless_disconnected(request: Request, handle: Handle):
+    """The result, or RequestCancelled as soon as the client disconnects (which also cancels the generation)."""
+    waiter = asyncio.ensure_future(handle.result())
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            return waiter.result()
+        raise RequestCancelled("the client disconnected")
+    finally:
+        watcher.cancel()
+        if not waiter.done():
+            handle.cancel()
+            waiter.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body has been read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _sse(state: ServerState, endpoint: str, handle: Handle, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
+    """The OpenAI stream: chunks as Server-Sent Events, then `data: [DONE]`. A client that goes away cancels the
+    generator (Starlette cancels the response), which cancels the generation."""
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if (first := writer.opening()) is not None:
+                yield _event(first)
+            async for event in handle:
+                if (chunk := writer.token(event)) is not None:
+                    yield _event(chunk)
+            result = await handle.result()
+            yield _event(writer.closing(result))
+            if include_usage:
+                yield _event(writer.usage(result))
+            state.metrics.finished(endpoint, result, handle.job.submitted_at, handle.first_token_at)
+        except RequestCancelled:
+            state.metrics.refused(endpoint, "cancelled")
+            return
+        except (asyncio.CancelledError, GeneratorExit):
+            state.metrics.refused(endpoint, "cancelled")
+            raise
+        except Exception as e:  # an error after the 200 went out: OpenAI's in-stream error object
+            outcome, status = ("invalid", 400) if isinstance(e, ArgsError) else ("error", 500)
+            if status == 500:
+                log.exception("stream failed")
+            state.metrics.refused(endpoint, outcome)
+            yield _sse_line(_error_json(e, status, None, None))
+        finally:
+            handle.cancel()  # no-op when finished; stops the generation when the client went away
+        yield DONE
+
+    return events()
+
+
+def _event(chunk: BaseModel) -> bytes:
+    return _sse_line(chunk.model_dump_json())
+
+
+def _sse_line(data: str) -> bytes:
+    """One Server-Sent Event (compact JSON holds no newline, so one `data:` line carries it)."""
+    return b"data: " + data.encode() + b"\n\n"
+
+
+# ---------------------------------------------------------------------- errors
+
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error", 499: "cancelled",
+               500: "server_error", 503: "service_unavailable"}
+
+
+def _error_json(e: BaseException | str, status: int, param: str | None, code: str | None) -> str:
+    import json
+
+    return json.dumps({"error": {"message": str(e), "type": ERROR_TYPES.get(status, "error"), "param": param, "code": code}})
+
+
+def error_response(message: str, status: int, param: str | None = None, code: str | None = None) -> Response:
+    """An OpenAI error object: {"error": {"message", "type", "param", "code"}}."""
+    return Response(_error_json(message, status, param, code), status_code=status, media_type="application/json")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def refused(request: Request, outcome: str) -> None:
+        state = getattr(request.app.state, "args", None)
+        if state is not None and request.url.path.startswith("/v1/"):
+            state.metrics.refused(request.url.path, outcome)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        refused(request, "invalid")
+        message, param, code = validation_message(exc.errors())
+        return error_response(message, 400, param, code)
+
+    @app.exception_handler(InvalidRequest)
+    async def on_invalid(request: Request, exc: InvalidRequest) -> Response:
+        refused(request, "invalid")
+        return error_response(str(exc), 400, exc.param, exc.code)
+
+    @app.exception_handler(Unavailable)
+    async def on_unavailable(request: Request, exc: Unavailable) -> Response:
+        refused(request, "unavailable")
+        return error_response(str(exc), 503, None, "model_not_ready")
+
+    @app.exception_handler(RequestCancelled)
+    async def on_cancelled(request: Request, exc: RequestCancelled) -> Response:
+        refused(request, "cancelled")
+        return error_response(str(exc), 499, None, "cancelled")
+
+    @app.exception_handler(ArgsError)
+    async def on_args_error(request: Request, exc: ArgsError) -> Response:  # the runtime refused a setting
+        refused(request, "invalid")
+        return error_response(str(exc), 400, None, type(exc).__name__)
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, exc: HTTPException) -> Response:
+        return error_response(str(exc.detail), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.error("args-serve: %s %s failed", request.method, request.url.path, exc_info=exc)
+        refused(request, "error")
+        return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)

@@ -1,0 +1,137 @@
+"""`args-serve`: serve a bundle over an OpenAI-compatible HTTP API, with uvicorn in this process or on Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ..errors import ArgsError
+
+DESCRIPTION = """\
+Serve ARGS (reward-guided search) decoding of a bundle over the OpenAI API: POST /v1/chat/completions and
+/v1/completions (streaming with stream=true), GET /v1/models, /health (503 while loading) and /metrics (Prometheus).
+ARGS's own settings go in the request body as "args": {"k", "w", "method", "return_rewards", "ignore_eos"}
+(OpenAI SDKs: extra_body={"args": {...}}); left out, they take --k and --w.
+
+  args-serve bundles/smol --port 8000
+  args-serve bundles/smol --device cuda --max-batch 16
+  args-serve bundles/smol --ray --replicas 2 --gpus-per-replica 1 --device cuda     # Ray Serve, started locally
+  args-serve bundles/smol --ray --autoscale 1:4                                       # replicas follow the load"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="args-serve", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", type=Path, help="bundle folder written by args-export")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per graph (default: ORT's choice)")
+    p.add_argument("--k", type=int, default=10, help="default candidates per step, for requests without args.k (default 10)")
+    p.add_argument("--w", type=float, default=1.5, help="default reward weight, for requests without args.w (default 1.5)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most requests decoded together in one run (greedy requests with equal settings; default 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a batchable request waits for others to join its batch (default 10 ms)")
+    p.add_argument("--model-name", default="", help="the model id clients send (default: the bundle folder's name)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    ray = p.add_argument_group("Ray Serve (pip install \"args-rt[ray]\")")
+    ray.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (one generator per replica)")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="number of replicas (default 1)")
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas on ongoing requests")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs each replica reserves (default 0; fractions allowed)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves (default 1; fractions allowed)")
+    ray.add_argument("--ray-address", default=None,
+                     help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of starting Ray locally")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = _config(args)
+        return _run_ray(args, config) if args.ray else _run_uvicorn(args, config)
+    except ArgsError as e:
+        print(f"args-serve: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _config(args: argparse.Namespace):
+    """The server's configuration, with the bundle's manifest read now so a wrong path or --k fails before serving."""
+    from ..manifest import load_manifest
+    from .config import ServeConfig
+
+    manifest = load_manifest(args.bundle, verify_checksums=False)  # checksums: verified when the bundle loads
+    if not 1 <= args.k <= manifest.max_k:
+        raise ArgsError(f"--k {args.k} is out of range for this bundle: it supports 1 <= k <= {manifest.max_k}")
+    if args.max_batch < 1:
+        raise ArgsError(f"--max-batch {args.max_batch} must be >= 1")
+    if args.batch_wait_ms < 0:
+        raise ArgsError(f"--batch-wait-ms {args.batch_wait_ms} must be >= 0")
+    return ServeConfig(bundle=args.bundle.resolve(), model_name=args.model_name, device=args.device, threads=args.threads,
+                       k=args.k, w=args.w, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+
+
+def _run_uvicorn(args: argparse.Namespace, config) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_error(error: BaseException) -> None:
+        failed.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_load_error)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C: a normal stop
+        pass
+    if failed:
+        print(f"args-serve: error: cannot load {config.bundle}: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, config) -> int:
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise ArgsError("--ray needs Ray Serve: pip install \"args-rt[ray]\"") from None
+    from .ray_app import RayScale, build_app, parse_autoscale
+
+    scale = RayScale(replicas=args.replicas, autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+                     gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica)
+    application = build_app(config, scale)
+    ray.init(address=args.ray_address, include_dashboard=False)
+    signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which sets its own: a stop shuts Serve and Ray down as Ctrl-C does
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        print(f"args-serve: Ray Serve is starting {config.served_name} on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+        serve.run(application, name="args-serve", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if args.ray_address:  # someone else's cluster: take our application off it, leave Serve and Ray running
+            serve.delete("args-serve")
+        else:
+            serve.shutdown()
+            ray.shutdown()
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
