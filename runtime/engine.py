@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +38,24 @@ if TYPE_CHECKING:
     from .generator import ArgsGenerator
     from .tokenizer import Prompt
 
-__all__ = ["ArgsEngine", "RequestHandle"]
+__all__ = ["ArgsEngine", "EngineHooks", "RequestHandle", "unsupported"]
 
 log = logging.getLogger("args_runtime.engine")
+
+
+def _ignore(n: int) -> None:
+    pass
+
+
+@dataclass
+class EngineHooks:
+    """What the engine reports as it works, e.g. to Prometheus gauges (args-serve's metrics): requests waiting for a slot,
+    requests seated in one, and the requests each decode step ran together. Called from the engine's thread (and from
+    submit()/cancel()), so keep them cheap."""
+
+    queue_depth: Callable[[int], None] = _ignore
+    running: Callable[[int], None] = _ignore
+    batch: Callable[[int], None] = _ignore
 
 
 class RequestHandle:
@@ -220,9 +235,10 @@ class ArgsEngine:
     (`args-export --cache static`) on ONNX Runtime. Close it (`close()`, or use it as a context manager) to stop the
     thread; what is still waiting or running then ends with RequestCancelled."""
 
-    def __init__(self, generator: "ArgsGenerator", slots: int = 8) -> None:
+    def __init__(self, generator: "ArgsGenerator", slots: int = 8, hooks: EngineHooks | None = None) -> None:
         _check(generator, slots)
         self.gen, self.slots = generator, slots
+        self.hooks = hooks or EngineHooks()
         self.info = {**generator.engine_info(), "choice": "host", "scheduler": "continuous", "slots": slots}
         self.eos = frozenset(generator.manifest.tokenizer.eos_token_ids)
         self.caches = SlotCaches((generator.lm, generator.rm), slots)
@@ -259,11 +275,16 @@ class ArgsEngine:
             self._next_id += 1
             self._waiting.append(Request(prompts[0], checked, handle, self))
             self._cond.notify_all()
+            self.hooks.queue_depth(len(self._waiting))
         return handle
 
     def generate(self, prompt: "Prompt", **settings: Any) -> GenerationResult:
         """submit() and wait for the result."""
         return self.submit(prompt, **settings).result()
+
+    def alive(self) -> bool:
+        """Whether the engine's thread is running (a health check)."""
+        return self._thread.is_alive() and not self._closing
 
     def stats(self) -> dict[str, int]:
         """What the engine holds now: requests running (seated in a slot) and waiting, slots; decode steps and moves so far."""
@@ -291,6 +312,7 @@ class ArgsEngine:
                 if request.handle is handle:
                     self._waiting.remove(request)
                     handle._settle(error=RequestCancelled(f"request {handle.id} was cancelled before it started"))
+                    self.hooks.queue_depth(len(self._waiting))
                     return
             for _, request in self.table.occupied():
                 if request.handle is handle:
@@ -316,6 +338,9 @@ class ArgsEngine:
                 request = self._waiting.popleft()
                 self.table.place(slot, request, len(request.prompt))
                 seated.append((slot, request))
+            if seated:  # running first, so that waiting + running never reads 0 in between
+                self.hooks.running(len(self.table.occupied()))
+                self.hooks.queue_depth(len(self._waiting))
         for slot, request in seated:
             self._prefill(slot, request)
         with self._cond:
@@ -330,6 +355,8 @@ class ArgsEngine:
                     self.moves += 1
         if self.table.span:
             self._decode()
+        with self._cond:
+            self.hooks.running(len(self.table.occupied()))
         return True
 
     def _prefill(self, slot: int, request: Request) -> None:
@@ -364,6 +391,7 @@ class ArgsEngine:
             self._fail([slot for slot, _ in seated], error)
             return
         self.steps += 1
+        self.hooks.batch(len(seated))
         for slot, request, choice in chosen:
             self._book(slot, request, choice)
 
@@ -400,20 +428,30 @@ class ArgsEngine:
                 self._release(slot, RequestCancelled("the engine was closed"))
             while self._waiting:
                 self._waiting.popleft().handle._settle(error=RequestCancelled("the engine was closed"))
+            self.hooks.running(0)
+            self.hooks.queue_depth(0)
+
+
+def unsupported(generator: "ArgsGenerator") -> str | None:
+    """Why continuous batching cannot run over this generator (and how to fix it), or None when it can: it needs a
+    static-cache bundle on an engine that runs rows of a buffer in place, without CUDA graphs."""
+    manifest = generator.manifest
+    if manifest.lm.cache != "static" or manifest.rm.cache != "static":
+        return (f"continuous batching keeps each request at its own position in a static cache, but {generator.bundle} has "
+                f"the {manifest.lm.cache} layout: re-export it with `args-export ... --cache static`")
+    engines = sorted({m.backend.name for m in (generator.lm, generator.rm) if not m.backend.row_views})
+    if engines:
+        return (f"continuous batching runs some rows of a cache buffer in place, which the {' and '.join(engines)} engine "
+                "cannot: open the generator with backend='onnxruntime'")
+    if generator.options.cuda_graph:
+        return ("ArgsEngine does not capture CUDA graphs (a prefill writes a different slot's rows each time): "
+                "open the generator with cuda_graph=False")
+    return None
 
 
 def _check(generator: "ArgsGenerator", slots: int) -> None:
-    """What continuous batching needs of the generator: a static-cache bundle, an engine that runs rows in place."""
+    """What continuous batching needs: a sane slot count, and a generator it can run over (see `unsupported`)."""
     if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
         raise GenerationError(f"slots={slots!r} must be an integer >= 1 (how many requests run at once)")
-    manifest = generator.manifest
-    if manifest.lm.cache != "static" or manifest.rm.cache != "static":
-        raise BundleError(f"continuous batching keeps each request at its own position in a static cache, but {generator.bundle} has "
-                          f"the {manifest.lm.cache} layout: re-export it with `args-export ... --cache static`")
-    engines = sorted({m.backend.name for m in (generator.lm, generator.rm) if not m.backend.row_views})
-    if engines:
-        raise GenerationError(f"continuous batching runs some rows of a cache buffer in place, which the {' and '.join(engines)} engine "
-                              "cannot: open the generator with backend='onnxruntime'")
-    if generator.options.cuda_graph:
-        raise GenerationError("ArgsEngine does not capture CUDA graphs (a prefill writes a different slot's rows each time): "
-                              "open the generator with cuda_graph=False")
+    if (reason := unsupported(generator)) is not None:
+        raise (BundleError if generator.manifest.lm.cache != "static" else GenerationError)(reason)

@@ -36,4 +36,4 @@ class MissingDependencyError(ArgsError, ImportError):
 
 
 class RequestCancelled(ArgsError):
-    """A request to the continuous-batching engine was cancelled (or the engine closed) before it finished."""
+    """A request was cancelled (its caller or client went away, or the engine or server closed) before it finished."""
