@@ -68,7 +68,6 @@ class Handle:
         self._done: asyncio.Future = loop.create_future()
         self._cancelled = threading.Event()
         self.first_token_at: float | None = None  # perf_counter time of the first token (set by the worker)
-        self.batch_size = 0  # how many requests shared its run
 
     # -- event-loop side
     def __aiter__(self) -> AsyncIterator[TokenEvent]:
@@ -258,8 +257,6 @@ class BatchScheduler(Scheduler):
 
     def _run(self, group: list[Job], handles: list[Handle]) -> None:
         self.hooks.batch(len(group))
-        for handle in handles:
-            handle.batch_size = len(group)
         try:
             if len(group) == 1:
                 self._run_alone(group[0], handles[0])
