@@ -14,6 +14,7 @@ under benchmarks/results/<machine>/.
     args-bench --lm DIR --rm DIR     # any exportable pair (a bundle is exported once and cached)
     args-bench --bundle DIR          # an existing bundle (the reference loads the manifest's source folders)
     args-bench --bundle DYN --bundle STATIC      # existing bundles of both layouts (one per layout)
+    args-bench quantized [--help]    # fp32 against weight-only int8/int4 bundles: speed, agreement, reward
     args-bench --random-shape llama-7b --dtype fp16 --devices cuda   # the GPU target: 7B-shaped random pair
 """
 
@@ -361,6 +362,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quantized"]:  # fp32 against weight-only int8/int4 bundles: benchmarks/quantized.py
+        from .quantized import main as quantized
+
+        return quantized(argv[1:])
     args = parse_args(argv)
     from args_runtime.errors import ArgsError
     from args_runtime.loops import available_loops

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from args_runtime import __version__
@@ -28,6 +28,7 @@ from .choice_graph import CHOICE_FILE, write_choice_graph
 from .loading import ModelPair, PairSpec
 from .onnx_export import export_lm, export_rm
 from .plan import CACHE_LAYOUTS, EXPORTERS, GraphPlan
+from .quantize import Quantization, quantization, quantize_graph
 from .validate import ValidationReport, validate_choice_graph, validate_graphs
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -45,6 +46,8 @@ class ExportOptions:
     force: bool = False
     cache: str = "dynamic"  # "static": fixed in-place KV-cache buffers (CUDA graphs, TensorRT, flat cost per token)
     exporter: str = "torchscript"  # or "dynamo": torch.onnx's torch.export-based path
+    quantize: str | None = None  # "int8" | "int4": weight-only, with ONNX Runtime's MatMulNBits quantizer
+    quantize_models: tuple[str, ...] = ("lm", "rm")  # which graphs --quantize applies to
 
 
 class StageLog:
@@ -68,7 +71,8 @@ class StageLog:
 
 def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     """Run the whole export; return the manifest of the bundle now at opts.out."""
-    log = StageLog(7, quiet)
+    scheme = quantization(opts.quantize)
+    log = StageLog(9 if scheme else 7, quiet)
     out = Path(opts.out).expanduser()
     check_device = _check_options(opts, out)
     with log.stage("reading configs and tokenizers"):
@@ -85,6 +89,10 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
             tokenizer = _write_tokenizer(pair, work)
         with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
             report = _check(pair, plan, specs, work, check_device, log)
+        if scheme:  # the traced graphs passed the exporter's own limits: what follows is the quantization's error
+            specs = _quantize(specs, scheme, opts.quantize_models, work, log)
+            with log.stage(f"checking the {scheme.scheme} graphs against the unquantized PyTorch models (quantization limits)"):
+                report = _check_quantized(pair, plan, specs, work, check_device, report, log)
         with log.stage("writing the manifest"):
             manifest = _write_manifest(work, specs, tokenizer, plan, report, check_device)
     log.say(f"bundle written to {out}")
@@ -99,6 +107,11 @@ def _check_options(opts: ExportOptions, out: Path) -> Device:
         raise ExportError(f"--cache {opts.cache!r} is not one of {list(CACHE_LAYOUTS)}")
     if opts.exporter not in EXPORTERS:
         raise ExportError(f"--exporter {opts.exporter!r} is not one of {list(EXPORTERS)}")
+    if opts.quantize not in (None, "none") and opts.dtype == "bf16":
+        raise ExportError(f"--quantize {opts.quantize} applies to fp32 or fp16 graphs, not --dtype bf16: export with --dtype fp32 or fp16")
+    unknown = sorted(set(opts.quantize_models) - {"lm", "rm"})
+    if unknown or not opts.quantize_models:
+        raise ExportError(f"--quantize-only {','.join(unknown) or '(none)'}: name the graphs to quantize, 'lm' and/or 'rm'")
     if out.exists() and not opts.force:
         raise ExportError(f"{out} already exists: pass --force to replace it, or choose another --out")
     return _check_device(opts.dtype)
@@ -138,6 +151,20 @@ def _trace(pair: ModelPair, plan: GraphPlan, work: Path, log: StageLog) -> tuple
     return lm, rm
 
 
+def _quantize(specs: tuple[GraphSpec, GraphSpec], scheme: Quantization, which: tuple[str, ...], work: Path,
+              log: StageLog) -> tuple[GraphSpec, GraphSpec]:
+    """Rewrite the chosen graphs with weight-only quantized MatMuls; their specs record the scheme."""
+    names = " and ".join(n.upper() for n in ("lm", "rm") if n in which)
+    with log.stage(f"quantizing the {names} weights to {scheme.scheme} (ONNX Runtime MatMulNBits, blocks of {scheme.block_size})"):
+        out = []
+        for name, spec in zip(("lm", "rm"), specs):
+            if name in which:
+                quantize_graph(work / spec.file, scheme)
+                spec = replace(spec, quantization=scheme.as_dict())
+            out.append(spec)
+    return out[0], out[1]
+
+
 def _write_tokenizer(pair: ModelPair, work: Path) -> TokenizerSpec:
     """tokenizer.json, the chat template, and the special ids generation needs."""
     tok = pair.tokenizer
@@ -159,6 +186,18 @@ def _check(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, GraphSpec],
     validate_choice_graph(write_choice_graph(work), report)
     for line in report.lines():
         log.say("    " + line)
+    report.raise_if_failed()
+    return report
+
+
+def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, GraphSpec], work: Path, device: Device,
+                     report: ValidationReport, log: StageLog) -> ValidationReport:
+    """The quantized graphs against PyTorch, held to their scheme's limits; their checks join the report, named so."""
+    quantized = validate_graphs(work, specs, pair, plan, device)
+    for check in quantized.checks:
+        check.name = f"after quantization: {check.name}"
+        log.say("    " + quantized.line(check))
+    report.checks += quantized.checks
     report.raise_if_failed()
     return report
 

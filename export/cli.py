@@ -20,6 +20,7 @@ examples:
   args-export --lm ./llama-7b-sft --rm ./llama-7b-rm --out bundles/llama7b
   args-export --lm SmolLM2.gguf --rm ./smol-rm --out bundles/smol --max-context 2048 --force
   args-export --lm ./smol --rm ./smol-rm --out bundles/smol --dtype fp16 --tensorrt     # ONNX + TensorRT engines
+  args-export --lm ./smol --rm ./llama-rm --out bundles/int8 --quantize int8 --quantize-only rm   # int8 RM weights
   args-export --tensorrt-only bundles/smol --trt-precision fp16 --trt-max-batch 4       # engines for an existing bundle
 
 TensorRT engines (lm.engine, rm.engine) are specific to the GPU architecture and TensorRT version that built them;
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
                    help="torch.onnx path that traces the graphs: torchscript (default; torch deprecates it, but it exports 7-10x "
                    "faster on CPU) or dynamo (torch.export; same graph interface, checks and tokens, smaller graphs)")
+    p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization with ONNX Runtime's MatMulNBits quantizer "
+                   "(block-wise symmetric weights, blocks of 32; activations stay fp): fewer weight bytes per step, for a reward model "
+                   "with its own backbone above all. The check against PyTorch then uses quantization limits and says so")
+    p.add_argument("--quantize-only", choices=["lm", "rm"], help="apply --quantize to this graph only (default: both)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
     trt = p.add_argument_group("TensorRT engines (need TensorRT 10, cuda-python and an NVIDIA GPU: pip install 'args-rt[trt]')")
     trt.add_argument("--tensorrt", action="store_true", help="after the ONNX export, build lm.engine and rm.engine into the bundle "
@@ -67,6 +72,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     elif len(given) < 3:
         p.error(f"the following arguments are required: {', '.join(f'--{n}' for n in ('lm', 'rm', 'out') if not getattr(args, n))} "
                 "(or --tensorrt-only BUNDLE)")
+    if args.quantize_only and not args.quantize:
+        p.error("--quantize-only needs --quantize int8|int4")
     if args.trt_max_batch < 1:
         p.error(f"--trt-max-batch {args.trt_max_batch}: must be at least 1")
 
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             from .bundle import ExportOptions, export_bundle
 
             manifest = export_bundle(
-                ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache, args.exporter),
+                ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache, args.exporter,
+                              args.quantize, (args.quantize_only,) if args.quantize_only else ("lm", "rm")),
                 quiet=args.quiet
             )
         if args.tensorrt or args.tensorrt_only:

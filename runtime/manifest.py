@@ -40,6 +40,14 @@ class GraphSpec:
     outputs: list[TensorSpec]
     cache: str = "dynamic"  # "dynamic": the cache grows by concatenation; "static": fixed [B, Hkv, max_context, D] buffers written in place
     hf_config: dict[str, Any] = field(default_factory=dict)
+    # Weight-only quantization (args-export --quantize): {"scheme": "int8" | "int4", "bits", "block_size", ...}, or
+    # None for weights in `dtype`. The graph's interface is the same either way.
+    quantization: dict[str, Any] | None = None
+
+    @property
+    def weights(self) -> str:
+        """What the weights are stored as: the scheme when quantized, else the dtype."""
+        return self.quantization["scheme"] if self.quantization else self.dtype
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "GraphSpec":

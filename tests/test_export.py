@@ -144,6 +144,9 @@ def test_reward_model_must_have_one_label(tmp_path, smol_tokenizer):
         (dict(max_k=10**6), "--max-k 1000000 is out of range"),
         (dict(max_context=10**6), "--max-context 1000000 is out of range"),
         (dict(dtype="int8"), "--dtype 'int8' is not one of"),
+        (dict(quantize="int3"), "--quantize 'int3' is not one of"),
+        (dict(quantize="int8", dtype="bf16"), "applies to fp32 or fp16 graphs"),
+        (dict(quantize="int8", quantize_models=("lm", "head")), "--quantize-only head"),
     ],
 )
 def test_bad_options_fail_clearly(tmp_path, tiny_pairs, kwargs, message):

@@ -1,0 +1,226 @@
+"""Quantized bundles against fp32, side by side in one run: `args-bench quantized`.
+
+The same LM + RM exported as fp32 and with weight-only int8 / int4 (`args-export --quantize`), ARGS-greedy on the
+held-out sentiment prompts, the reference ARGS (transformers eager, fp32) on the first of them. Per bundle: ms/token,
+the speed-up over the reference, weight bytes on disk, token agreement with the fp32 bundle's tokens (which equal the
+reference's), and the mean reward of the replies under the fp32 RM — so a speed-up that buys worse text shows.
+
+    args-bench quantized [--quick] [--schemes int8,int4] [--quantize-only rm] [--prompts N] [--new-tokens N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .common import RESULTS, machine
+from .report import prefix_agreement
+
+
+@dataclass
+class Bundle:
+    """One contender: a bundle (fp32 or quantized), its generator, what it produced and how fast."""
+
+    name: str
+    path: Path
+    gen: object = None
+    replies: list[list[int]] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    bundle: str
+    weights_mib: float
+    ms_per_token: float
+    speedup_vs_reference: float | None
+    token_agreement: float  # share of positions equal to the fp32 bundle's token
+    prefix_agreement: float  # mean share of each reply before its first difference from fp32's
+    exact_replies: float  # share of replies identical to fp32's
+    mean_reward: float  # under the fp32 RM (PyTorch)
+    reward_change_pct: float  # against the fp32 bundle's mean reward, in % of its magnitude
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="args-bench quantized", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lm", help="LM folder (default: the demo's SmolLM2-135M-Instruct)")
+    p.add_argument("--rm", help="RM folder (default: the demo's sentiment RM)")
+    p.add_argument("--schemes", default="int8,int4", help="comma-separated weight-only schemes to race against fp32 (default int8,int4)")
+    p.add_argument("--quantize-only", choices=["lm", "rm"], help="quantize only this graph (default: both)")
+    p.add_argument("--prompts", type=int, default=16, help="held-out sentiment prompts to decode (default 16)")
+    p.add_argument("--reference-prompts", type=int, default=2, help="of which the reference ARGS decodes the first N (default 2; 0: skip)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens per reply, EOS ignored (default 64)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5, the demo's)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0: ONNX Runtime's default)")
+    p.add_argument("--quick", action="store_true", help="2 prompts, 16 tokens, reference on 1 (CI smoke)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.prompts, args.new_tokens, args.reference_prompts = 2, 16, 1
+    return args
+
+
+def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
+    """fp32 and one bundle per scheme, each exported once and cached by what it was made from."""
+    from args_export.bundle import ExportOptions, export_bundle
+    from args_runtime.manifest import FORMAT_VERSION
+
+    which = (args.quantize_only,) if args.quantize_only else ("lm", "rm")
+    max_context = 256 + args.new_tokens
+    out = []
+    for scheme in [None, *args.schemes]:
+        what = [str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), scheme, which, max_context, args.k, FORMAT_VERSION]
+        path = cache / f"bench-quantized-{hashlib.sha1(json.dumps(what).encode()).hexdigest()[:12]}"
+        if not (path / "manifest.json").is_file():
+            print(f"exporting the {scheme or 'fp32'} bundle to {path}", file=sys.stderr)
+            export_bundle(ExportOptions(args.lm, args.rm, path, max_context=max_context, max_k=args.k, force=True, quantize=scheme,
+                                        quantize_models=which))
+        label = f"{scheme} ({'+'.join(which)})" if scheme else "fp32"
+        out.append(Bundle(label, path))
+    return out
+
+
+def decode_all(bundles: list[Bundle], chats: list, args: argparse.Namespace) -> None:
+    """Every prompt on every bundle, alternating bundles per prompt so that machine noise falls on all alike."""
+    for chat in chats:
+        for b in bundles:
+            res = b.gen.generate(chat, k=args.k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True)
+            b.replies.append(res.token_ids)
+            b.step_ms += list(res.timings["step_ms"])
+
+
+def reference_ms(args: argparse.Namespace, prompt_ids: list[list[int]]) -> tuple[float | None, list[list[int]]]:
+    """ms/token of the reference ARGS (fp32 transformers eager) on the first prompts, and its tokens."""
+    if not args.reference_prompts:
+        return None, []
+    import torch
+
+    from args_export.loading import ModelSpec, load_lm, load_rm
+    from args_export.reference import ReferenceARGS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_lm(ModelSpec.read(args.lm, "LM"), "fp32").model
+    rm = load_rm(ModelSpec.read(args.rm, "RM"), "fp32")
+    reference = ReferenceARGS(lm, rm.model, rm.family)
+    times, tokens = [], []
+    for ids in prompt_ids[: args.reference_prompts]:
+        clock, out = [], []
+        start = time.perf_counter()
+        for token, _, _ in reference.steps(ids, args.k, args.w):
+            clock.append(time.perf_counter() - start)
+            out.append(token)
+            if len(out) == args.new_tokens:
+                break
+        times += [(b - a) * 1e3 for a, b in zip(clock, clock[1:])]
+        tokens.append(out)
+    return statistics.median(times), tokens
+
+
+def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float | None) -> list[Row]:
+    base = bundles[0]
+    rows = []
+    for b in bundles:
+        same = [a == r for mine, theirs in zip(b.replies, base.replies) for a, r in zip(mine, theirs)]
+        ms = statistics.median(b.step_ms)
+        mean_reward, base_reward = statistics.mean(rewards[b.name]), statistics.mean(rewards[base.name])
+        rows.append(Row(
+            b.name, round(weight_bytes(b.path) / 2**20, 1), round(ms, 2), round(ref_ms / ms, 2) if ref_ms else None,
+            round(sum(same) / len(same), 4), round(prefix_agreement(b.replies, base.replies), 4),
+            round(sum(m == t for m, t in zip(b.replies, base.replies)) / len(base.replies), 4),
+            round(mean_reward, 4), round(100 * (mean_reward - base_reward) / max(abs(base_reward), 1e-9), 2),
+        ))
+    return rows
+
+
+def weight_bytes(bundle: Path) -> int:
+    """Bytes of both graphs and their external weights."""
+    return sum(f.stat().st_size for f in bundle.iterdir() if f.name.startswith(("lm.onnx", "rm.onnx")))
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    names = [r.bundle for r in rows]
+    for ax, attr, title in zip(axes, ("ms_per_token", "token_agreement", "mean_reward"),
+                               ("ms/token (ARGS-greedy)", "token agreement with fp32", "mean reward (fp32 RM)")):
+        ax.bar(names, [getattr(r, attr) for r in rows], color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][: len(rows)])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from args_export.demo.models import sentiment_reward_model
+    from args_export.demo.prepare import cache_dir, demo_paths, smollm2_folder
+    from args_export.quality.metrics import RewardScorer
+    from args_export.rewards.sentiment_pairs import load_prompts
+    from args_runtime import ArgsGenerator
+    from args_runtime.errors import ArgsError
+
+    try:
+        args.schemes = [s for s in args.schemes.split(",") if s]
+        cache = cache_dir()
+        if not args.lm:  # the demo's pair: SmolLM2 and the sentiment RM on its backbone
+            args.lm = str(smollm2_folder(cache))
+            args.rm = str(sentiment_reward_model(Path(args.lm), demo_paths(cache)[1]))
+        bundles = export_bundles(args, cache)
+        for b in bundles:
+            b.gen = ArgsGenerator.from_bundle(b.path, threads=args.threads or None)
+    except ArgsError as e:
+        print(f"args-bench quantized: error: {e}", file=sys.stderr)
+        return 2
+    started = time.time()
+    chats = [[{"role": "user", "content": p}] for p in load_prompts("eval")[: args.prompts]]
+    prompt_ids = [bundles[0].gen.tokenizer.encode(c) for c in chats]
+    bundles[0].gen.generate(chats[0], k=args.k, w=args.w, max_new_tokens=4)  # warm-up, each
+    for b in bundles[1:]:
+        b.gen.generate(chats[0], k=args.k, w=args.w, max_new_tokens=4)
+    decode_all(bundles, chats, args)
+    ref_ms, ref_tokens = reference_ms(args, prompt_ids)
+    scorer = RewardScorer(Path(args.rm), set(bundles[0].gen.manifest.tokenizer.eos_token_ids))
+    rewards = {b.name: scorer.rewards(prompt_ids, b.replies) for b in bundles}
+    rows = table(bundles, rewards, ref_ms)
+    info = machine()
+    meta = {"machine": info, "lm": args.lm, "rm": args.rm, "k": args.k, "w": args.w, "prompts": len(chats), "new_tokens": args.new_tokens,
+            "reference_ms_per_token": round(ref_ms, 2) if ref_ms else None, "reference_prompts": len(ref_tokens),
+            "fp32_equals_reference": [b == r for b, r in zip(bundles[0].replies, ref_tokens)],
+            "wall_s": round(time.time() - started, 1), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(f"{'bundle':<16} {'weights MiB':>11} {'ms/token':>9} {'vs ref':>7} {'agree':>6} {'prefix':>6} {'exact':>6} {'reward':>8} {'Δ%':>7}")
+    for r in rows:
+        vs = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
+        print(f"{r.bundle:<16} {r.weights_mib:>11} {r.ms_per_token:>9} {vs:>7} {r.token_agreement:>6} {r.prefix_agreement:>6} "
+              f"{r.exact_replies:>6} {r.mean_reward:>8} {r.reward_change_pct:>7}")
+    if ref_ms:
+        print(f"reference ARGS (transformers eager fp32): {ref_ms:.1f} ms/token on {len(ref_tokens)} prompt(s); "
+              f"fp32 bundle's tokens equal it: {meta['fp32_equals_reference']}")
+    out = args.out or RESULTS / info["label"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quantized.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    with open(out / "quantized.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    plot(rows, out / "quantized.png")
+    print(f"written {out / 'quantized.json'}, quantized.csv, quantized.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
