@@ -3,14 +3,16 @@
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it from here)
 
 from .backend import Device
-from .errors import (ArgsError, BundleError, ContextLengthError, ExportError, GenerationError, MissingDependencyError, SettingError,
-                     TokenizerMismatchError, TrainingError, UnsupportedModelError)
+from .errors import (ArgsError, BundleError, ContextLengthError, ExportError, GenerationError, MissingDependencyError, RequestCancelled,
+                     SettingError, TokenizerMismatchError, TrainingError, UnsupportedModelError)
+from .engine import ArgsEngine, RequestHandle
 from .generator import ArgsGenerator
 from .loops import LOOP_IMPL
 from .options import RuntimeOptions
 from .results import GenerationResult, TokenEvent
 
 __all__ = [
+    "ArgsEngine",
     "ArgsError",
     "ArgsGenerator",
     "BundleError",
@@ -21,6 +23,8 @@ __all__ = [
     "GenerationResult",
     "LOOP_IMPL",
     "MissingDependencyError",
+    "RequestCancelled",
+    "RequestHandle",
     "RuntimeOptions",
     "SettingError",
     "TokenEvent",

@@ -81,3 +81,16 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         """What runs this graph, for timings and logs."""
         return {"backend": self.name, "device": str(self.device)}
+
+    # Continuous batching (runtime/slots.py) keeps one cache row per request in [slots, ...] buffers and runs some rows
+    # of them in place; an engine that can bind part of a buffer says so here.
+    row_views: bool = False
+
+    def rows(self, value: Any, start: int, stop: int) -> Any:
+        """Rows [start, stop) of an engine-side value from `empty` (rows are contiguous), as a value `run` reads and
+        writes in place."""
+        raise GenerationError(f"the {self.name} engine cannot run part of a buffer in place; continuous batching needs backend='onnxruntime'")
+
+    def host_view(self, value: Any) -> np.ndarray | None:
+        """A numpy array over the very memory of an engine-side value when it lives on the host, else None."""
+        return None

@@ -48,3 +48,7 @@ class TrainingError(ArgsError, ValueError):
 
 class MissingDependencyError(ArgsError, ImportError):
     """An optional package a feature needs is not installed (or not usable here); the message names the install command."""
+
+
+class RequestCancelled(ArgsError):
+    """A request was cancelled (its caller or client went away, or the engine or server closed) before it finished."""

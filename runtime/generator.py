@@ -76,14 +76,14 @@ class ArgsGenerator:
         Text that could still begin a stop string is held back until it is known not to be one. The prompt and keywords
         are checked here, at the call; the generation runs as the stream is read. Close a stream you stop reading early
         (`close()`, a `with` block, or let it go out of scope): until then it holds the generator."""
-        prompts, is_batch = self._encode(prompt)
+        prompts, is_batch = self.encode(prompt)
         if is_batch:
             raise GenerationError("stream() takes one prompt, not a batch (a list of prompts): use generate() for a batch")
         settings = self.settings(**kwargs)
 
         def events(end_stream) -> Iterator[TokenEvent]:
             with self._turns.turn(end_stream):
-                yield from stream_events(self._drive(prompts, settings, lm_only=False), settings.stop, self._engine_timings())
+                yield from stream_events(self._drive(prompts, settings, lm_only=False), settings.stop, self.engine_info())
 
         return Stream(events)
 
@@ -110,9 +110,9 @@ class ArgsGenerator:
 
     def _run(self, prompt: Prompt | list[Prompt], settings: Settings, lm_only: bool):
         """One call to its end: the prompts checked, then the generator's turn (waiting for a call in another thread)."""
-        prompts, is_batch = self._encode(prompt)
+        prompts, is_batch = self.encode(prompt)
         with self._turns.turn():
-            results = collect(self._drive(prompts, settings, lm_only), self._engine_timings())
+            results = collect(self._drive(prompts, settings, lm_only), self.engine_info())
         return results if is_batch else results[0]
 
     def prompt_ids(self, prompt: Prompt, where: str = "the prompt") -> list[int]:
@@ -121,7 +121,7 @@ class ArgsGenerator:
         no room for a new token."""
         return self._checked_ids(self._encode_one(prompt, where), where)
 
-    def _encode(self, prompt: Any) -> tuple[list[list[int]], bool]:
+    def encode(self, prompt: Any) -> tuple[list[list[int]], bool]:
         """Token ids of one prompt or a batch (a list of texts, id lists or chats), each checked against the bundle's
         vocabulary and context."""
         is_batch = isinstance(prompt, list) and any(isinstance(p, (str, list)) for p in prompt) and not any(isinstance(p, dict) for p in prompt)
@@ -169,7 +169,7 @@ class ArgsGenerator:
         finally:
             steps.close()
 
-    def _engine_timings(self) -> dict[str, Any]:
+    def engine_info(self) -> dict[str, Any]:
         """What ran, for every result's timings."""
         return {
             "loop": self.loop,

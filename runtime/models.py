@@ -47,6 +47,17 @@ class PrefixState:
         return self.attention_mask, positions
 
 
+@dataclass
+class CacheRows:
+    """Rows of static KV-cache buffers held outside the model (continuous batching's slots, runtime/slots.py): a run
+    reads and writes them in place and leaves the model's own cache alone. The mask spans every slot of each row and
+    `cache_position` gives each row its own write slots."""
+
+    attention_mask: np.ndarray  # [n, C] int64
+    cache_position: np.ndarray  # [n, S] int64
+    past: dict[str, object]  # past_key_values.* → this model's buffers, the n rows of them (Backend.rows)
+
+
 class TopK:
     """The LM's k proposals per row as the engine holds them (the RM and choose.onnx take them from there) and,
     copied only when asked for, on the host (for a choice made by the host stepper)."""
@@ -92,8 +103,10 @@ class CachedGraph:
             self.into = dict(zip(self.present_names, self.past.values()))
         self._slot_mask = np.zeros((batch, self.max_context), np.int64)
 
-    def prefix_feeds(self, prefix: Masked, num_new: int) -> dict[str, np.ndarray]:
+    def prefix_feeds(self, prefix: Masked | CacheRows, num_new: int) -> dict[str, np.ndarray]:
         """The mask (and, static, the slots of the `num_new` newest tokens) for a run over the prefix."""
+        if isinstance(prefix, CacheRows):  # rows that keep their own positions
+            return {"attention_mask": prefix.attention_mask, "cache_position": prefix.cache_position}
         mask = prefix.attention_mask
         if not self.static:
             return {"attention_mask": mask}
@@ -103,7 +116,10 @@ class CachedGraph:
         slots = np.broadcast_to(np.arange(width - num_new, width, dtype=np.int64), (len(mask), num_new))
         return {"attention_mask": self._slot_mask, "cache_position": np.ascontiguousarray(slots)}
 
-    def run(self, feeds: dict[str, object]) -> dict[str, object]:
+    def run(self, feeds: dict[str, object], rows: CacheRows | None = None) -> dict[str, object]:
+        """One pass over this model's cache, or over the outside `rows` (written in place, as the static layout is)."""
+        if rows is not None:
+            return self.backend.run({**feeds, **rows.past}, into={new: rows.past[old] for old, new in zip(self.past_names, self.present_names)})
         outputs = self.backend.run({**feeds, **self.past}, into=self.into)
         if not self.static:
             self.past = {past: outputs[present] for past, present in zip(self.past_names, self.present_names)}
@@ -118,6 +134,10 @@ class CachedGraph:
         return total
 
 
+def _outside(prefix: Masked | CacheRows) -> CacheRows | None:
+    return prefix if isinstance(prefix, CacheRows) else None
+
+
 @lru_cache(maxsize=None)
 def _slots(k: int) -> np.ndarray:
     """The LM's `candidate_slots` feed: only its length k is read (the top-k's k as a shape, see LMStep)."""
@@ -129,21 +149,21 @@ def _slots(k: int) -> np.ndarray:
 class LanguageModel(CachedGraph):
     """Extends its cache by some tokens; proposes the top-k next tokens of each row."""
 
-    def extend(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, k: int) -> TopK:
+    def extend(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked | CacheRows, k: int) -> TopK:
         feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]),
                  "candidate_slots": _slots(k)}
-        out = self.run(feeds)
+        out = self.run(feeds, _outside(prefix))
         return TopK(self.backend, out["topk_values"], out["topk_ids"], len(ids))
 
 
 class RewardModel(CachedGraph):
     """Extends its cache by some tokens and, in the same pass, scores candidate next tokens against it."""
 
-    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked, candidates: TopK | np.ndarray,
+    def extend_and_score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked | CacheRows, candidates: TopK | np.ndarray,
                          on_host: bool = True) -> np.ndarray | object:
         """The k rewards per row, on the host or (`on_host=False`) left in the engine for a choice made there."""
         if isinstance(candidates, TopK):  # the LM's ids stay on the device when both models share it
             candidates = candidates.engine_ids if candidates.device == self.backend.device else candidates.ids
         feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]), "candidate_ids": candidates}
-        rewards = self.run(feeds)["rewards"]
+        rewards = self.run(feeds, _outside(prefix))["rewards"]
         return self.backend.to_host(rewards) if on_host else rewards

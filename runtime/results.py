@@ -92,19 +92,30 @@ def collect(drive: Drive, engine: dict[str, Any]) -> list[GenerationResult]:
 
 
 def stream_events(drive: Drive, stops: list[str], engine: dict[str, Any]) -> Iterator[TokenEvent]:
-    """One event per token of a single-row drive. Text that could still begin a stop string is held back until it is
-    known not to be one; the last event carries the result."""
-    clock: list[float] = []
-    shown = ""
+    """One event per token of a single-row drive (see TokenStream); the last event carries the result."""
+    events = TokenStream(stops, engine)
     for rows, elapsed in drive:
-        row = rows[0]
-        clock.append(elapsed)
+        yield events.next(rows[0], elapsed)
+
+
+class TokenStream:
+    """Turns one row's growth into token events, one per step. Text that could still begin a stop string is held back
+    until it is known not to be one; the event of the row's last token carries its result."""
+
+    def __init__(self, stops: list[str], engine: dict[str, Any]) -> None:
+        self.stops, self.engine = stops, engine
+        self.clock: list[float] = []  # seconds from the start until each token was chosen
+        self.shown = ""
+
+    def next(self, row: Row, elapsed: float) -> TokenEvent:
+        """The event of the token `row` just recorded, `elapsed` seconds after the start."""
+        self.clock.append(elapsed)
         done = row.finish_reason is not None
         text = row.text
-        visible = text if done else text[: safe_length(text, stops)]
-        delta = visible[len(shown) :]
-        shown += delta
-        yield TokenEvent(row.ids[-1], delta, row.logits[-1], row.rewards[-1], row.result(clock, engine) if done else None)
+        visible = text if done else text[: safe_length(text, self.stops)]
+        delta = visible[len(self.shown) :]
+        self.shown += delta
+        return TokenEvent(row.ids[-1], delta, row.logits[-1], row.rewards[-1], row.result(self.clock, self.engine) if done else None)
 
 
 def safe_length(text: str, stops: list[str]) -> int:

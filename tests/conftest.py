@@ -128,6 +128,15 @@ def static_bundles(tiny_pairs, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def static_llama_bundle(tiny_pairs, tmp_path_factory) -> Path:
+    """The tiny llama pair as the server serves it with continuous batching: its bundle, exported with the static cache
+    layout (same context and max k), in a folder named like the dynamic one (the served model's name)."""
+    bundle = tmp_path_factory.mktemp("serve-static") / "llama-bundle"
+    export_bundle(ExportOptions(tiny_pairs["llama"].lm_dir, tiny_pairs["llama"].rm_dir, bundle, max_k=48, cache="static"), quiet=True)
+    return bundle
+
+
+@pytest.fixture(scope="session")
 def smollm2_pair(cache_dir, smollm2_dir) -> Pair:
     rm_dir = seeded_reward_model(smollm2_dir, cache_dir / "smollm2-seeded-rm")
     bundle = cache_dir / "smollm2-bundle"

@@ -1,4 +1,5 @@
-"""args-serve: the real `openai` client against a real uvicorn server on 127.0.0.1, serving a tiny seeded bundle.
+"""args-serve: the real `openai` client against a real uvicorn server on 127.0.0.1, serving a tiny seeded bundle (static
+cache: continuous batching, every request through ArgsEngine; the dynamic layout's fixed batches once, at the end).
 Every answer must equal what ArgsGenerator.generate gives for the same request alone (greedy), or the same seeded
 sample (stochastic), whether it was streamed, batched with others, or answered under load with cancellations."""
 
@@ -20,7 +21,8 @@ import openai
 import pytest
 
 from args_runtime import ArgsGenerator
-from args_runtime.serve import GenerationSettings, Job, ServeConfig, create_app, plan_batches
+from args_runtime.serve import BatchScheduler, GenerationSettings, Job, ServeConfig, create_app, plan_batches
+from args_runtime.serve.continuous import EngineScheduler
 
 from .conftest import CHAT_PROMPTS, TEXT_PROMPTS
 from .serve_utils import ThreadServer, free_port, metric, wait_health, wait_idle
@@ -33,8 +35,8 @@ WORDS = ("the harbour town woke slowly while fishing boats rocked against the pi
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_pairs):
-    return tiny_pairs["llama"].bundle
+def bundle(static_llama_bundle):
+    return static_llama_bundle
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +189,53 @@ def test_concurrent_greedy_requests_are_batched_and_equal_single_requests(server
     for (text, tr), ref in zip(answers, refs):
         assert_equal_result(tr["token_ids"], text, tr["rewards"], ref)
     assert metric(server.url, "args_batch_size_sum") - batched > metric(server.url, "args_batch_size_count") - runs  # a batch > 1 ran
+
+
+def test_concurrent_requests_with_different_settings_share_steps_and_each_get_their_single_request_tokens(server, aclient, reference):
+    """A long greedy stream and a sampled chat request with other k, w, temperature and seed run in the same decode steps
+    of the engine, and each gets exactly what generate() gives it alone."""
+    assert isinstance(server.app.state.args.scheduler, EngineScheduler)  # a static bundle: continuous batching
+    long_kw = dict(k=3, w=2.0, max_new_tokens=300, ignore_eos=True)
+    sampled_kw = dict(k=12, w=0.5, max_new_tokens=20, method="stochastic", temperature=0.7, seed=5, ignore_eos=True)
+    long_ref = reference.generate(TEXT_PROMPTS[1], **long_kw)
+    sampled_ref = reference.generate(CHAT_PROMPTS[0], **sampled_kw)
+    wait_idle(server.url)
+    steps, rows = metric(server.url, "args_batch_size_count"), metric(server.url, "args_batch_size_sum")
+
+    async def main():
+        stream = await aclient.completions.create(model=MODEL, prompt=TEXT_PROMPTS[1], max_tokens=300, stream=True,
+                                                  extra_body={"args": {"k": 3, "w": 2.0, "ignore_eos": True, "return_rewards": True}})
+        first = await stream.__anext__()  # the stream is running: the sampled request joins its batch
+        sampled = await aclient.chat.completions.create(
+            model=MODEL, messages=CHAT_PROMPTS[0], max_tokens=20, temperature=0.7, seed=5,
+            extra_body={"args": {"k": 12, "w": 0.5, "method": "stochastic", "ignore_eos": True, "return_rewards": True}})
+        ids = list(trace(first.choices[0])["token_ids"])
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].model_extra.get("args"):
+                ids += trace(chunk.choices[0])["token_ids"]
+        return ids, sampled
+
+    ids, sampled = asyncio.run(main())
+    assert ids == long_ref.token_ids
+    c = sampled.choices[0]
+    assert_equal_result(trace(c)["token_ids"], c.message.content, trace(c)["rewards"], sampled_ref)
+    assert metric(server.url, "args_batch_size_sum") - rows > metric(server.url, "args_batch_size_count") - steps  # they shared steps
+
+
+def test_a_dynamic_cache_bundle_is_served_with_fixed_batches(tiny_pairs):
+    """The engine needs the static layout; a dynamic-cache bundle is still served (BatchScheduler), exactly."""
+    dynamic = tiny_pairs["llama"].bundle
+    reference = ArgsGenerator.from_bundle(dynamic, threads=1)
+    with ThreadServer(create_app(ServeConfig(dynamic, k=K, w=W, max_batch=4, threads=1))) as s:
+        s.wait_health()
+        assert isinstance(s.app.state.args.scheduler, BatchScheduler)
+        c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        for kw in (dict(max_new_tokens=12), dict(max_new_tokens=12, method="stochastic", temperature=0.8, seed=3)):
+            ref = reference.generate(TEXT_PROMPTS[0], k=K, w=W, ignore_eos=True, **kw)
+            args = {"ignore_eos": True, **({"method": "stochastic"} if "seed" in kw else {})}
+            r = c.completions.create(model="llama-bundle", prompt=TEXT_PROMPTS[0], max_tokens=12, seed=kw.get("seed"),
+                                     temperature=kw.get("temperature"), extra_body={"args": args})
+            assert r.choices[0].text == ref.text
 
 
 # ---------------------------------------------------------------------------------------------- bad input: 400, and serving goes on

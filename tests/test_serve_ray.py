@@ -18,10 +18,10 @@ serve = pytest.importorskip("ray.serve")
 
 
 @pytest.fixture(scope="module")
-def ray_server(tiny_pairs):
+def ray_server(static_llama_bundle):
     from args_runtime.serve.ray_app import app_builder
 
-    bundle = tiny_pairs["llama"].bundle
+    bundle = static_llama_bundle  # each replica serves it with continuous batching
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Backend, Device, EngineOptions
-from ..dtypes import HOST_TYPES, ONNX_ELEMENT_TYPES, ORT_TYPES
+from ..dtypes import HOST_TYPES, ITEMSIZE, ONNX_ELEMENT_TYPES, ORT_TYPES
 from ..errors import BundleError, GenerationError, MissingDependencyError
 from ..manifest import TensorSpec, check_graph_io
 from ..optional import INSTALL
@@ -65,6 +65,7 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
     ort_values = True
+    row_views = True
 
     def __init__(self, graph_path: str | Path, device: Device | str = "cpu", options: EngineOptions = EngineOptions(),
                  provider: str = "cuda", trt_fp16: bool = False) -> None:
@@ -134,7 +135,9 @@ class OrtBackend(Backend):
         key = tuple((n, _shape(v)) for n, v in feeds.items()) if self.fixed_addresses or self.cuda_graph == "on" else ()
         binding = self.session.io_binding()
         for name, value in feeds.items():
-            if not isinstance(value, np.ndarray):
+            if isinstance(value, OrtRows):
+                binding.bind_input(name, self.device.kind, self.device.index, value.element_type, value.shape(), value.data_ptr())
+            elif not isinstance(value, np.ndarray):
                 binding.bind_ortvalue_input(name, value)
             elif self.fixed_addresses:
                 binding.bind_ortvalue_input(name, self._staged(name, value))
@@ -145,7 +148,10 @@ class OrtBackend(Backend):
             kept.update({n: self._buffer(n, *spec) for n, spec in self._output_specs(key, feeds, into).items()})
             self._check_addresses(key, feeds, kept)
         for name in self.output_names:
-            if name in kept:
+            if isinstance(kept.get(name), OrtRows):
+                rows = kept[name]
+                binding.bind_output(name, self.device.kind, self.device.index, rows.element_type, rows.shape(), rows.data_ptr())
+            elif name in kept:
                 binding.bind_ortvalue_output(name, kept[name])
             else:
                 binding.bind_output(name, self.device.kind, self.device.index)
@@ -221,8 +227,38 @@ class OrtBackend(Backend):
         value.update_inplace(zeros)
         return value
 
+    def rows(self, value: Any, start: int, stop: int) -> "OrtRows":
+        return OrtRows(value, start, stop)
+
+    def host_view(self, value: Any) -> np.ndarray | None:
+        if self.device.is_cuda:
+            return None
+        array = value.numpy()  # on the host ORT hands out its own memory; checked, not assumed
+        return array if array.size and array.ctypes.data == value.data_ptr() else None
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": str(self.device), "providers": self.session.get_providers(), "cuda_graph": self.cuda_graph}
+
+
+class OrtRows:
+    """Rows [start, stop) of an OrtValue [N, ...]: bound by address (IOBinding's bind_input/bind_output at a raw
+    pointer, on the CPU and CUDA alike), so a run reads and writes these rows of the buffer and no others. Holds the
+    buffer, so the memory lives as long as the view."""
+
+    def __init__(self, base: Any, start: int, stop: int) -> None:
+        shape = tuple(base.shape())
+        dtype = ORT_TYPES[base.data_type()]
+        if not 0 <= start < stop <= shape[0]:
+            raise GenerationError(f"rows [{start}, {stop}) are outside a buffer of {shape[0]} rows")
+        self.base, self._shape = base, (stop - start, *shape[1:])
+        self.element_type = ONNX_ELEMENT_TYPES[dtype] if dtype == "bfloat16" else HOST_TYPES[dtype]
+        self._address = base.data_ptr() + start * int(np.prod(shape[1:], dtype=np.int64)) * ITEMSIZE[dtype]
+
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def data_ptr(self) -> int:
+        return self._address
 
 
 def _shape(value: Any) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import ArgsError
+from ..errors import ArgsError, RequestCancelled
 from .config import ServeConfig
 from .protocol import (
     ChatCompletionRequest,
@@ -31,7 +31,7 @@ from .protocol import (
     prompt_ids,
 )
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter
-from .scheduler import Handle, Job, RequestCancelled
+from .scheduler import Handle, Job
 from .state import ServerState
 from .validation import validation_message
 

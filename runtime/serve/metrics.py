@@ -49,9 +49,9 @@ class ServeMetrics:
     def _timed(self, run: Callable[[dict], dict], model: str) -> Callable[[dict], dict]:
         prefill, decode = self.model_step.labels(model, "prefill"), self.model_step.labels(model, "decode")
 
-        def timed_run(feeds: dict) -> dict:
+        def timed_run(feeds: dict, *rest: Any) -> dict:
             start = time.perf_counter()
-            out = run(feeds)
+            out = run(feeds, *rest)
             (decode if feeds["input_ids"].shape[1] == 1 else prefill).observe(time.perf_counter() - start)
             return out
 

@@ -1,9 +1,11 @@
 """The one place model work happens: one worker thread per generator runs the submitted requests, off the event loop.
 
-The interface is small on purpose (submit a job → a handle to iterate token events from, await and cancel) so that
-the continuous-batching engine can replace today's implementation, `BatchScheduler`: requests waiting together are
-decoded together with `generate(list_of_prompts)`, up to `max_batch`, but only those that give exactly the tokens
-they give alone (`plan_batches`); the others run alone through `stream()`, which a cancel stops between two tokens.
+The interface is small on purpose (submit a job → a handle to iterate token events from, await and cancel). A
+static-cache bundle is served by continuous batching (continuous.py: every request through ArgsEngine). This module's
+`BatchScheduler` serves the bundles the engine cannot run (the dynamic cache layout, TensorRT, CUDA graphs): requests
+waiting together are decoded together with `generate(list_of_prompts)`, up to `max_batch`, but only those that give
+exactly the tokens they give alone (`plan_batches`); the others run alone through `stream()`, which a cancel stops
+between two tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import ArgsError
+from ..engine import EngineHooks as SchedulerHooks
+from ..errors import ArgsError, RequestCancelled
 from ..generator import GenerationResult, TokenEvent
 
 log = logging.getLogger("args_runtime.serve")
@@ -51,10 +54,6 @@ class Job:
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
-class RequestCancelled(ArgsError):
-    """The request was cancelled (its client went away) before it finished."""
-
-
 _END = object()
 
 
@@ -69,7 +68,6 @@ class Handle:
         self._done: asyncio.Future = loop.create_future()
         self._cancelled = threading.Event()
         self.first_token_at: float | None = None  # perf_counter time of the first token (set by the worker)
-        self.batch_size = 0  # how many requests shared its run
 
     # -- event-loop side
     def __aiter__(self) -> AsyncIterator[TokenEvent]:
@@ -163,15 +161,6 @@ def plan_batches(jobs: list[Job], max_batch: int, max_context: int) -> list[list
         else:
             groups.append([job])
     return groups
-
-
-@dataclass
-class SchedulerHooks:
-    """What the scheduler reports as it works (the metrics module fills these in)."""
-
-    queue_depth: Callable[[int], None] = lambda n: None
-    running: Callable[[int], None] = lambda n: None
-    batch: Callable[[int], None] = lambda n: None
 
 
 class BatchScheduler(Scheduler):
@@ -268,8 +257,6 @@ class BatchScheduler(Scheduler):
 
     def _run(self, group: list[Job], handles: list[Handle]) -> None:
         self.hooks.batch(len(group))
-        for handle in handles:
-            handle.batch_size = len(group)
         try:
             if len(group) == 1:
                 self._run_alone(group[0], handles[0])

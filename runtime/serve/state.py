@@ -14,7 +14,8 @@ from ..errors import ArgsError, GenerationError
 from .config import ServeConfig
 from .metrics import ServeMetrics
 from .protocol import Limits
-from .scheduler import BatchScheduler, Scheduler
+from .continuous import make_scheduler
+from .scheduler import Scheduler
 
 log = logging.getLogger("args_runtime.serve")
 
@@ -58,7 +59,7 @@ class ServerState:
             gen = ArgsGenerator.from_bundle(c.bundle, device=c.device, threads=c.threads)
             self.limits = _limits(c, gen)
             self.metrics.instrument(gen)
-            scheduler = BatchScheduler(gen, c.max_batch, c.batch_wait_ms / 1e3, self.metrics.hooks())
+            scheduler = make_scheduler(gen, c.max_batch, c.batch_wait_ms / 1e3, self.metrics.hooks())
             scheduler.start()
         except Exception as e:
             self.status, self.error = "failed", str(e)
