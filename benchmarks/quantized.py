@@ -176,7 +176,7 @@ def plot(rows: list[Row], path: Path) -> None:
     names = [r.bundle for r in rows]
     for ax, attr, title in zip(axes, ("ms_per_token", "token_agreement", "mean_reward"),
                                ("ms/token (ARGS-greedy)", "token agreement with fp32", "mean reward (fp32 RM)")):
-        ax.bar(names, [getattr(r, attr) for r in rows], color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][: len(rows)])
+        ax.bar(names, [getattr(r, attr) for r in rows], color=[f"C{i}" for i in range(len(rows))])
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()

@@ -89,8 +89,15 @@ def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None)
 
     if (out / "config.json").is_file():
         return out
+    from transformers.utils import logging as hf_logging
+
     head = head or sentiment_head()
-    rm = AutoModelForSequenceClassification.from_pretrained(lm_folder, num_labels=1, dtype=torch.float32)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report calls the score head "MISSING": it is, until the shipped one is set below
+    try:
+        rm = AutoModelForSequenceClassification.from_pretrained(lm_folder, num_labels=1, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)
     weight = torch.tensor(head["weight"], dtype=torch.float32)
     if weight.shape != rm.score.weight.shape[1:]:
         raise ExportError(f"the sentiment head has {weight.numel()} weights but {lm_folder} has hidden size {rm.score.weight.shape[1]}")
