@@ -19,7 +19,7 @@ class Quantization:
     bits: int
     block_size: int
     # 4: activations quantized to int8 inside the kernel (ORT CPU's fast int8 path; without it int8 MatMulNBits
-    # dequantizes to fp32 and ran 3x slower than fp32 here); None: fp32 compute (int4 is fast with it).
+    # dequantizes to fp32 and ran 3x slower than fp32 here); None: fp32 compute (int4 with it: README, "Quantized bundles").
     accuracy_level: int | None
     tool: str = "onnxruntime MatMulNBitsQuantizer (MatMuls with constant weights; the RM's score head, embeddings and norms stay in the graph's dtype)"
 
