@@ -342,10 +342,21 @@ def test_a_client_that_goes_away_ends_its_generation(server, client, reference):
                 break
     wait_idle(server.url)
     assert decode_steps(server.url) - before < 399
-    # a plain request whose client gives up
+    # a plain request whose client gives up once its generation has started (not after a fixed time: a fast
+    # machine finishes 400 tiny-model tokens in well under a second)
     before = decode_steps(server.url)
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
+
+    async def give_up_after_two_steps():
+        async with httpx.AsyncClient(timeout=60) as c:
+            post = asyncio.ensure_future(c.post(f"{server.url}/v1/completions", json=body))
+            while not post.done() and await asyncio.to_thread(decode_steps, server.url) - before < 2:
+                await asyncio.sleep(0.002)
+            assert not post.done(), "400 tokens came back before the client could give up"
+            post.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await post
+
+    asyncio.run(give_up_after_two_steps())
     wait_idle(server.url)
     assert decode_steps(server.url) - before < 399
     assert metric(server.url, "args_requests_total", outcome="cancelled") >= 2
@@ -386,7 +397,7 @@ def test_load_32_requests_from_8_clients_each_equals_its_single_request_result(s
         if req["stop"]:  # a stop string from the request's own greedy text
             full = reference.generate(req["prompt"], **req["kw"]).text
             req["kw"]["stop"] = [full[len(full) // 2: len(full) // 2 + 2]] if len(full.strip()) > 4 else None
-    expected = [None if r["cancel"] else reference.generate(r["prompt"], **r["kw"]) for r in requests]
+    expected = [None if r["cancel"] and r["stream"] else reference.generate(r["prompt"], **r["kw"]) for r in requests]
     client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
 
     async def one(req):
@@ -396,10 +407,15 @@ def test_load_32_requests_from_8_clients_each_equals_its_single_request_result(s
         chat = isinstance(req["prompt"], list)
         create = client.chat.completions.create if chat else client.completions.create
         call = dict(common, messages=req["prompt"]) if chat else dict(common, prompt=req["prompt"])
-        if req["cancel"] and not req["stream"]:
-            with pytest.raises(openai.APITimeoutError):  # 300 tokens cannot come back in 50 ms
-                await create(**call, timeout=0.05)
-            return None
+        if req["cancel"] and not req["stream"]:  # the client gives up after 50 ms, unless 300 tokens came back by then
+            post = asyncio.ensure_future(create(**call))
+            await asyncio.wait([post], timeout=0.05)
+            if not post.done():
+                post.cancel()
+                return None
+            r = post.result()
+            c = r.choices[0]
+            return (c.message.content if chat else c.text), trace(c), c.finish_reason
         if not req["stream"]:
             r = await create(**call)
             c = r.choices[0]
@@ -433,14 +449,15 @@ def test_load_32_requests_from_8_clients_each_equals_its_single_request_result(s
     answers = asyncio.run(main())
     done = 0
     for i, (req, ref, answer) in enumerate(zip(requests, expected, answers)):
-        if req["cancel"]:
+        if answer is None:  # cancelled midway: streamed ones always, plain ones when 50 ms were too short
+            assert req["cancel"], (i, req)
             continue
         text, tr, finish = answer
         assert tr["token_ids"] == ref.token_ids and text == ref.text, (i, req, text, ref.text)
         np.testing.assert_allclose(tr["rewards"], ref.rewards, rtol=1e-4, atol=1e-4, err_msg=str(i))
         assert finish == FINISH[ref.finish_reason], (i, req)
         done += 1
-    assert done == sum(not r["cancel"] for r in requests) >= 24
+    assert done >= sum(not r["cancel"] for r in requests) >= 24
     wait_idle(server.url)
     assert metric(server.url, "args_requests_total", outcome="cancelled") >= 1
     assert httpx.get(f"{server.url}/health").status_code == 200
