@@ -11,6 +11,9 @@ seeded stream). A request that finishes or is cancelled frees its slot at once.
 Every request gets exactly the tokens `ArgsGenerator.generate` gives it alone: its prompt is prefilled as a batch of
 one, a candidate's reward never depends on the others (the RM's tree mask), the LM's top-k is the first k of its top-K,
 and a sampled request draws one uniform per step from its own PCG64(seed), as generate() does for it alone.
+
+A step attends only over the cache slots in use: the caches are as wide as the seated requests need, re-laid out when
+that changes (runtime/context_width.py: copies of the graphs with a free context dimension; bit-identical results).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .choice import Chooser, Chosen, make_chooser
+from .context_width import WidthPolicy, narrow_models
 from .errors import ArgsError, BundleError, GenerationError, RequestCancelled
 from .results import GenerationResult, Row, TokenEvent, TokenStream
 from .settings import Settings
@@ -231,24 +235,31 @@ class Request:
 class ArgsEngine:
     """Continuous batching over an ArgsGenerator's models: `submit(prompt, **settings)` at any time, from any thread,
     returns a RequestHandle; one thread of the engine's own runs the steps. `slots`: how many requests run at once
-    (each holds one row of both models' static caches, `max_context` slots long). Needs a static-cache bundle
+    (each holds one row of both models' static caches, up to `max_context` slots long). `width_step`: the caches are
+    only as wide as the seated requests need, in steps of this many slots (a multiple of 64 keeps results bit-identical,
+    see runtime/context_width.py); None attends over all max_context slots every step. Needs a static-cache bundle
     (`args-export --cache static`) on ONNX Runtime. Close it (`close()`, or use it as a context manager) to stop the
     thread; what is still waiting or running then ends with RequestCancelled."""
 
-    def __init__(self, generator: "ArgsGenerator", slots: int = 8, hooks: EngineHooks | None = None) -> None:
-        _check(generator, slots)
+    def __init__(self, generator: "ArgsGenerator", slots: int = 8, hooks: EngineHooks | None = None, width_step: int | None = 64) -> None:
+        _check(generator, slots, width_step)
         self.gen, self.slots = generator, slots
         self.hooks = hooks or EngineHooks()
-        self.info = {**generator.engine_info(), "choice": "host", "scheduler": "continuous", "slots": slots}
+        context = generator.manifest.max_context
+        narrow, width = narrow_models(generator) if width_step else (None, "full: width_step=None")
+        self.lm, self.rm = narrow or (generator.lm, generator.rm)
+        self.policy = WidthPolicy(context, width_step) if narrow else None
+        self.info = {**generator.engine_info(), "choice": "host", "scheduler": "continuous", "slots": slots, "context_width": width}
         self.eos = frozenset(generator.manifest.tokenizer.eos_token_ids)
-        self.caches = SlotCaches((generator.lm, generator.rm), slots)
-        self.table = SlotTable(slots, generator.manifest.max_context)
+        self.caches = SlotCaches((self.lm, self.rm), slots, self.policy.fit(1) if self.policy else context)
+        self.table = SlotTable(slots, context)
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._next_id = 0
         self.steps = 0  # decode steps run (prefills not counted)
         self.moves = 0  # requests moved down into a lower free slot
+        self.resizes = 0  # times the caches were re-laid out at another width
         self._thread = threading.Thread(target=self._work, name="args-engine", daemon=True)
         self._thread.start()
 
@@ -287,10 +298,11 @@ class ArgsEngine:
         return self._thread.is_alive() and not self._closing
 
     def stats(self) -> dict[str, int]:
-        """What the engine holds now: requests running (seated in a slot) and waiting, slots; decode steps and moves so far."""
+        """What the engine holds now: requests running (seated in a slot) and waiting, slots, the caches' width; decode
+        steps, moves and re-layouts so far."""
         with self._cond:
             return {"running": len(self.table.occupied()), "waiting": len(self._waiting), "slots": self.slots, "steps": self.steps,
-                    "moves": self.moves}
+                    "moves": self.moves, "width": self.caches.width, "resizes": self.resizes}
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop the engine's thread after its current step; waiting and running requests end with RequestCancelled."""
@@ -341,6 +353,7 @@ class ArgsEngine:
             if seated:  # running first, so that waiting + running never reads 0 in between
                 self.hooks.running(len(self.table.occupied()))
                 self.hooks.queue_depth(len(self._waiting))
+            self._fit_width()
         for slot, request in seated:
             self._prefill(slot, request)
         with self._cond:
@@ -359,6 +372,17 @@ class ArgsEngine:
             self.hooks.running(len(self.table.occupied()))
         return True
 
+    def _fit_width(self) -> None:
+        """Before this turn's prefills and step: caches wide enough for every seated request's writes, and no wider than
+        the policy allows (called with the lock held; seated requests' positions are their next write slots)."""
+        if self.policy is None:
+            return
+        seated = self.table.occupied()
+        width = self.policy.next(self.caches.width, max((int(self.table.position[s]) + 1 for s, _ in seated), default=1))
+        if width != self.caches.width:
+            self.caches.resize(width, {s: int(self.table.position[s]) for s, _ in seated})
+            self.resizes += 1
+
     def _prefill(self, slot: int, request: Request) -> None:
         """The request's prompt, alone, into its slot's rows of both caches: its first step, as generate() runs it."""
         request.admitted(self.steps)
@@ -367,8 +391,8 @@ class ArgsEngine:
             ids = np.asarray([request.prompt], np.int64)
             positions = np.arange(length, dtype=np.int64)[None]
             lm_rows, rm_rows = self.caches.rows(slot, slot + 1, self.table.mask[slot : slot + 1], positions)
-            top = self.gen.lm.extend(ids, positions, lm_rows, request.settings.k)
-            rewards = self.gen.rm.extend_and_score(ids, positions, rm_rows, top)
+            top = self.lm.extend(ids, positions, lm_rows, request.settings.k)
+            rewards = self.rm.extend_and_score(ids, positions, rm_rows, top)
             chosen = request.choose(top.logits, top.ids, rewards)
         except Exception as error:  # this request fails; the engine keeps serving the others
             self._fail([slot], error)
@@ -382,8 +406,8 @@ class ArgsEngine:
         try:
             ids, positions = self.table.step_inputs(span)
             lm_rows, rm_rows = self.caches.rows(0, span, self.table.mask[:span], positions)
-            top = self.gen.lm.extend(ids, positions, lm_rows, max(r.settings.k for _, r in seated))
-            rewards = self.gen.rm.extend_and_score(ids, positions, rm_rows, top)
+            top = self.lm.extend(ids, positions, lm_rows, max(r.settings.k for _, r in seated))
+            rewards = self.rm.extend_and_score(ids, positions, rm_rows, top)
             self.table.advance()
             logits, candidates = top.logits, top.ids
             chosen = [(slot, r, r.choose(logits[slot : slot + 1], candidates[slot : slot + 1], rewards[slot : slot + 1])) for slot, r in seated]
@@ -449,9 +473,13 @@ def unsupported(generator: "ArgsGenerator") -> str | None:
     return None
 
 
-def _check(generator: "ArgsGenerator", slots: int) -> None:
-    """What continuous batching needs: a sane slot count, and a generator it can run over (see `unsupported`)."""
+def _check(generator: "ArgsGenerator", slots: int, width_step: int | None) -> None:
+    """What continuous batching needs: a sane slot count and width step, and a generator it can run over (see
+    `unsupported`)."""
     if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
         raise GenerationError(f"slots={slots!r} must be an integer >= 1 (how many requests run at once)")
+    if width_step is not None and (not isinstance(width_step, int) or isinstance(width_step, bool) or width_step < 1):
+        raise GenerationError(f"width_step={width_step!r} must be None (attend over every cache slot) or an integer >= 1 "
+                              "(a multiple of 64 keeps results bit-identical)")
     if (reason := unsupported(generator)) is not None:
         raise (BundleError if generator.manifest.lm.cache != "static" else GenerationError)(reason)

@@ -3,7 +3,8 @@
 is prefilled into its slot's rows alone; a decode step runs rows [0, span) together, each row writing its new token at
 its own position, in place. Requests take the lowest free slot, and when nothing waits for a hole the highest row moves
 down into it, so the rows a step runs stay few and contiguous (a one-row view of a buffer is contiguous, and so is
-any run of rows)."""
+any run of rows). The buffers are only as wide as the seated requests need (`width` cache slots; runtime/
+context_width.py says which width and why that is exact): `resize` re-lays them out when that changes."""
 
 from __future__ import annotations
 
@@ -18,25 +19,51 @@ from .models import CacheRows, CachedGraph
 
 
 class SlotCaches:
-    """Both models' static KV caches with one row per slot, and the views a run binds: rows [start, stop) of every
-    buffer. Where the buffers live in host memory, a row can also be moved to another slot (`move`)."""
+    """Both models' static KV caches with one row per slot, `width` cache slots wide ([slots, Hkv, width, D] buffers),
+    and the views a run binds: rows [start, stop) of every buffer. Where the buffers live in host memory, a row can be
+    moved to another slot (`move`) and the buffers re-laid out at another width (`resize`)."""
 
-    def __init__(self, models: Sequence[CachedGraph], slots: int) -> None:
-        self.models = tuple(models)
-        self.buffers: list[dict[str, Any]] = []
-        self.host: list[dict[str, np.ndarray | None]] = []
-        self.nbytes = 0  # both models' buffers
-        for model in self.models:
-            spec = model.spec
-            shape = (slots, spec.num_kv_heads, model.max_context, spec.head_dim)
-            buffers = {name: model.backend.empty(shape, spec.dtype) for name in model.past_names}
-            self.buffers.append(buffers)
-            self.nbytes += len(buffers) * int(np.prod(shape)) * ITEMSIZE[spec.dtype]
-            self.host.append({name: model.backend.host_view(value) for name, value in buffers.items()})
+    def __init__(self, models: Sequence[CachedGraph], slots: int, width: int | None = None) -> None:
+        self.models, self.slots = tuple(models), slots
+        self.width = width or self.models[0].max_context
+        self.buffers, self.host = self._allocate(self.width)
         self.movable = all(view is not None for views in self.host for view in views.values())
 
+    def _allocate(self, width: int) -> tuple[list[dict[str, Any]], list[dict[str, np.ndarray | None]]]:
+        buffers, host = [], []
+        for model in self.models:
+            spec = model.spec
+            shape = (self.slots, spec.num_kv_heads, width, spec.head_dim)
+            values = {name: model.backend.empty(shape, spec.dtype) for name in model.past_names}
+            buffers.append(values)
+            host.append({name: model.backend.host_view(value) for name, value in values.items()})
+        return buffers, host
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by both models' buffers."""
+        return sum(len(buffers) * self.slots * m.spec.num_kv_heads * self.width * m.spec.head_dim * ITEMSIZE[m.spec.dtype]
+                   for m, buffers in zip(self.models, self.buffers))
+
+    def resize(self, width: int, used: dict[int, int]) -> None:
+        """Re-lay the buffers out `width` cache slots wide, keeping the first `used[slot]` slots of each slot listed
+        (host memory only; what a row holds past its used slots is masked, never read)."""
+        if not self.movable:
+            raise GenerationError("cache buffers off the host cannot be re-laid out; run continuous batching at full width")
+        if any(n > width for n in used.values()):
+            raise GenerationError(f"a width of {width} cache slots cannot hold {max(used.values())} used slots")
+        buffers, host = self._allocate(width)
+        kept = {slot: min(n, self.width) for slot, n in used.items()}  # a row seated just now holds nothing yet
+        for old, new in zip(self.host, host):
+            for name, view in new.items():
+                for slot, n in kept.items():
+                    view[slot, :, :n] = old[name][slot, :, :n]
+        self.buffers, self.host, self.width = buffers, host, width
+
     def rows(self, start: int, stop: int, attention_mask: np.ndarray, cache_position: np.ndarray) -> list[CacheRows]:
-        """Rows [start, stop) of every model's cache, with the mask and write slots of the run (one CacheRows per model)."""
+        """Rows [start, stop) of every model's cache, with the mask (cut to the width) and write slots of the run (one
+        CacheRows per model)."""
+        attention_mask = np.ascontiguousarray(attention_mask[:, : self.width])
         return [CacheRows(attention_mask, cache_position, {name: model.backend.rows(value, start, stop) for name, value in buffers.items()})
                 for model, buffers in zip(self.models, self.buffers)]
 
