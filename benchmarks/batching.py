@@ -8,7 +8,8 @@ by three contenders, each in turn, one after the other in every round, starting 
   (b) fixed batches     today's batching: whenever the generator is free, what has arrived (up to --slots requests) runs
                         as one generate() batch until its longest request is done (a batch shares one max_new_tokens;
                         each request keeps its own first n tokens and is answered when its batch ends);
-  (c) continuous        ArgsEngine with --slots slots, each request submitted at its arrival.
+  (c) continuous        ArgsEngine with --slots slots, each request submitted at its arrival (its caches only as wide
+                        as the seated requests need, in steps of --width-step slots; 0: all max_context slots).
 
 Per contender: total tokens/s (all requests' tokens over the time from the first arrival to the last answer) and p50/p99
 request latency (answer minus arrival); whether every contender gave every request the same tokens; the targets
@@ -273,6 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--k", type=int, default=10, help="ARGS candidates per step, every request")
     what.add_argument("--w", type=float, default=1.5, help="reward weight, every request")
     what.add_argument("--slots", type=int, help="continuous batching's slots, and the largest fixed batch (default 8)")
+    what.add_argument("--width-step", type=int, default=64, help="continuous batching attends over the cache slots in use, "
+                      "in steps of this many (default 64); 0: over all max_context slots every step, as before")
     what.add_argument("--rounds", type=int, help="each round serves the stream with every contender, starting one later (default 2)")
     what.add_argument("--device", default=None, help="cpu or cuda (default: cuda when onnxruntime-gpu sees a GPU)")
     what.add_argument("--threads", type=int, default=None, help="ONNX Runtime's intra-op threads")
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         gen = ArgsGenerator.from_bundle(bundle, device, threads=args.threads)
         workload = Workload(args.requests, args.rate, args.prompt_range, args.new_range, args.seed)
         requests = workload.draw(gen.tokenizer.encode)
-        engine = ArgsEngine(gen, slots=args.slots)
+        engine = ArgsEngine(gen, slots=args.slots, width_step=args.width_step or None)
     except ArgsError as e:
         print(f"batching benchmark: error: {e}", file=sys.stderr)
         return 2
@@ -337,6 +340,8 @@ def run(args: argparse.Namespace, contenders: dict, requests: list[Request], wor
     doc = {
         "machine": info, "device": device, "models": models, "bundle": str(gen.bundle), "loop": gen.loop,
         "settings": {"k": args.k, "w": args.w, "method": "greedy", "ignore_eos": True, "slots": args.slots},
+        "continuous": {"width_step": args.width_step or None, "context_width": contenders["engine"].info["context_width"],
+                       **{key: value for key, value in contenders["engine"].stats().items() if key in ("steps", "moves", "resizes")}},
         "workload": {**asdict(workload), "arrivals_s": [round(r.arrival_s, 3) for r in requests],
                      "prompt_tokens_each": [len(r.prompt) for r in requests], "new_tokens_each": [r.new_tokens for r in requests],
                      "total_new_tokens": sum(r.new_tokens for r in requests)},
@@ -351,6 +356,8 @@ def run(args: argparse.Namespace, contenders: dict, requests: list[Request], wor
     for i, name in enumerate(CONTENDERS):
         s = summary[name]
         print(f"{'(' + chr(97 + i) + ') ' + name:>16} {s['tokens_per_s']:9.2f} {s['p50_latency_s']:7.1f} {s['p99_latency_s']:7.1f} {s['mean_latency_s']:7.1f}")
+    print(f"continuous batching's caches: {doc['continuous']['context_width']} (width step {doc['continuous']['width_step']}, "
+          f"{doc['continuous']['resizes']} re-layouts over {doc['continuous']['steps']} steps, warm-up included)")
     print(f"every contender gave every request the same tokens: {identical}")
     for t in targets:
         print(t.line())

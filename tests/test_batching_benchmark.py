@@ -29,4 +29,5 @@ def test_quick_run_serves_one_stream_three_ways(tiny_pairs, tmp_path, monkeypatc
     assert set(doc["summary"]) == set(batching.CONTENDERS)
     assert [t["met"] in (True, False) for t in doc["targets"]] == [True, True, True]
     assert doc["machine"]["label"] and doc["device"] == "cpu" and doc["settings"]["slots"] == 3
+    assert doc["continuous"]["context_width"] == "narrow" and doc["continuous"]["width_step"] == 64  # over the slots in use
     assert os.path.basename(doc["bundle"]).startswith("batching-bundle-")

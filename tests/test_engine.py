@@ -13,7 +13,10 @@ import pytest
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.demo.models import seeded_reward_model
 from args_runtime import ArgsGenerator, BundleError, GenerationError, RequestCancelled
+from args_runtime import context_width
+from args_runtime.context_width import WidthPolicy
 from args_runtime.engine import ArgsEngine
+from args_runtime.errors import MissingDependencyError
 from args_runtime.loops import available_loops
 from args_runtime.slots import SlotCaches, SlotTable
 
@@ -74,6 +77,7 @@ def test_requests_joining_mid_run_get_their_single_request_tokens(static_generat
     assert [r.timings["joined_at_step"] for r in results][:2] == [0, 0]
     assert all(r.timings["joined_at_step"] > 0 for r in results[2:])  # they joined a running batch
     assert stats["running"] == stats["waiting"] == 0 and stats["moves"] > 0  # holes were closed by moving rows down
+    assert stats["resizes"] > 0 and stats["width"] < STATIC_CONTEXT  # the caches followed the slots in use
 
 
 @pytest.mark.parametrize("loop", available_loops())
@@ -220,12 +224,73 @@ def test_a_prefill_writes_only_its_own_slot(static_generators):
     assert top.ids.shape == (1, 5)
 
 
+def test_width_policy_grows_at_once_and_shrinks_with_room_to_spare():
+    policy = WidthPolicy(context=768, step=64)
+    assert [policy.fit(n) for n in (1, 64, 65, 300, 767, 768, 9999)] == [64, 64, 128, 320, 768, 768, 768]
+    assert policy.next(64, 65) == 128  # a request needs more: grow now, to the narrowest width that holds it
+    assert policy.next(512, 400) == 512 and policy.next(512, 512) == 512  # up to one step to spare: keep the width
+    assert policy.next(512, 384) == 448 and policy.next(512, 300) == 384  # two steps or more: shrink, leaving one step of room
+    odd = WidthPolicy(context=300, step=64)  # widths stay congruent to max_context
+    assert [odd.fit(n) for n in (1, 44, 45, 299)] == [44, 44, 108, 300]
+
+
+def test_narrow_caches_give_bit_identical_steps(static_generators):
+    """At every width the engine runs, each request's chosen logits and rewards equal full width's bit for bit, and the
+    caches really narrowed and widened on the way (a long prompt beside short ones, rows leaving)."""
+    gen = static_generators["qwen2"]
+    jobs = [(LONG_PROMPT, dict(k=12, w=1.5, max_new_tokens=30, ignore_eos=True))] + JOBS[:4]
+    runs = {}
+    for width_step in (None, 64):
+        with ArgsEngine(gen, slots=3, width_step=width_step) as engine:
+            runs[width_step] = ([h.result(timeout=120) for h in staggered(engine, jobs)], engine.stats(), engine.info["context_width"])
+    (full, full_stats, full_width), (narrow, stats, width) = runs[None], runs[64]
+    assert (full_width, full_stats["resizes"], full_stats["width"]) == ("full: width_step=None", 0, STATIC_CONTEXT)
+    assert width == "narrow" and stats["resizes"] >= 2 and stats["width"] < STATIC_CONTEXT  # widened for the long prompt, narrowed after
+    for a, b in zip(full, narrow):
+        assert a.token_ids == b.token_ids
+        assert np.array_equal(a.chosen_logits, b.chosen_logits) and np.array_equal(a.rewards, b.rewards)
+
+
+def test_without_onnx_the_engine_attends_over_every_slot(static_generators, alone, monkeypatch):
+    """Relaxing the graphs needs the onnx package; without it the engine runs at full width, says why, and is exact."""
+    def missing(module, feature, package=None, usable=None):
+        raise MissingDependencyError(f"{feature} needs {module}, which is not usable here; install it: pip install {module}")
+
+    monkeypatch.setattr(context_width, "require", missing)
+    with ArgsEngine(static_generators["llama"], slots=2) as engine:
+        assert engine.info["context_width"].startswith("full: attending over the cache slots in use") and "pip install onnx" in engine.info["context_width"]
+        assert_same(alone["llama"][0], engine.generate(JOBS[0][0], **JOBS[0][1]))
+        assert engine.stats()["width"] == STATIC_CONTEXT and engine.stats()["resizes"] == 0
+
+
+def test_resize_keeps_each_rows_used_slots(static_generators):
+    gen = static_generators["llama"]
+    caches = SlotCaches((gen.lm, gen.rm), 3, width=64)
+    for views in caches.host:
+        for view in views.values():
+            view[...] = np.arange(view.size, dtype=view.dtype).reshape(view.shape)
+    before = [{n: v.copy() for n, v in views.items()} for views in caches.host]
+    caches.resize(128, {0: 10, 2: 64})
+    assert caches.width == 128
+    for old, views in zip(before, caches.host):
+        for name, view in views.items():
+            assert view.shape[2] == 128
+            assert np.array_equal(view[0, :, :10], old[name][0, :, :10]) and np.array_equal(view[2, :, :64], old[name][2])
+            assert not view[1].any() and not view[0, :, 10:].any()  # what was not kept is not copied
+    caches.resize(64, {2: 40})
+    assert np.array_equal(caches.host[0][gen.lm.past_names[0]][2, :, :40], before[0][gen.lm.past_names[0]][2, :, :40])
+    with pytest.raises(GenerationError, match="cannot hold"):
+        caches.resize(64, {0: 65})
+
+
 def test_bad_input_fails_clearly(static_generators, tiny_pairs):
     gen = static_generators["llama"]
     with pytest.raises(BundleError, match="--cache static"):
         ArgsEngine(ArgsGenerator.from_bundle(tiny_pairs["llama"].bundle))
     with pytest.raises(GenerationError, match="slots=0"):
         ArgsEngine(gen, slots=0)
+    with pytest.raises(GenerationError, match="width_step=0"):
+        ArgsEngine(gen, width_step=0)
     engine = ArgsEngine(gen, slots=1)
     with pytest.raises(GenerationError, match="k=99"):
         engine.submit("Hi", k=99)
@@ -264,6 +329,7 @@ def test_smollm2_requests_joining_mid_run_get_their_single_request_tokens(smollm
     alone = [gen.generate(p, **s) for p, s in jobs]
     with ArgsEngine(gen, slots=2) as engine:
         results = [h.result(timeout=300) for h in staggered(engine, jobs)]
+        assert engine.info["context_width"] == "narrow" and engine.stats()["resizes"] > 0  # exact at narrow widths too
     for one, batched in zip(alone, results):
         assert_same(one, batched)
     assert results[2].timings["joined_at_step"] > 0
