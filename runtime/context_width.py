@@ -92,10 +92,10 @@ def narrow_models(gen: "ArgsGenerator") -> tuple[tuple[LanguageModel, RewardMode
     context = gen.manifest.max_context
     try:
         models = []
-        for cls, model in ((LanguageModel, gen.lm), (RewardModel, gen.rm)):
+        for model in (gen.lm, gen.rm):
             path = gen.bundle / model.spec.file
             backend = _GraphBytesBackend(relaxed_graph(path, context), path, model.backend.device, gen.options.engine)
-            models.append(cls(backend, model.spec, context))
+            models.append(type(model)(backend, model.spec, context))  # the same kind of model (LanguageModel, RewardModel, ...)
     except ArgsError as e:
         log.warning("continuous batching attends over all %d cache slots: %s", context, e)
         return None, f"full: {e}"
