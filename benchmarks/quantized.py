@@ -171,7 +171,7 @@ def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float 
         mean_reward, base_reward = statistics.mean(rewards[b.name]), statistics.mean(rewards[base.name])
         rows.append(Row(
             b.name, round(weight_bytes(b.path) / 2**20, 1), round(ms, 2), round(ref_ms / ms, 2) if ref_ms else None,
-            round(ms / greedy_ms, 2), round(b.cache_bytes / 2**20, 2),
+            round(ms / greedy_ms, 2), round(b.cache_bytes / 2**20, 4),
             round(sum(same) / len(same), 4), round(prefix_agreement(b.replies, base.replies), 4),
             round(sum(m == t for m, t in zip(b.replies, base.replies)) / len(base.replies), 4),
             round(mean_reward, 4), round(100 * (mean_reward - base_reward) / max(abs(base_reward), 1e-9), 2),
