@@ -120,24 +120,31 @@ def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
     return out
 
 
-def decode_all(bundles: list[Bundle], chats: list, args: argparse.Namespace) -> list[float]:
-    """Every prompt on every bundle, and plain greedy on the base bundle, alternating per prompt so that machine noise
-    falls on all alike; returns greedy's step times."""
+def decode_all(bundles: list[Bundle], chats: list, args: argparse.Namespace, reference=None) -> tuple[list[float], list[float], list[list[int]]]:
+    """Every prompt on every bundle, plain greedy on the base bundle and (on the first --reference-prompts prompts) the
+    reference ARGS, alternating per prompt so that machine noise falls on all alike. Returns greedy's and the
+    reference's step times and the reference's tokens."""
     greedy_ms: list[float] = []
-    for chat in chats:
+    ref_ms: list[float] = []
+    ref_tokens: list[list[int]] = []
+    for i, chat in enumerate(chats):
         for b in bundles:
             res = b.gen.generate(chat, k=args.k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True)
             b.replies.append(res.token_ids)
             b.step_ms += list(res.timings["step_ms"])
             b.cache_bytes = b.gen.lm.cache_bytes() + b.gen.rm.cache_bytes()
         greedy_ms += list(bundles[0].gen.greedy(chat, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"])
-    return greedy_ms
+        if reference is not None and i < args.reference_prompts:
+            ms, tokens = reference_run(reference, bundles[0].gen.tokenizer.encode(chat), args)
+            ref_ms += ms
+            ref_tokens.append(tokens)
+    return greedy_ms, ref_ms, ref_tokens
 
 
-def reference_ms(args: argparse.Namespace, prompt_ids: list[list[int]]) -> tuple[float | None, list[list[int]]]:
-    """ms/token of the reference ARGS (fp32 transformers eager) on the first prompts, and its tokens."""
+def load_reference(args: argparse.Namespace):
+    """The reference ARGS (fp32 transformers eager), or None when --reference-prompts is 0."""
     if not args.reference_prompts:
-        return None, []
+        return None
     import torch
 
     from args_export.loading import ModelSpec, load_lm, load_rm
@@ -147,19 +154,19 @@ def reference_ms(args: argparse.Namespace, prompt_ids: list[list[int]]) -> tuple
         torch.set_num_threads(args.threads)
     lm = load_lm(ModelSpec.read(args.lm, "LM"), "fp32").model
     rm = load_rm(ModelSpec.read(args.rm, "RM"), "fp32")
-    reference = ReferenceARGS(lm, rm.model, rm.family)
-    times, tokens = [], []
-    for ids in prompt_ids[: args.reference_prompts]:
-        clock, out = [], []
-        start = time.perf_counter()
-        for token, _, _ in reference.steps(ids, args.k, args.w):
-            clock.append(time.perf_counter() - start)
-            out.append(token)
-            if len(out) == args.new_tokens:
-                break
-        times += [(b - a) * 1e3 for a, b in zip(clock, clock[1:])]
-        tokens.append(out)
-    return statistics.median(times), tokens
+    return ReferenceARGS(lm, rm.model, rm.family)
+
+
+def reference_run(reference, ids: list[int], args: argparse.Namespace) -> tuple[list[float], list[int]]:
+    """One reply of the reference ARGS: its step times (ms) and tokens."""
+    clock, out = [], []
+    start = time.perf_counter()
+    for token, _, _ in reference.steps(ids, args.k, args.w):
+        clock.append(time.perf_counter() - start)
+        out.append(token)
+        if len(out) == args.new_tokens:
+            break
+    return [(b - a) * 1e3 for a, b in zip(clock, clock[1:])], out
 
 
 def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float | None, greedy_ms: float) -> list[Row]:
@@ -228,8 +235,8 @@ def main(argv: list[str] | None = None, name: str = "quantized") -> int:
     bundles[0].gen.generate(chats[0], k=args.k, w=args.w, max_new_tokens=4)  # warm-up, each
     for b in bundles[1:]:
         b.gen.generate(chats[0], k=args.k, w=args.w, max_new_tokens=4)
-    greedy_ms = statistics.median(decode_all(bundles, chats, args))
-    ref_ms, ref_tokens = reference_ms(args, prompt_ids)
+    greedy_steps, ref_steps, ref_tokens = decode_all(bundles, chats, args, load_reference(args))
+    greedy_ms, ref_ms = statistics.median(greedy_steps), statistics.median(ref_steps) if ref_steps else None
     scorer = RewardScorer(Path(args.rm), set(bundles[0].gen.manifest.tokenizer.eos_token_ids))
     rewards = {b.name: scorer.rewards(prompt_ids, b.replies) for b in bundles}
     rows = table(bundles, rewards, ref_ms, greedy_ms)

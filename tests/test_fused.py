@@ -152,3 +152,23 @@ def test_args_bench_bundles_races_the_fused_bundle_against_two_graphs(fused_pair
     assert all(r["cost_vs_greedy"] > 0 and r["speedup_vs_reference"] > 0 for r in rows.values())
     assert result["meta"]["fp32_equals_reference"] == [True] and result["meta"]["greedy_ms_per_token"] > 0
     assert (out / "bundles.csv").read_text().startswith("bundle,") and (out / "bundles.png").stat().st_size > 0
+
+
+def test_step_parts_splits_each_token_into_graph_runs_and_host(fused_pairs, tiny_pairs, tmp_path, monkeypatch, capsys):
+    """benchmarks/step_parts.py on a tiny fused pair: a row per contender whose parts add up, the gap over the floor
+    split into its causes; an RM with its own backbone is refused (there is no fused bundle to measure)."""
+    from args_benchmarks import step_parts
+
+    monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
+    pair = fused_pairs["llama"]
+    argv = ["--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--new-tokens", "6", "--repeats", "1", "--out", str(tmp_path)]
+    assert step_parts.main(argv) == 0
+    result = json.loads((tmp_path / "step_parts.json").read_text())
+    rows = {r["contender"]: r for r in result["rows"]}
+    assert list(rows) == ["plain greedy", "two-model floor", "ARGS, two graphs", "ARGS, fused"]
+    assert rows["plain greedy"]["rm_run_ms"] == 0 and rows["ARGS, fused"]["lm_run_ms"] == 0  # the fused path never runs the LM
+    assert all(r["lm_run_ms"] + r["rm_run_ms"] > 0 and r["ms_per_token"] > 0 for r in rows.values())
+    assert set(result["gap"]) == {"args_over_floor", "rm_candidate_rows_ms", "lm_top_k_ms", "host_ms", "fused_over_greedy"}
+    other = tiny_pairs["llama"]
+    assert step_parts.main(["--lm", str(other.lm_dir), "--rm", str(other.rm_dir), "--out", str(tmp_path)]) == 2
+    assert "not a score head on the LM's own backbone" in capsys.readouterr().err
