@@ -31,6 +31,7 @@ from .choice import Chooser, Chosen, make_chooser
 from .errors import ArgsError, BundleError, GenerationError, RequestCancelled
 from .results import GenerationResult, Row, TokenEvent, TokenStream
 from .settings import Settings
+from .engine_steps import model_steps
 from .slots import SlotCaches, SlotTable
 from .stepper import EOS, LIMIT, RUNNING, Step
 
@@ -241,7 +242,8 @@ class ArgsEngine:
         self.hooks = hooks or EngineHooks()
         self.info = {**generator.engine_info(), "choice": "host", "scheduler": "continuous", "slots": slots}
         self.eos = frozenset(generator.manifest.tokenizer.eos_token_ids)
-        self.caches = SlotCaches((generator.lm, generator.rm), slots)
+        self.models = model_steps(generator, slots)  # the LM and the RM, or a fused bundle's one graph
+        self.caches = SlotCaches(self.models.models, slots)
         self.table = SlotTable(slots, generator.manifest.max_context)
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
@@ -352,6 +354,7 @@ class ArgsEngine:
                     source, target = hole
                     self.caches.move(source, target, int(self.table.position[source]))
                     self.table.move(source, target)
+                    self.models.move(source, target)
                     self.moves += 1
         if self.table.span:
             self._decode()
@@ -363,13 +366,9 @@ class ArgsEngine:
         """The request's prompt, alone, into its slot's rows of both caches: its first step, as generate() runs it."""
         request.admitted(self.steps)
         try:
-            length = len(request.prompt)
-            ids = np.asarray([request.prompt], np.int64)
-            positions = np.arange(length, dtype=np.int64)[None]
-            lm_rows, rm_rows = self.caches.rows(slot, slot + 1, self.table.mask[slot : slot + 1], positions)
-            top = self.gen.lm.extend(ids, positions, lm_rows, request.settings.k)
-            rewards = self.gen.rm.extend_and_score(ids, positions, rm_rows, top)
-            chosen = request.choose(top.logits, top.ids, rewards)
+            scored = self.models.prefill(self.caches, slot, request.prompt, self.table.mask[slot : slot + 1], request.settings.k)
+            chosen = request.choose(scored.logits, scored.ids, scored.rewards)
+            self.models.chosen(slot, 0, int(chosen.tokens[0]))
         except Exception as error:  # this request fails; the engine keeps serving the others
             self._fail([slot], error)
             return
@@ -381,12 +380,12 @@ class ArgsEngine:
         seated = self.table.occupied()
         try:
             ids, positions = self.table.step_inputs(span)
-            lm_rows, rm_rows = self.caches.rows(0, span, self.table.mask[:span], positions)
-            top = self.gen.lm.extend(ids, positions, lm_rows, max(r.settings.k for _, r in seated))
-            rewards = self.gen.rm.extend_and_score(ids, positions, rm_rows, top)
+            scored = self.models.decode(self.caches, ids, positions, self.table.mask[:span], max(r.settings.k for _, r in seated))
             self.table.advance()
-            logits, candidates = top.logits, top.ids
+            logits, candidates, rewards = scored.logits, scored.ids, scored.rewards
             chosen = [(slot, r, r.choose(logits[slot : slot + 1], candidates[slot : slot + 1], rewards[slot : slot + 1])) for slot, r in seated]
+            for slot, _, choice in chosen:
+                self.models.chosen(slot, slot, int(choice.tokens[0]))
         except Exception as error:
             self._fail([slot for slot, _ in seated], error)
             return

@@ -172,3 +172,53 @@ def test_step_parts_splits_each_token_into_graph_runs_and_host(fused_pairs, tiny
     other = tiny_pairs["llama"]
     assert step_parts.main(["--lm", str(other.lm_dir), "--rm", str(other.rm_dir), "--out", str(tmp_path)]) == 2
     assert "not a score head on the LM's own backbone" in capsys.readouterr().err
+
+
+def test_continuous_batching_runs_a_fused_bundle_one_pass_per_token(fused_pairs):
+    """ArgsEngine over a fused bundle: one cache, the LM graph never runs, and requests of mixed k, w, methods and
+    lengths joining mid-run each get generate()'s tokens alone (a smaller k's candidates are padded, never read)."""
+    from args_runtime.engine_steps import FusedSteps
+
+    from .test_engine import JOBS, assert_same, staggered
+
+    gen = ArgsGenerator.from_bundle(fused_pairs["llama"].bundles["static"])
+    alone = [gen.generate(p, **s) for p, s in JOBS]
+    lm_runs = []
+    inner = gen.lm.backend.run
+    gen.lm.backend.run = lambda feeds, into=None: lm_runs.append(1) or inner(feeds, into)
+    with ArgsEngine(gen, slots=3) as engine:
+        assert isinstance(engine.models, FusedSteps) and len(engine.caches.models) == 1
+        results = [h.result(timeout=120) for h in staggered(engine, JOBS)]
+    for one, batched in zip(alone, results):
+        assert_same(one, batched)
+    assert lm_runs == [] and engine.steps > 0
+
+
+@pytest.mark.parametrize("layout", ["dynamic", "static"])
+def test_args_serve_answers_from_a_fused_bundle(fused_pairs, layout):
+    """args-serve over a fused bundle (fixed batches on the dynamic layout, continuous batching on the static one),
+    through the openai client: concurrent requests each get generate()'s tokens alone."""
+    import asyncio
+
+    import openai
+
+    from args_runtime.serve import ServeConfig, create_app
+
+    from .serve_utils import ThreadServer
+
+    bundle = fused_pairs["opt"].bundles[layout]
+    gen = ArgsGenerator.from_bundle(bundle, threads=1)
+    prompts = ["Once upon a time", "The quick brown fox jumps", "Hi"]
+    want = [gen.generate(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True).text for p in prompts]
+    with ThreadServer(create_app(ServeConfig(bundle, k=K, w=W, max_batch=4, threads=1, batch_wait_ms=20))) as server:
+        server.wait_health()
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        async def ask(prompt):
+            r = await client.completions.create(model=bundle.name, prompt=prompt, max_tokens=NEW, extra_body={"args": {"ignore_eos": True}})
+            return r.choices[0].text
+
+        async def main():
+            return await asyncio.gather(*(ask(p) for p in prompts))
+
+        assert asyncio.run(main()) == want
