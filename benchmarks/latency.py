@@ -363,10 +363,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["quantized"]:  # fp32 against weight-only int8/int4 bundles: benchmarks/quantized.py
-        from .quantized import main as quantized
+    if argv[:1] in (["quantized"], ["bundles"]):  # bundles of one pair side by side (fused, fp32, int8, int4): benchmarks/quantized.py
+        from .quantized import main as bundles
 
-        return quantized(argv[1:])
+        return bundles(argv[1:], argv[0])
     args = parse_args(argv)
     from args_runtime.errors import ArgsError
     from args_runtime.loops import available_loops

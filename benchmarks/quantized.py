@@ -1,11 +1,14 @@
-"""Quantized bundles against fp32, side by side in one run: `args-bench quantized`.
+"""Bundles of one LM + RM side by side in one run: `args-bench bundles` (fused, fp32, int8, int4) and
+`args-bench quantized` (fp32, int8, int4).
 
-The same LM + RM exported as fp32 and with weight-only int8 / int4 (`args-export --quantize`), ARGS-greedy on the
-held-out sentiment prompts, the reference ARGS (transformers eager, fp32) on the first of them. Per bundle: ms/token,
-the speed-up over the reference, weight bytes on disk, token agreement with the fp32 bundle's tokens (which equal the
-reference's), and the mean reward of the replies under the fp32 RM — so a speed-up that buys worse text shows.
+The same pair exported as a two-graph fp32 bundle (the base), as a fused bundle (when the RM is a head on the LM's
+backbone: one pass per token) and with weight-only int8 / int4 (`args-export --quantize`); ARGS-greedy on the held-out
+sentiment prompts, plain greedy on the base bundle, the reference ARGS (transformers eager, fp32) on the first prompts.
+Per bundle: ms/token, the speed-up over the reference and the cost against plain greedy, weight bytes on disk, the KV
+cache it held, token agreement with the base bundle's tokens (which equal the reference's), and the mean reward of the
+replies under the fp32 RM — so a speed-up that buys worse text shows.
 
-    args-bench quantized [--quick] [--schemes int8,int4,int8:rm] [--prompts N] [--new-tokens N] [--out DIR]
+    args-bench bundles [--quick] [--schemes fused,int8,int4,int8:rm,fused+int8] [--prompts N] [--new-tokens N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Bundle:
     gen: object = None
     replies: list[list[int]] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
+    cache_bytes: int = 0  # the KV cache both models held after the last reply
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Row:
     weights_mib: float
     ms_per_token: float
     speedup_vs_reference: float | None
+    cost_vs_greedy: float  # ms/token against plain greedy on the base bundle's LM graph, same engine
+    kv_cache_mib: float  # after one reply: both models' caches (one for a fused bundle)
     token_agreement: float  # share of positions equal to the fp32 bundle's token
     prefix_agreement: float  # mean share of each reply before its first difference from fp32's
     exact_replies: float  # share of replies identical to fp32's
@@ -50,13 +56,17 @@ class Row:
     reward_change_pct: float  # against the fp32 bundle's mean reward, in % of its magnitude
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="args-bench quantized", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+DEFAULT_SCHEMES = {"bundles": "fused,int8,int4,int8:rm", "quantized": "int8,int4"}
+
+
+def parse_args(argv: list[str] | None, name: str = "quantized") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"args-bench {name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lm", help="LM folder (default: the demo's SmolLM2-135M-Instruct)")
     p.add_argument("--rm", help="RM folder (default: the demo's sentiment RM)")
-    p.add_argument("--schemes", default="int8,int4", help="comma-separated weight-only schemes to race against fp32, each SCHEME or "
-                   "SCHEME:lm / SCHEME:rm to quantize one graph only (default int8,int4: both graphs). A bundle whose export "
-                   "check refuses the scheme is reported as refused, with the check's numbers")
+    p.add_argument("--schemes", default=DEFAULT_SCHEMES[name], help="comma-separated bundles to race against the two-graph fp32 base: "
+                   "'fused' (the fused bundle, when the RM is a head on the LM's backbone), or a weight-only scheme SCHEME or "
+                   "SCHEME:lm / SCHEME:rm (one graph only), two-graph or, prefixed 'fused+', fused (default "
+                   f"{DEFAULT_SCHEMES[name]}). A bundle whose export check refuses the scheme is reported as refused, with the check's numbers")
     p.add_argument("--prompts", type=int, default=16, help="held-out sentiment prompts to decode (default 16)")
     p.add_argument("--reference-prompts", type=int, default=2, help="of which the reference ARGS decodes the first N (default 2; 0: skip)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens per reply, EOS ignored (default 64)")
@@ -70,14 +80,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.prompts, args.new_tokens, args.reference_prompts = 2, 16, 1
     args.refused = {}
     for entry in args.schemes.split(","):
-        scheme, _, only = entry.partition(":")
-        if scheme not in ("int8", "int4") or only not in ("", "lm", "rm"):
-            p.error(f"--schemes: {entry!r} is not SCHEME or SCHEME:lm / SCHEME:rm with SCHEME int8 or int4")
+        scheme, _, only = entry.removeprefix("fused+").partition(":")
+        if entry != "fused" and (scheme not in ("int8", "int4") or only not in ("", "lm", "rm")):
+            p.error(f"--schemes: {entry!r} is not 'fused', SCHEME or SCHEME:lm / SCHEME:rm (SCHEME int8 or int4), or one of those after 'fused+'")
+    args.name = name
     return args
 
 
 def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
-    """fp32 and one bundle per scheme, each exported once and cached by what it was made from."""
+    """The two-graph fp32 base and one bundle per entry, each exported once and cached by what it was made from."""
     from args_export.bundle import ExportOptions, export_bundle
     from args_export.quantize import quantization
     from args_runtime.manifest import FORMAT_VERSION
@@ -87,17 +98,18 @@ def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
     max_context = 256 + args.new_tokens
     out = []
     for entry in [None, *args.schemes]:
-        scheme, _, only = (entry or "").partition(":")
+        fuse = (entry or "").startswith("fused")
+        scheme, _, only = (entry or "").removeprefix("fused").removeprefix("+").partition(":")
         which = (only,) if only else ("lm", "rm")
         recipe = quantization(scheme).as_dict() if scheme else None
-        what = [str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), recipe, which, max_context, args.k, FORMAT_VERSION]
+        what = [str(Path(args.lm).resolve()), str(Path(args.rm).resolve()), recipe, which, max_context, args.k, FORMAT_VERSION, fuse]
         path = cache / f"bench-quantized-{hashlib.sha1(json.dumps(what).encode()).hexdigest()[:12]}"
-        label = f"{scheme} ({'+'.join(which)})" if scheme else "fp32"
+        label = ("fused " if fuse else "") + (f"{scheme} ({'+'.join(which)})" if scheme else "fp32")
         if not (path / "manifest.json").is_file():
             print(f"exporting the {label} bundle to {path}", file=sys.stderr)
             try:
                 export_bundle(ExportOptions(args.lm, args.rm, path, max_context=max_context, max_k=args.k, force=True, quantize=scheme or None,
-                                            quantize_models=which))
+                                            quantize_models=which, fuse=fuse))
             except ExportError as e:
                 if not scheme:
                     raise
@@ -108,19 +120,31 @@ def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
     return out
 
 
-def decode_all(bundles: list[Bundle], chats: list, args: argparse.Namespace) -> None:
-    """Every prompt on every bundle, alternating bundles per prompt so that machine noise falls on all alike."""
-    for chat in chats:
+def decode_all(bundles: list[Bundle], chats: list, args: argparse.Namespace, reference=None) -> tuple[list[float], list[float], list[list[int]]]:
+    """Every prompt on every bundle, plain greedy on the base bundle and (on the first --reference-prompts prompts) the
+    reference ARGS, alternating per prompt so that machine noise falls on all alike. Returns greedy's and the
+    reference's step times and the reference's tokens."""
+    greedy_ms: list[float] = []
+    ref_ms: list[float] = []
+    ref_tokens: list[list[int]] = []
+    for i, chat in enumerate(chats):
         for b in bundles:
             res = b.gen.generate(chat, k=args.k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True)
             b.replies.append(res.token_ids)
             b.step_ms += list(res.timings["step_ms"])
+            b.cache_bytes = b.gen.lm.cache_bytes() + b.gen.rm.cache_bytes()
+        greedy_ms += list(bundles[0].gen.greedy(chat, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"])
+        if reference is not None and i < args.reference_prompts:
+            ms, tokens = reference_run(reference, bundles[0].gen.tokenizer.encode(chat), args)
+            ref_ms += ms
+            ref_tokens.append(tokens)
+    return greedy_ms, ref_ms, ref_tokens
 
 
-def reference_ms(args: argparse.Namespace, prompt_ids: list[list[int]]) -> tuple[float | None, list[list[int]]]:
-    """ms/token of the reference ARGS (fp32 transformers eager) on the first prompts, and its tokens."""
+def load_reference(args: argparse.Namespace):
+    """The reference ARGS (fp32 transformers eager), or None when --reference-prompts is 0."""
     if not args.reference_prompts:
-        return None, []
+        return None
     import torch
 
     from args_export.loading import ModelSpec, load_lm, load_rm
@@ -130,22 +154,22 @@ def reference_ms(args: argparse.Namespace, prompt_ids: list[list[int]]) -> tuple
         torch.set_num_threads(args.threads)
     lm = load_lm(ModelSpec.read(args.lm, "LM"), "fp32").model
     rm = load_rm(ModelSpec.read(args.rm, "RM"), "fp32")
-    reference = ReferenceARGS(lm, rm.model, rm.family)
-    times, tokens = [], []
-    for ids in prompt_ids[: args.reference_prompts]:
-        clock, out = [], []
-        start = time.perf_counter()
-        for token, _, _ in reference.steps(ids, args.k, args.w):
-            clock.append(time.perf_counter() - start)
-            out.append(token)
-            if len(out) == args.new_tokens:
-                break
-        times += [(b - a) * 1e3 for a, b in zip(clock, clock[1:])]
-        tokens.append(out)
-    return statistics.median(times), tokens
+    return ReferenceARGS(lm, rm.model, rm.family)
 
 
-def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float | None) -> list[Row]:
+def reference_run(reference, ids: list[int], args: argparse.Namespace) -> tuple[list[float], list[int]]:
+    """One reply of the reference ARGS: its step times (ms) and tokens."""
+    clock, out = [], []
+    start = time.perf_counter()
+    for token, _, _ in reference.steps(ids, args.k, args.w):
+        clock.append(time.perf_counter() - start)
+        out.append(token)
+        if len(out) == args.new_tokens:
+            break
+    return [(b - a) * 1e3 for a, b in zip(clock, clock[1:])], out
+
+
+def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float | None, greedy_ms: float) -> list[Row]:
     base = bundles[0]
     rows = []
     for b in bundles:
@@ -154,6 +178,7 @@ def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float 
         mean_reward, base_reward = statistics.mean(rewards[b.name]), statistics.mean(rewards[base.name])
         rows.append(Row(
             b.name, round(weight_bytes(b.path) / 2**20, 1), round(ms, 2), round(ref_ms / ms, 2) if ref_ms else None,
+            round(ms / greedy_ms, 2), round(b.cache_bytes / 2**20, 4),
             round(sum(same) / len(same), 4), round(prefix_agreement(b.replies, base.replies), 4),
             round(sum(m == t for m, t in zip(b.replies, base.replies)) / len(base.replies), 4),
             round(mean_reward, 4), round(100 * (mean_reward - base_reward) / max(abs(base_reward), 1e-9), 2),
@@ -175,7 +200,7 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     names = [r.bundle for r in rows]
     for ax, attr, title in zip(axes, ("ms_per_token", "token_agreement", "mean_reward"),
-                               ("ms/token (ARGS-greedy)", "token agreement with fp32", "mean reward (fp32 RM)")):
+                               ("ms/token (ARGS-greedy)", "token agreement with the fp32 base", "mean reward (fp32 RM)")):
         ax.bar(names, [getattr(r, attr) for r in rows], color=[f"C{i}" for i in range(len(rows))])
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=20)
@@ -183,8 +208,8 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, name: str = "quantized") -> int:
+    args = parse_args(argv, name)
     from args_export.demo.models import sentiment_reward_model
     from args_export.demo.prepare import cache_dir, demo_paths, smollm2_folder
     from args_export.quality.metrics import RewardScorer
@@ -202,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in bundles:
             b.gen = ArgsGenerator.from_bundle(b.path, threads=args.threads or None)
     except ArgsError as e:
-        print(f"args-bench quantized: error: {e}", file=sys.stderr)
+        print(f"args-bench {name}: error: {e}", file=sys.stderr)
         return 2
     started = time.time()
     chats = [[{"role": "user", "content": p}] for p in load_prompts("eval")[: args.prompts]]
@@ -210,21 +235,24 @@ def main(argv: list[str] | None = None) -> int:
     bundles[0].gen.generate(chats[0], k=args.k, w=args.w, max_new_tokens=4)  # warm-up, each
     for b in bundles[1:]:
         b.gen.generate(chats[0], k=args.k, w=args.w, max_new_tokens=4)
-    decode_all(bundles, chats, args)
-    ref_ms, ref_tokens = reference_ms(args, prompt_ids)
+    greedy_steps, ref_steps, ref_tokens = decode_all(bundles, chats, args, load_reference(args))
+    greedy_ms, ref_ms = statistics.median(greedy_steps), statistics.median(ref_steps) if ref_steps else None
     scorer = RewardScorer(Path(args.rm), set(bundles[0].gen.manifest.tokenizer.eos_token_ids))
     rewards = {b.name: scorer.rewards(prompt_ids, b.replies) for b in bundles}
-    rows = table(bundles, rewards, ref_ms)
+    rows = table(bundles, rewards, ref_ms, greedy_ms)
     info = machine()
     meta = {"machine": info, "lm": args.lm, "rm": args.rm, "k": args.k, "w": args.w, "prompts": len(chats), "new_tokens": args.new_tokens,
             "reference_ms_per_token": round(ref_ms, 2) if ref_ms else None, "reference_prompts": len(ref_tokens),
+            "greedy_ms_per_token": round(greedy_ms, 2), "threads": args.threads or "onnxruntime default",
             "fp32_equals_reference": [b == r for b, r in zip(bundles[0].replies, ref_tokens)], "refused": args.refused,
             "wall_s": round(time.time() - started, 1), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    print(f"{'bundle':<16} {'weights MiB':>11} {'ms/token':>9} {'vs ref':>7} {'agree':>6} {'prefix':>6} {'exact':>6} {'reward':>8} {'Δ%':>7}")
+    print(f"{'bundle':<22} {'weights MiB':>11} {'KV MiB':>7} {'ms/token':>9} {'vs ref':>7} {'/greedy':>7} {'agree':>6} {'prefix':>6} "
+          f"{'exact':>6} {'reward':>8} {'Δ%':>7}")
     for r in rows:
         vs = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
-        print(f"{r.bundle:<16} {r.weights_mib:>11} {r.ms_per_token:>9} {vs:>7} {r.token_agreement:>6} {r.prefix_agreement:>6} "
-              f"{r.exact_replies:>6} {r.mean_reward:>8} {r.reward_change_pct:>7}")
+        print(f"{r.bundle:<22} {r.weights_mib:>11} {r.kv_cache_mib:>7} {r.ms_per_token:>9} {vs:>7} {r.cost_vs_greedy:>6}x {r.token_agreement:>6} "
+              f"{r.prefix_agreement:>6} {r.exact_replies:>6} {r.mean_reward:>8} {r.reward_change_pct:>7}")
+    print(f"plain greedy (the base bundle's LM graph): {greedy_ms:.1f} ms/token")
     for label, why in args.refused.items():
         print(f"{label}: refused by the export's check against PyTorch: {why.splitlines()[0]}")
     if ref_ms:
@@ -232,13 +260,13 @@ def main(argv: list[str] | None = None) -> int:
               f"fp32 bundle's tokens equal it: {meta['fp32_equals_reference']}")
     out = args.out or RESULTS / info["label"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quantized.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
-    with open(out / "quantized.csv", "w", newline="") as f:
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
-    plot(rows, out / "quantized.png")
-    print(f"written {out / 'quantized.json'}, quantized.csv, quantized.png")
+    plot(rows, out / f"{name}.png")
+    print(f"written {out / f'{name}.json'}, {name}.csv, {name}.png")
     return 0
 
 

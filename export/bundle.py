@@ -26,7 +26,8 @@ from args_runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, TokenizerS
 from .architectures import context_limit
 from .choice_graph import CHOICE_FILE, write_choice_graph
 from .loading import ModelPair, PairSpec
-from .onnx_export import export_lm, export_rm
+from .fusion import Fusion, check_fusion
+from .onnx_export import export_fused, export_lm, export_rm
 from .plan import CACHE_LAYOUTS, EXPORTERS, GraphPlan
 from .quantize import Quantization, quantization, quantize_graph
 from .validate import ValidationReport, validate_choice_graph, validate_graphs
@@ -48,6 +49,7 @@ class ExportOptions:
     exporter: str = "torchscript"  # or "dynamo": torch.onnx's torch.export-based path
     quantize: str | None = None  # "int8" | "int4": weight-only, with ONNX Runtime's MatMulNBits quantizer
     quantize_models: tuple[str, ...] = ("lm", "rm")  # which graphs --quantize applies to
+    fuse: bool = True  # a fused bundle when the RM is a head on the LM's backbone (--no-fuse: two graphs regardless)
 
 
 class StageLog:
@@ -82,9 +84,11 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
         pair = ModelPair.load(spec, opts.dtype)
         if not 1 <= opts.max_k <= pair.vocab:
             raise ExportError(f"--max-k {opts.max_k} is out of range: it must be between 1 and the vocabulary size {pair.vocab}")
+        fusion = check_fusion(pair) if opts.fuse else Fusion(False, "--no-fuse")
+        log.say(f"    {'fused bundle' if fusion.fused else 'two graphs'}: {fusion.reason}")
     plan = GraphPlan(element_type(opts.dtype), opts.cache, max_context, opts.max_k, pair.vocab, opts.exporter)
     with atomic_folder(out, replace=opts.force) as work:
-        specs = _trace(pair, plan, work, log)
+        specs = _trace(pair, plan, fusion, work, log)
         with log.stage("writing the tokenizer"):
             tokenizer = _write_tokenizer(pair, work)
         with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
@@ -94,7 +98,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
             with log.stage(f"checking the {scheme.scheme} graphs against the unquantized PyTorch models (quantization limits)"):
                 report = _check_quantized(pair, plan, specs, work, check_device, report, log)
         with log.stage("writing the manifest"):
-            manifest = _write_manifest(work, specs, tokenizer, plan, report, check_device)
+            manifest = _write_manifest(work, specs, tokenizer, plan, report, check_device, fusion)
     log.say(f"bundle written to {out}")
     return manifest
 
@@ -157,13 +161,15 @@ def _max_context(requested: int | None, spec: PairSpec) -> int:
     return requested
 
 
-def _trace(pair: ModelPair, plan: GraphPlan, work: Path, log: StageLog) -> tuple[GraphSpec, GraphSpec]:
+def _trace(pair: ModelPair, plan: GraphPlan, fusion: Fusion, work: Path, log: StageLog) -> tuple[GraphSpec, GraphSpec]:
     layout = f"{plan.cache} KV cache" + (f", {plan.max_context} slots" if plan.static else "")
     with log.stage(f"exporting the LM step graph (prefill + decode, in-graph top-k, {layout})"):
         lm = export_lm(pair.lm, plan, work / "lm.onnx")
+    if fusion.fused:
+        with log.stage(f"exporting the fused step graph (rewards and each candidate's next top-k in one pass, {layout})"):
+            return lm, export_fused(pair.lm, pair.rm, plan, work / "rm.onnx")
     with log.stage(f"exporting the RM candidate graph (one cache, k candidates per pass, {layout})"):
-        rm = export_rm(pair.rm, plan, work / "rm.onnx")
-    return lm, rm
+        return lm, export_rm(pair.rm, plan, work / "rm.onnx")
 
 
 def _quantize(specs: tuple[GraphSpec, GraphSpec], scheme: Quantization, which: tuple[str, ...], work: Path,
@@ -218,11 +224,11 @@ def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, G
 
 
 def _write_manifest(work: Path, specs: tuple[GraphSpec, GraphSpec], tokenizer: TokenizerSpec, plan: GraphPlan,
-                    report: ValidationReport, device: Device) -> Manifest:
+                    report: ValidationReport, device: Device, fusion: Fusion) -> Manifest:
     for f in work.iterdir():
         os.chmod(f, 0o644)
     manifest = Manifest(
-        lm=specs[0], rm=specs[1], tokenizer=tokenizer, max_context=plan.max_context, max_k=plan.max_k,
+        lm=specs[0], rm=specs[1], tokenizer=tokenizer, max_context=plan.max_context, max_k=plan.max_k, fused=fusion.fused,
         files={f.name: sha256_file(f) for f in sorted(work.iterdir())}, choice_file=CHOICE_FILE,
         validation={"device": f"onnxruntime-{device}", "checks": report.as_dict()},
         created_by=f"args-export {__version__} ({_versions()})",

@@ -13,6 +13,10 @@ decoder that shares the LM's tokenizer) into an args-rt bundle: ONNX graphs with
 outputs, the tokenizer and chat template, and a manifest with checksums. Every graph is checked
 against PyTorch with ONNX Runtime before the bundle is written.
 
+When the RM is a score head on the LM's own backbone (its decoder tensors hash the same), the bundle is fused:
+one pass per token scores the k candidates and proposes each one's next top-k, so ARGS costs about one LM
+step per token instead of an LM step and an RM step (--no-fuse keeps two graphs).
+
 Supported architectures: Llama, Mistral, Qwen2 (SmolLM2 is Llama), OPT, GPT-2."""
 
 EPILOG = """\
@@ -47,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(block-wise symmetric weights, blocks of 32; activations stay fp): fewer weight bytes per step, for a reward model "
                    "with its own backbone above all. The check against PyTorch then uses quantization limits and says so")
     p.add_argument("--quantize-only", choices=["lm", "rm"], help="apply --quantize to this graph only (default: both)")
+    p.add_argument("--no-fuse", action="store_true", help="keep two graphs even when the RM is a score head on the LM's own backbone "
+                   "(by default export then writes a fused bundle: one pass per token scores the candidates and proposes the next ones)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
     trt = p.add_argument_group("TensorRT engines (need TensorRT 10, cuda-python and an NVIDIA GPU: pip install 'args-rt[trt]')")
     trt.add_argument("--tensorrt", action="store_true", help="after the ONNX export, build lm.engine and rm.engine into the bundle "
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
             manifest = export_bundle(
                 ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache, args.exporter,
-                              args.quantize, (args.quantize_only,) if args.quantize_only else ("lm", "rm")),
+                              args.quantize, (args.quantize_only,) if args.quantize_only else ("lm", "rm"), fuse=not args.no_fuse),
                 quiet=args.quiet
             )
         if args.tensorrt or args.tensorrt_only:

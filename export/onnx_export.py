@@ -1,4 +1,4 @@
-"""Trace an LMStep / RMScorer to ONNX with named, dynamic I/O and weights in an external data file; each export returns
+"""Trace an LMStep / RMScorer / FusedStep to ONNX with named, dynamic I/O and weights in an external data file; each export returns
 the graph's spec for the manifest."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from args_runtime.errors import ExportError
 from args_runtime.manifest import GraphSpec, TensorSpec
 
 from .architectures import DecoderStack
-from .graphs import LMStep, RMScorer
+from .graphs import FusedStep, LMStep, RMScorer
 from .loading import LoadedModel
 from .plan import GraphPlan
 
@@ -85,6 +85,20 @@ def rm_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tupl
     past, present = _cache_io(stack, cache_dtype, cache)
     inputs = [*_step_inputs(cache), ("candidate_ids", ["batch_size", "num_candidates"], "int64"), *past]
     outputs = [("rewards", ["batch_size", "num_candidates"], "float32"), *present]
+    return _spec_list(inputs), _spec_list(outputs)
+
+
+def fused_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The RM's I/O plus the LM's `candidate_slots` (k, the proposals per candidate) and each candidate's top-k."""
+    past, present = _cache_io(stack, cache_dtype, cache)
+    inputs = [*_step_inputs(cache), ("candidate_ids", ["batch_size", "num_candidates"], "int64"),
+              ("candidate_slots", ["num_proposals"], "int64"), *past]
+    outputs = [
+        ("rewards", ["batch_size", "num_candidates"], "float32"),
+        ("topk_values", ["batch_size", "num_candidates", "num_proposals"], "float32"),
+        ("topk_ids", ["batch_size", "num_candidates", "num_proposals"], "int64"),
+        *present,
+    ]
     return _spec_list(inputs), _spec_list(outputs)
 
 
@@ -298,6 +312,18 @@ def export_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
     step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
     args = (*step, torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
     io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, (inputs, outputs), path, plan)
+    return graph_spec(path.name, rm, stack, plan, io)
+
+
+def export_fused(lm: LoadedModel, rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
+    """The fused step graph at `path` (the RM's score head on the LM's backbone, which export found equal to the RM's
+    own): rewards and each candidate's next top-k in one pass over one cache; its spec for the manifest."""
+    stack = lm.stack()  # the LM's: its embeddings and LM head stay one tied tensor where the LM ties them
+    inputs, outputs = fused_io(stack, plan.dtype, plan.cache)
+    step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
+    candidates = torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES))
+    args = (*step, candidates, torch.zeros(min(3, plan.max_k), dtype=torch.int64), *past)
+    io = _export(FusedStep(stack, lm.head, rm.head, plan.max_k, plan.cache).eval(), args, (inputs, outputs), path, plan)
     return graph_spec(path.name, rm, stack, plan, io)
 
 

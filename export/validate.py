@@ -1,6 +1,7 @@
 """Check freshly exported graphs against PyTorch: ONNX Runtime (CPU) drives them through the runtime's own
 model wrappers for a prefill, several decode steps and k-candidate scoring; transformers computes the same
-logits and, for every candidate, the RM's reward on the full sequence prefix + candidate."""
+logits and, for every candidate, the RM's reward on the full sequence prefix + candidate (and, for a fused RM graph,
+the LM's logits after each candidate, which it proposes from)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from args_runtime.backend import Device
 from args_runtime.engines.onnxruntime_engine import OrtBackend
 from args_runtime.errors import ExportError
 from args_runtime.manifest import GraphSpec
-from args_runtime.models import LanguageModel, PrefixState, RewardModel
+from args_runtime.models import FusedModel, LanguageModel, PrefixState, RewardModel
 
 from .hf_compat import forward_with_cache
 from .loading import ModelPair
@@ -93,7 +94,8 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: Mode
     torch_device = "cuda" if device.is_cuda and torch.cuda.is_available() else "cpu"
     lm_hf, rm_hf = pair.lm.model.to(torch_device), pair.rm.model.to(torch_device)
     lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, plan.max_context)
-    rm = RewardModel(OrtBackend(folder / rm_spec.file, device), rm_spec, plan.max_context)
+    fused = any(t.name == "candidate_slots" for t in rm_spec.inputs)
+    rm = (FusedModel if fused else RewardModel)(OrtBackend(folder / rm_spec.file, device), rm_spec, plan.max_context)
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
     prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)
@@ -103,11 +105,21 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: Mode
     for step in range(steps + 1):
         top = lm.extend(ids, positions, prefix, k)
         values, candidates = top.logits, top.ids
-        rewards = rm.extend_and_score(ids, positions, prefix, top)
         out, hf_cache = forward_with_cache(lm_hf, hf_feed.to(torch_device), hf_cache)
         ref_logits = out.logits[:, -1, :].float().cpu()
         report.add(f"lm top-{k} logits, step {step}", values, np.take_along_axis(ref_logits.numpy(), candidates, axis=1), lm_spec)
         with_cands = torch.cat([sequence.repeat_interleave(k, dim=0), torch.from_numpy(candidates).reshape(-1, 1)], dim=1)
+        if fused:
+            if step == 0:  # the first pass: the prompt but its last token, which proposes the first candidates
+                first = rm.propose(ids, positions, prefix, k)
+                report.add(f"fused top-{k} proposals after the prompt", *_proposed(first.logits, first.ids, ref_logits.numpy(), k), rm_spec)
+                ids, positions = ids[:, -1:], positions[:, -1:]
+            rewards, proposals = rm.score_and_propose(ids, positions, prefix, top, k)
+            after = forward_with_cache(lm_hf, with_cands.to(torch_device), None)[0].logits[:, -1, :].float().cpu().numpy()  # [2k, V]
+            report.add(f"fused top-{k} proposals after each candidate, step {step}",
+                       *_proposed(proposals.values.reshape(2 * k, k), proposals.ids.reshape(2 * k, k), after, k), rm_spec)
+        else:
+            rewards = rm.extend_and_score(ids, positions, prefix, top)
         ref_rewards = hf_rewards(rm_hf, pair.rm.family, with_cands.to(torch_device)).reshape(2, k).cpu()
         report.add(f"rm rewards of {k} candidates, step {step}", rewards, ref_rewards.numpy(), rm_spec)
         chosen = candidates[:, :1]
@@ -116,6 +128,13 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: Mode
         ids = chosen
         _, positions = prefix.next_inputs()
     return report
+
+
+def _proposed(values: np.ndarray, ids: np.ndarray, ref_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ours, reference) for a top-k: the values proposed, against both the reference logits at the ids proposed and the
+    reference's own top-k values, so that a wrong id fails as surely as a wrong value."""
+    ref_top = -np.sort(-ref_logits, axis=1)[:, :k]
+    return np.stack([values, values]), np.stack([np.take_along_axis(ref_logits, ids, axis=1), ref_top])
 
 
 def validate_choice_graph(path: Path, report: ValidationReport, seed: int = 0) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engines.onnxruntime_engine import OrtBackend
 from .errors import ArgsError
-from .models import LanguageModel, RewardModel
+from .models import CachedGraph
 from .optional import require
 
 if TYPE_CHECKING:
@@ -88,20 +88,20 @@ def relaxed_graph(path: Any, context: int) -> bytes:
     return model.SerializeToString()
 
 
-def narrow_models(gen: "ArgsGenerator") -> tuple[tuple[LanguageModel, RewardModel] | None, str]:
-    """The LM and RM over context-free copies of the bundle's graphs, and what the engine's info says of it; or None and
-    why the engine keeps attending over every slot."""
-    backends = (gen.lm.backend, gen.rm.backend)
+def narrow_models(gen: "ArgsGenerator", models: tuple[CachedGraph, ...]) -> tuple[tuple[CachedGraph, ...] | None, str]:
+    """The same models (the LM and the RM, or a fused bundle's one graph) over context-free copies of their graphs, and
+    what the engine's info says of it; or None and why the engine keeps attending over every slot."""
+    backends = [model.backend for model in models]
     if not all(type(b) is OrtBackend and not b.device.is_cuda for b in backends):
         return None, "full: cache rows are re-laid out in host memory, so narrower caches need ONNX Runtime on the CPU"
     context = gen.manifest.max_context
     try:
-        models = []
-        for model in (gen.lm, gen.rm):
+        narrow = []
+        for model in models:
             path = gen.bundle / model.spec.file
             backend = _GraphBytesBackend(relaxed_graph(path, context), path, model.backend.device, gen.options.engine)
-            models.append(type(model)(backend, model.spec, context))  # the same kind of model (LanguageModel, RewardModel, ...)
+            narrow.append(type(model)(backend, model.spec, context))  # the same kind: LanguageModel, RewardModel, FusedModel
     except ArgsError as e:
         log.warning("continuous batching attends over all %d cache slots: %s", context, e)
         return None, f"full: {e}"
-    return (models[0], models[1]), "narrow"
+    return tuple(narrow), "narrow"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .choice import Chooser
-from .models import LanguageModel, RewardModel
+from .models import FusedModel, LanguageModel, RewardModel
 from .stepper import Step, Stepper
 
 
@@ -29,6 +29,21 @@ def args_decode(lm: LanguageModel, rm: RewardModel, choose: Chooser, stepper: St
         rewards = rm.extend_and_score(ids, positions, stepper, top, on_host=choose.on_host)  # RM reward of each prefix + candidate
         step = stepper.step(choose(top, rewards))  # score = logit + w·reward, choose; the books
         yield step
+        ids, positions = step.next_ids, step.positions
+
+
+def fused_decode(model: FusedModel, choose: Chooser, stepper: Stepper, k: int) -> Iterator[Step]:
+    """ARGS over a fused bundle, one pass per token: the pass that scores the candidates also proposes each one's next
+    top-k (the RM's head sits on the LM's backbone), so the chosen candidate's proposals are the next step's."""
+    ids, positions = stepper.prompt_ids, stepper.prompt_positions
+    model.reset(len(ids))
+    top = model.propose(ids, positions, stepper, k)  # the LM's top-k after the prompt
+    ids, positions = ids[:, -1:], positions[:, -1:]
+    while True:
+        rewards, proposals = model.score_and_propose(ids, positions, stepper, top, k, on_host=choose.on_host)
+        step = stepper.step(choose(top, rewards))  # score = logit + w·reward, choose; the books
+        yield step
+        top = proposals.after(top, step.tokens)  # the chosen candidate's own next top-k
         ids, positions = step.next_ids, step.positions
 
 

@@ -35,6 +35,7 @@ from .context_width import WidthPolicy, narrow_models
 from .errors import ArgsError, BundleError, GenerationError, RequestCancelled
 from .results import GenerationResult, Row, TokenEvent, TokenStream
 from .settings import Settings
+from .engine_steps import model_steps, step_models
 from .slots import SlotCaches, SlotTable
 from .stepper import EOS, LIMIT, RUNNING, Step
 
@@ -246,12 +247,13 @@ class ArgsEngine:
         self.gen, self.slots = generator, slots
         self.hooks = hooks or EngineHooks()
         context = generator.manifest.max_context
-        narrow, width = narrow_models(generator) if width_step else (None, "full: width_step=None")
-        self.lm, self.rm = narrow or (generator.lm, generator.rm)
+        used = step_models(generator)  # the LM and the RM, or a fused bundle's one graph
+        narrow, width = narrow_models(generator, used) if width_step else (None, "full: width_step=None")
         self.policy = WidthPolicy(context, width_step) if narrow else None
         self.info = {**generator.engine_info(), "choice": "host", "scheduler": "continuous", "slots": slots, "context_width": width}
         self.eos = frozenset(generator.manifest.tokenizer.eos_token_ids)
-        self.caches = SlotCaches((self.lm, self.rm), slots, self.policy.fit(1) if self.policy else context)
+        self.models = model_steps(narrow or used, slots)
+        self.caches = SlotCaches(self.models.models, slots, self.policy.fit(1) if self.policy else context)
         self.table = SlotTable(slots, context)
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
@@ -365,6 +367,7 @@ class ArgsEngine:
                     source, target = hole
                     self.caches.move(source, target, int(self.table.position[source]))
                     self.table.move(source, target)
+                    self.models.move(source, target)
                     self.moves += 1
         if self.table.span:
             self._decode()
@@ -387,13 +390,9 @@ class ArgsEngine:
         """The request's prompt, alone, into its slot's rows of both caches: its first step, as generate() runs it."""
         request.admitted(self.steps)
         try:
-            length = len(request.prompt)
-            ids = np.asarray([request.prompt], np.int64)
-            positions = np.arange(length, dtype=np.int64)[None]
-            lm_rows, rm_rows = self.caches.rows(slot, slot + 1, self.table.mask[slot : slot + 1], positions)
-            top = self.lm.extend(ids, positions, lm_rows, request.settings.k)
-            rewards = self.rm.extend_and_score(ids, positions, rm_rows, top)
-            chosen = request.choose(top.logits, top.ids, rewards)
+            scored = self.models.prefill(self.caches, slot, request.prompt, self.table.mask[slot : slot + 1], request.settings.k)
+            chosen = request.choose(scored.logits, scored.ids, scored.rewards)
+            self.models.chosen(slot, 0, int(chosen.tokens[0]))
         except Exception as error:  # this request fails; the engine keeps serving the others
             self._fail([slot], error)
             return
@@ -405,12 +404,12 @@ class ArgsEngine:
         seated = self.table.occupied()
         try:
             ids, positions = self.table.step_inputs(span)
-            lm_rows, rm_rows = self.caches.rows(0, span, self.table.mask[:span], positions)
-            top = self.lm.extend(ids, positions, lm_rows, max(r.settings.k for _, r in seated))
-            rewards = self.rm.extend_and_score(ids, positions, rm_rows, top)
+            scored = self.models.decode(self.caches, ids, positions, self.table.mask[:span], max(r.settings.k for _, r in seated))
             self.table.advance()
-            logits, candidates = top.logits, top.ids
+            logits, candidates, rewards = scored.logits, scored.ids, scored.rewards
             chosen = [(slot, r, r.choose(logits[slot : slot + 1], candidates[slot : slot + 1], rewards[slot : slot + 1])) for slot, r in seated]
+            for slot, _, choice in chosen:
+                self.models.chosen(slot, slot, int(choice.tokens[0]))
         except Exception as error:
             self._fail([slot for slot, _ in seated], error)
             return

@@ -9,11 +9,11 @@ from typing import Any
 
 from .backend import Backend
 from .choice import make_chooser, open_device_chooser
-from .decode import args_decode, lm_decode
+from .decode import args_decode, fused_decode, lm_decode
 from .engines import BundleGraph, open_graph
 from .errors import BundleError, ContextLengthError, GenerationError
 from .manifest import Manifest, load_manifest
-from .models import LanguageModel, RewardModel
+from .models import FusedModel, LanguageModel, RewardModel
 from .options import RuntimeOptions
 from .results import Drive, GenerationResult, Row, TokenEvent, collect, stream_events
 from .settings import Settings, check_settings
@@ -59,7 +59,8 @@ class ArgsGenerator:
             raise BundleError(f"cuda_graph=True needs fixed shapes, i.e. a static-cache bundle: re-export {bundle} with `args-export ... --cache static`")
         graphs = {role: BundleGraph(bundle, role, spec.file, spec, manifest.engines.get(role)) for role, spec in (("lm", manifest.lm), ("rm", manifest.rm))}
         lm = LanguageModel(open_graph(opts.backend, graphs["lm"], opts.lm_device, opts.engine), manifest.lm, manifest.max_context)
-        rm = RewardModel(open_graph(opts.backend, graphs["rm"], opts.rm_device, opts.engine), manifest.rm, manifest.max_context)
+        scorer = FusedModel if manifest.fused else RewardModel  # fused: the RM's head on the LM's backbone, one pass per token
+        rm = scorer(open_graph(opts.backend, graphs["rm"], opts.rm_device, opts.engine), manifest.rm, manifest.max_context)
         return cls(bundle, manifest, (lm, rm), open_device_chooser(bundle, manifest, opts, (lm.backend, rm.backend)), opts)
 
     # ------------------------------------------------------------------ public API
@@ -156,7 +157,12 @@ class ArgsGenerator:
         stop = StopConfig(tuple(self.manifest.tokenizer.eos_token_ids), s.ignore_eos, tuple(r.limit for r in rows))
         stepper = make_stepper(self.loop, prompts, self.manifest.tokenizer.pad_token_id, stop)
         choose = make_chooser(s.choice(len(prompts)), self.loop, None if lm_only else self.device_chooser)
-        steps = lm_decode(self.lm, choose, stepper, s.k) if lm_only else args_decode(self.lm, self.rm, choose, stepper, s.k)
+        if lm_only:
+            steps = lm_decode(self.lm, choose, stepper, s.k)
+        elif isinstance(self.rm, FusedModel):
+            steps = fused_decode(self.rm, choose, stepper, s.k)
+        else:
+            steps = args_decode(self.lm, self.rm, choose, stepper, s.k)
         start = time.perf_counter()
         try:
             for step in steps:
@@ -177,6 +183,7 @@ class ArgsGenerator:
             "lm_device": str(self.lm.backend.device),
             "rm_device": str(self.rm.backend.device),
             "cache": self.manifest.lm.cache,
+            "fused": self.manifest.fused,
             "choice": self.choice,
             "engines": {"lm": self.lm.backend.describe(), "rm": self.rm.backend.describe()},
         }

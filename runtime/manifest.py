@@ -14,13 +14,15 @@ from .dtypes import FLOAT_TYPES, HOST_TYPES
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 4  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position)
+FORMAT_VERSION = 5  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`)
 MANIFEST_FILE = "manifest.json"
 CACHE_LAYOUTS = ("dynamic", "static")
 # The inputs and outputs the runtime feeds and reads, by role (besides past_key_values.* / present.*, one per layer).
 RUNTIME_IO = {
     "lm": (("input_ids", "position_ids", "attention_mask", "candidate_slots"), ("topk_values", "topk_ids")),
     "rm": (("input_ids", "position_ids", "attention_mask", "candidate_ids"), ("rewards",)),
+    # a fused bundle's RM graph (FusedStep): the RM's, plus each candidate's next top-k from the LM head it shares
+    "fused": (("input_ids", "position_ids", "attention_mask", "candidate_ids", "candidate_slots"), ("rewards", "topk_values", "topk_ids")),
     "choose": (("topk_values", "topk_ids", "rewards", "w", "sample", "temperature", "draws"), ("chosen_ids", "chosen_logits", "chosen_rewards")),
 }
 
@@ -89,6 +91,9 @@ class Manifest:
     max_context: int
     max_k: int
     files: dict[str, str] = field(default_factory=dict)
+    # The RM is a score head on the LM's own backbone and its graph is a FusedStep: one pass per token scores the
+    # candidates and proposes each one's next top-k, so ARGS never runs the LM graph (kept for greedy and sampling).
+    fused: bool = False
     choice_file: str = ""  # choose.onnx: combine and choose on the device (empty: the host stepper chooses)
     validation: dict[str, Any] = field(default_factory=dict)
     # Optional TensorRT engines, {"lm": {"file", "sha256", "tensorrt_version", "compute_capability", "precision", "max_batch", "profiles"}, ...};
@@ -254,7 +259,7 @@ def _consistency_problem(m: Manifest) -> str | None:
         return f"max_context = {m.max_context} (at least 2: a prompt token and a new one)"
     if not 1 <= m.max_k <= vocab:
         return f"max_k = {m.max_k} (it must be 1 … the vocabulary size {vocab})"
-    for role, spec in (("lm", m.lm), ("rm", m.rm)):
+    for role, spec in (("lm", m.lm), ("fused" if m.fused else "rm", m.rm)):
         problem = _graph_problem(role, spec, m.max_context)
         if problem:
             return problem

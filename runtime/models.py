@@ -1,5 +1,6 @@
 """The LM and the RM as the decode loop sees them: each owns a backend and the KV cache of the committed
-prefix; the bookkeeping both share (padding mask, next positions) lives in one PrefixState."""
+prefix; the bookkeeping both share (padding mask, next positions) lives in one PrefixState. A fused bundle's RM
+(`FusedModel`) also proposes, for each candidate it scores, the LM's next top-k: the LM never runs in ARGS."""
 
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ class CacheRows:
     attention_mask: np.ndarray  # [n, C] int64
     cache_position: np.ndarray  # [n, S] int64
     past: dict[str, object]  # past_key_values.* → this model's buffers, the n rows of them (Backend.rows)
+
+
+@dataclass
+class MaskOnly:
+    """A prefix known by its mask alone: a fused model's first pass covers the prompt but its last token."""
+
+    attention_mask: np.ndarray
 
 
 class TopK:
@@ -164,6 +172,53 @@ class RewardModel(CachedGraph):
         """The k rewards per row, on the host or (`on_host=False`) left in the engine for a choice made there."""
         if isinstance(candidates, TopK):  # the LM's ids stay on the device when both models share it
             candidates = candidates.engine_ids if candidates.device == self.backend.device else candidates.ids
-        feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]), "candidate_ids": candidates}
-        rewards = self.run(feeds, _outside(prefix))["rewards"]
+        rewards = self._score(ids, positions, prefix, candidates, 1)["rewards"]
         return self.backend.to_host(rewards) if on_host else rewards
+
+    def _score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked | CacheRows, candidates: object, k: int) -> dict[str, object]:
+        feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]), "candidate_ids": candidates}
+        if self.proposes:  # a fused graph also proposes k next tokens per candidate: ask for as few as the caller reads
+            feeds["candidate_slots"] = _slots(k)
+        return self.run(feeds, _outside(prefix))
+
+    @cached_property
+    def proposes(self) -> bool:
+        return any(t.name == "candidate_slots" for t in self.spec.inputs)
+
+
+class Proposals:
+    """A fused pass's proposals: for every candidate of every row, the LM's top-k next tokens after it, [B, K, k] on the
+    host. Once the chooser has picked a candidate per row, its row of proposals is the next step's TopK."""
+
+    def __init__(self, backend: Backend, values: np.ndarray, ids: np.ndarray) -> None:
+        self.backend, self.values, self.ids = backend, values, ids
+        self.rows = np.arange(len(ids))
+
+    def after(self, candidates: TopK, tokens: np.ndarray) -> TopK:
+        """The proposals after each row's chosen token (a top-k's ids are distinct, so the token names its candidate)."""
+        pick = np.argmax(candidates.ids == tokens.reshape(-1, 1), axis=1)
+        return TopK(self.backend, self.values[self.rows, pick], self.ids[self.rows, pick], len(self.ids))
+
+
+class FusedModel(RewardModel):
+    """A fused bundle's RM (export/graphs.py FusedStep): its score head sits on the LM's backbone, so the pass that
+    scores the candidates also gives each one's next top-k, and one cache serves both models."""
+
+    def propose(self, prompt_ids: np.ndarray, prompt_positions: np.ndarray, prefix: Masked | CacheRows, k: int) -> TopK:
+        """The first pass: the prompt but its last token extends the cache, and that last token, as the one candidate,
+        brings the LM's top-k after the prompt; the next pass brings the last token. `prefix` is the whole prompt's, or
+        (continuous batching) the outside rows already set for the prompt but its last token."""
+        head = prefix if isinstance(prefix, CacheRows) else MaskOnly(prefix.attention_mask[:, :-1])
+        out = self._score(prompt_ids[:, :-1], prompt_positions[:, :-1], head, prompt_ids[:, -1:], k)
+        host = self.backend.to_host
+        return TopK(self.backend, host(out["topk_values"])[:, 0], host(out["topk_ids"])[:, 0], len(prompt_ids))
+
+    def score_and_propose(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked | CacheRows, candidates: TopK, k: int,
+                          on_host: bool = True) -> tuple[np.ndarray | object, Proposals]:
+        """Extend the cache by `ids` and score the k candidates, as RewardModel.extend_and_score; and each candidate's
+        next top-k."""
+        engine_ids = candidates.engine_ids if candidates.device == self.backend.device else candidates.ids
+        out = self._score(ids, positions, prefix, engine_ids, k)
+        host = self.backend.to_host
+        rewards = host(out["rewards"]) if on_host else out["rewards"]
+        return rewards, Proposals(self.backend, host(out["topk_values"]), host(out["topk_ids"]))

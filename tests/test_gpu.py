@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from args_export.bundle import ExportOptions, export_bundle
+from args_export.demo.models import seeded_reward_model
 from args_runtime import ArgsGenerator
 
 from .conftest import CHAT_PROMPTS, TEXT_PROMPTS
@@ -25,6 +26,9 @@ def bundles(tiny_pairs, tmp_path_factory):
     for cache in ("static",):
         out[cache] = folder / cache
         export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, out[cache], max_k=48, max_context=256, cache=cache), quiet=True)
+    fused_rm = seeded_reward_model(pair.lm_dir, folder / "fused-rm", init_std=0.5)  # a head on the LM's own backbone
+    out["fused"] = folder / "fused"
+    export_bundle(ExportOptions(pair.lm_dir, fused_rm, out["fused"], max_k=48, max_context=256, cache="static"), quiet=True)
     return out
 
 
@@ -51,7 +55,20 @@ def test_cuda_graphs_engage_and_change_no_token(bundles):
     assert len(graphs.lm.backend._graph_ids) == len(graphs.rm.backend._graph_ids) == 2  # one decode graph per k
 
 
-@pytest.mark.parametrize("graph", ["lm.onnx", "rm.onnx"])
+def test_fused_bundle_on_cuda_gives_the_cpu_tokens(bundles):
+    """One pass per token on the GPU: the device chooser (auto on CUDA), the proposals copied back, CUDA graphs."""
+    cpu = ArgsGenerator.from_bundle(bundles["fused"])
+    cuda = ArgsGenerator.from_bundle(bundles["fused"], device="cuda")
+    graphs = ArgsGenerator.from_bundle(bundles["fused"], device="cuda", cuda_graph=True)
+    assert cpu.manifest.fused and cuda.choice == "device" and graphs.rm.backend.describe()["cuda_graph"] == "on"
+    for prompt in (CHAT_PROMPTS[0], TEXT_PROMPTS[1], "Hi"):
+        for k, w in ((10, 1.5), (40, 3.0)):
+            expected = cpu.generate(prompt, k=k, w=w, max_new_tokens=32, ignore_eos=True).token_ids
+            assert cuda.generate(prompt, k=k, w=w, max_new_tokens=32, ignore_eos=True).token_ids == expected, (prompt, k)
+            assert graphs.generate(prompt, k=k, w=w, max_new_tokens=32, ignore_eos=True).token_ids == expected, (prompt, k)
+
+
+@pytest.mark.parametrize("graph", ["lm.onnx", "rm.onnx", "fused/rm.onnx"])
 def test_placement_prediction_matches_onnx_runtime(bundles, graph, capfd):
     """ORT logs each shape node it moves to the CPU and warns when it adds Memcpy nodes: compare with the prediction."""
     import re
@@ -61,13 +78,14 @@ def test_placement_prediction_matches_onnx_runtime(bundles, graph, capfd):
     options = ort.SessionOptions()
     options.log_severity_level = 1  # INFO: the CPU fallback decisions (logged to the session or the default logger)
     ort.set_default_logger_severity(1)
+    path = bundles["fused"] / "rm.onnx" if graph.startswith("fused/") else bundles["static"] / graph
     try:
-        ort.InferenceSession(str(bundles["static"] / graph), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     finally:
         ort.set_default_logger_severity(2)
     log = capfd.readouterr().err
     moved = set(re.findall(r"Force fallback to CPU execution for node: (\S+)", log))
-    predicted = predict_file(bundles["static"] / graph)
+    predicted = predict_file(path)
     assert "Memcpy nodes are added" not in log
     assert moved == {label.split(" ", 1)[1] for label in predicted.cpu_nodes}
 

@@ -184,7 +184,10 @@ def test_quality_benchmark_quick(cache_dir, smollm2_dir, tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("vaderSentiment")
     env = {**os.environ, "ARGS_RT_CACHE": str(cache_dir)}
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks/quality/run.py"), "--quick", "--prompts", "2", "--out", str(tmp_path)],
+    from args_export.demo.prepare import prepare_bundle
+
+    bundle = prepare_bundle(cache_dir)  # given as --bundle: what a quantized or two-graph bundle of the pair would take
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks/quality/run.py"), "--quick", "--prompts", "2", "--out", str(tmp_path), "--bundle", str(bundle)],
                          env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((tmp_path / "quality.json").read_text())
@@ -192,7 +195,8 @@ def test_quality_benchmark_quick(cache_dir, smollm2_dir, tmp_path):
     assert names[0] == "greedy" and any(n.startswith("best-of") for n in names)
     assert f"ARGS-greedy w={DEFAULT_W:g}" in names and "ARGS-greedy w=1.5" in names  # the demo's w and the paper's
     assert len(data["targets"]) == 4 and all(isinstance(t["met"], bool) for t in data["targets"])
-    assert "Targets (issue 18)" in run.stdout
+    assert "Targets (issue 18)" in run.stdout and data["meta"]["bundle"] == str(bundle)
+    assert data["meta"]["bundle_weights"] == {"lm": "float32", "rm": "float32", "fused": True}
     for r in data["rows"]:
         assert ROW_KEYS <= set(r)
         assert 0.0 <= r["diversity"] <= 1.0 and -1.0 <= r["coherence"] <= 1.0 and -1.0 <= r["sentiment"] <= 1.0

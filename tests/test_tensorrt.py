@@ -431,3 +431,34 @@ def test_tensorrt_engine_from_elsewhere_gives_rebuild_command(engine_bundle):
 
     with pytest.raises(BundleError, match=rf"sm_00.*args-export --tensorrt-only {re.escape(str(engine_bundle))}"):
         TensorRTBackend(engine_bundle / "lm.engine", stamp=stamp)
+
+
+def test_output_buffers_take_turns_grow_when_outgrown_and_never_write_a_fed_buffer():
+    """The TensorRT backend's outputs come from two buffers per output used in turn (no cudaMalloc per token). The pool's
+    choices are checked here with a stand-in allocator (the real one needs CUDA): a present fed back as the next past is
+    never the next present's memory, memory two runs old is reused, a bigger shape grows the buffer."""
+    from args_runtime.engines.tensorrt_engine import OutputBuffers
+
+    made = []
+
+    class Allocation:
+        def __init__(self, shape, dtype, capacity):
+            self.shape, self.dtype, self.capacity, self.ptr, self.freed, self._cudart = shape, dtype, capacity, 4096 * (len(made) + 1), False, None
+            made.append(self)
+
+        def free(self):
+            self.freed = True
+
+    pool = OutputBuffers(Allocation)
+    shape = (1, 2, 5, 8)
+    first = pool.take("present.0.key", shape, "float32", set())
+    second = pool.take("present.0.key", shape, "float32", {first.ptr})  # the first is this run's past
+    third = pool.take("present.0.key", shape, "float32", {second.ptr})
+    assert first.ptr != second.ptr and third.ptr == first.ptr and len(made) == 2
+    assert third.shape == shape and third.capacity >= 1 * 2 * 5 * 8 * 4
+    bigger = pool.take("present.0.key", (1, 2, 50, 8), "float32", {third.ptr})  # outgrows its buffer: replaced
+    assert made[1].freed and bigger.ptr == made[2].ptr and bigger.shape == (1, 2, 50, 8)
+    both = pool.take("present.0.key", (1, 2, 50, 8), "float32", {made[0].ptr, made[2].ptr})  # both fed: a fresh one
+    assert both.ptr == made[3].ptr and pool.pairs["present.0.key"][0] is made[0]
+    pool.take("topk_ids", (1, 10), "int64", set())
+    assert made[4].dtype == "int64" and len(made) == 5

@@ -162,6 +162,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>/quality)")
     p.add_argument("--head", type=Path, default=SENTIMENT_HEAD, help="score head JSON to evaluate (default: the shipped one)")
+    p.add_argument("--bundle", type=Path, help="decode with this bundle of the demo's pair instead of the demo bundle (e.g. one made with "
+                   "`args-export --quantize int8` or `--no-fuse`); the replies are still scored by the demo's RM in PyTorch fp32")
     p.add_argument("--prompt-file", type=Path, help="prompts to use instead of the held-out split (JSONL {\"prompt\"} or one per line)")
     args = p.parse_args()
     args.new_tokens = args.new_tokens or (16 if args.quick else 40)
@@ -170,8 +172,9 @@ def main() -> int:
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    bundle = prepare_bundle(cache_dir(), head_file=args.head)
-    _, rm_dir, _ = demo_paths(cache_dir(), args.head)
+    bundle = prepare_bundle(cache_dir(), head_file=args.head)  # also builds the scoring RM
+    bundle = args.bundle or bundle
+    _, rm_dir, _ = demo_paths(cache_dir(), args.head)  # the scoring RM (PyTorch fp32), whichever bundle decodes
     gen = ArgsGenerator.from_bundle(bundle, threads=args.threads)
     scorer = RewardScorer(rm_dir, set(gen.manifest.tokenizer.eos_token_ids))
     embedder, analyzer = SentenceEmbedder(), vader()
@@ -192,7 +195,8 @@ def main() -> int:
     args.out = args.out or RESULTS / info["label"] / "quality"
     args.out.mkdir(parents=True, exist_ok=True)
     targets = judge_targets(rows)
-    meta = {"machine": info, "bundle": str(bundle), "head": str(args.head), "prompts": len(prompts),
+    weights = {"lm": gen.manifest.lm.weights, "rm": gen.manifest.rm.weights, "fused": gen.manifest.fused}
+    meta = {"machine": info, "bundle": str(bundle), "bundle_weights": weights, "head": str(args.head), "prompts": len(prompts),
             "new_tokens": args.new_tokens, "k": args.k, "best_of": n_best, "batch": args.batch, "seed": args.seed,
             "quick": args.quick, "wall_s": round(time.perf_counter() - start, 1)}
     (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=1) + "\n")

@@ -118,7 +118,18 @@ class DeviceArray:
         self.ptr, other.ptr = other.ptr, self.ptr
         self.capacity, other.capacity = other.capacity, self.capacity
 
+    @classmethod
+    def window(cls, owner: "DeviceArray", shape: tuple[int, ...]) -> "DeviceArray":
+        """A shaped view of `owner`'s memory (which it keeps alive); freeing the view frees nothing."""
+        view = cls.__new__(cls)
+        view.shape, view.dtype, view.ptr, view.capacity = tuple(int(d) for d in shape), owner.dtype, owner.ptr, owner.capacity
+        view._cudart, view._owner = owner._cudart, owner
+        return view
+
     def free(self) -> None:
+        if getattr(self, "_owner", None) is not None:  # a window: the owner frees
+            self.ptr = 0
+            return
         if self.ptr:
             ptr, self.ptr = self.ptr, 0
             cuda_call(self._cudart.cudaFree(ptr), "cudaFree")
@@ -133,9 +144,37 @@ class DeviceArray:
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype!r}, ptr=0x{self.ptr:x})"
 
 
+class OutputBuffers:
+    """Two allocations per output name, used in turn (ping-pong) and grown only when a shape outgrows them, so a run
+    allocates nothing in the steady state: an output of one run stays valid through the next run (a dynamic cache's
+    present is the next run's past), and its memory is reused by the run after that. A buffer that is being fed to
+    this run is never written."""
+
+    def __init__(self, allocate=None) -> None:
+        self.allocate = allocate or (lambda shape, dtype, capacity: DeviceArray(shape, dtype, capacity))
+        self.pairs: dict[str, list] = {}
+        self.turn: dict[str, int] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: str, fed_ptrs: set[int]) -> DeviceArray:
+        need = max(1, math.prod(shape) * ITEMSIZE[dtype])
+        pair = self.pairs.setdefault(name, [None, None])
+        order = [self.turn.get(name, 0), 1 - self.turn.get(name, 0)]
+        slot = next((i for i in order if pair[i] is None or pair[i].ptr not in fed_ptrs), None)
+        if slot is None:  # both are fed to this run: a fresh allocation, as before pooling
+            return self.allocate(shape, dtype, need)
+        buf = pair[slot]
+        if buf is None or buf.capacity < need or buf.dtype != dtype:
+            if buf is not None:
+                buf.free()
+            buf = pair[slot] = self.allocate(shape, dtype, need + need // 2)  # headroom: a dynamic cache grows every step
+        self.turn[name] = 1 - slot
+        return DeviceArray.window(buf, shape)
+
+
 class TensorRTBackend(Backend):
     """Runs one serialized TensorRT engine. Host feeds are uploaded into per-input buffers kept between runs (grown when
-    needed); DeviceArray feeds are bound directly; outputs are new DeviceArrays unless named in `into`."""
+    needed); DeviceArray feeds are bound directly; outputs not named in `into` land in `OutputBuffers` (two per output,
+    used in turn): an output stays valid through the next run of this backend."""
 
     name = "tensorrt"
 
@@ -168,6 +207,7 @@ class TensorRTBackend(Backend):
         self._in_bufs: dict[str, DeviceArray] = {}  # host feeds land here; addresses stay fixed until a feed outgrows one
         self._shadows: dict[str, DeviceArray] = {}  # in-place outputs are written here, then swapped with the caller's array
         self._host_keep: dict[str, np.ndarray] = {}  # host memory of pending uploads, alive until the stream reads it
+        self._outputs = OutputBuffers()
 
     def _read_io(self) -> None:
         trt, engine = self._trt, self.engine
@@ -230,7 +270,7 @@ class TensorRTBackend(Backend):
                 raise GenerationError(f"TensorRT could not infer the shape of output {name!r} ({shape}) from the inputs")
             target = into.get(name)
             if target is None:
-                out = results[name] = DeviceArray(shape, dtype)
+                out = results[name] = self._outputs.take(name, shape, dtype, fed_ptrs)
             else:
                 if not isinstance(target, DeviceArray) or target.dtype != dtype:
                     raise GenerationError(f"`into[{name!r}]` must be a {dtype} DeviceArray from this backend's empty(); got {target!r}")

@@ -1,0 +1,146 @@
+"""Where a token's time goes: ARGS (two graphs, and fused) against the two-model floor and plain greedy, split into the
+time inside each graph's decode runs and the host time around them. `python -m args_benchmarks.step_parts`
+
+One run, contenders interleaved per repeat, on the demo pair (SmolLM2-135M + the sentiment RM on its backbone) exported
+twice (two graphs with --no-fuse, and fused). A decode run is one whose `input_ids` has one column; its time is taken
+around `Backend.run`. Per contender: median ms/token (from the results' step times), median ms per decode run of each
+graph, and host = ms/token minus the runs. The floor is benchmarks/contenders.py's: one 1-token LM step (top-1) and
+one 1-token RM extension scoring no candidate.
+
+    python -m args_benchmarks.step_parts [--k 10] [--new-tokens 64] [--repeats 3] [--threads 1] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from .common import RESULTS, machine
+from .contenders import FloorContender
+
+
+class RunTimer:
+    """Times one backend's decode runs (1-column input_ids), wrapping its `run` in place."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.inner, self.ms = backend, backend.run, []
+        backend.run = self.run
+
+    def run(self, feeds, into=None):
+        start = time.perf_counter()
+        out = self.inner(feeds, into)
+        if feeds["input_ids"].shape[1] == 1:
+            self.ms.append((time.perf_counter() - start) * 1e3)
+        return out
+
+    def take(self) -> list[float]:
+        ms, self.ms = self.ms, []
+        return ms
+
+
+def bundles(args) -> dict[str, Path]:
+    from args_export.bundle import ExportOptions, export_bundle
+    from args_export.demo.models import sentiment_reward_model
+    from args_export.demo.prepare import cache_dir, demo_paths, smollm2_folder
+    from args_runtime.manifest import FORMAT_VERSION
+
+    cache = cache_dir()
+    lm = Path(args.lm) if args.lm else smollm2_folder(cache)
+    rm = Path(args.rm) if args.rm else sentiment_reward_model(lm, demo_paths(cache)[1])
+    tag = hashlib.sha1(json.dumps([str(lm.resolve()), str(rm.resolve())]).encode()).hexdigest()[:10]
+    out = {}
+    for name, fuse in (("two graphs", False), ("fused", True)):
+        path = cache / f"bench-step-parts-{tag}-{'fused' if fuse else 'two'}-v{FORMAT_VERSION}-k{args.k}"
+        if not (path / "manifest.json").is_file():
+            print(f"exporting the {name} bundle to {path}", file=sys.stderr)
+            export_bundle(ExportOptions(lm, rm, path, max_context=512, max_k=args.k, force=True, fuse=fuse), quiet=True)
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m args_benchmarks.step_parts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lm", help="LM folder (default: the demo's SmolLM2-135M-Instruct)")
+    p.add_argument("--rm", help="RM folder, a score head on the LM's own backbone (default: the demo's sentiment RM)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--w", type=float, default=1.5)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    args = p.parse_args(argv)
+    from args_runtime import ArgsGenerator
+
+    from args_runtime.errors import ArgsError
+
+    try:
+        paths = bundles(args)
+        two, fused = (ArgsGenerator.from_bundle(paths[name], threads=args.threads) for name in ("two graphs", "fused"))
+        if not fused.manifest.fused:
+            raise ArgsError(f"the RM {args.rm or 'given'} is not a score head on the LM's own backbone, so there is no fused bundle to measure")
+    except ArgsError as e:
+        print(f"step_parts: error: {e}", file=sys.stderr)
+        return 2
+    timers = {("two", "lm"): RunTimer(two.lm.backend), ("two", "rm"): RunTimer(two.rm.backend), ("fused", "rm"): RunTimer(fused.rm.backend)}
+    chat = [{"role": "user", "content": "Give me one tip for a calm morning."}]
+    prompt = two.tokenizer.encode(chat)
+    floor = FloorContender(two, "onnxruntime cpu")
+    contenders = {
+        "plain greedy": lambda: two.greedy(prompt, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"],
+        "two-model floor": lambda: floor.run([prompt], args.k, args.w, args.new_tokens).step_ms,
+        "ARGS, two graphs": lambda: two.generate(prompt, k=args.k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"],
+        "ARGS, fused": lambda: fused.generate(prompt, k=args.k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"],
+    }
+    graphs = {"plain greedy": ("two", "lm"), "two-model floor": ("two", "lm", "rm"), "ARGS, two graphs": ("two", "lm", "rm"),
+              "ARGS, fused": ("fused", "rm")}
+    steps, runs = defaultdict(list), defaultdict(lambda: defaultdict(list))
+    for timer in timers.values():
+        timer.take()
+    for repeat in range(args.repeats + 1):  # the first round warms up
+        order = list(contenders)[repeat % len(contenders):] + list(contenders)[: repeat % len(contenders)]
+        for name in order:
+            ms = contenders[name]()
+            which = graphs[name]
+            taken = {role: timers[(which[0], role)].take() for role in which[1:]}
+            for timer in timers.values():
+                timer.take()
+            if repeat:
+                steps[name] += list(ms)
+                for role, values in taken.items():
+                    runs[name][role] += values
+    rows = []
+    for name in contenders:
+        per_token = statistics.median(steps[name])
+        parts = {role: statistics.median(values) for role, values in runs[name].items()}
+        rows.append({"contender": name, "ms_per_token": round(per_token, 2), "lm_run_ms": round(parts.get("lm", 0.0), 2),
+                     "rm_run_ms": round(parts.get("rm", 0.0), 2), "host_ms": round(per_token - sum(parts.values()), 2)})
+    by = {r["contender"]: r for r in rows}
+    floor_ms, two_ms = by["two-model floor"]["ms_per_token"], by["ARGS, two graphs"]["ms_per_token"]
+    gap = {"args_over_floor": round(two_ms / floor_ms, 3),
+           "rm_candidate_rows_ms": round(by["ARGS, two graphs"]["rm_run_ms"] - by["two-model floor"]["rm_run_ms"], 2),
+           "lm_top_k_ms": round(by["ARGS, two graphs"]["lm_run_ms"] - by["two-model floor"]["lm_run_ms"], 2),
+           "host_ms": round(by["ARGS, two graphs"]["host_ms"] - by["two-model floor"]["host_ms"], 2),
+           "fused_over_greedy": round(by["ARGS, fused"]["ms_per_token"] / by["plain greedy"]["ms_per_token"], 3)}
+    info = machine()
+    print(f"{'contender':<18} {'ms/token':>9} {'LM run':>8} {'RM run':>8} {'host':>7}")
+    for r in rows:
+        print(f"{r['contender']:<18} {r['ms_per_token']:>9} {r['lm_run_ms']:>8} {r['rm_run_ms']:>8} {r['host_ms']:>7}")
+    print(f"ARGS (two graphs) / floor = {gap['args_over_floor']}: the RM's k candidate rows {gap['rm_candidate_rows_ms']} ms, the LM's "
+          f"top-{args.k} instead of top-1 {gap['lm_top_k_ms']} ms, host {gap['host_ms']} ms per token; fused / greedy = {gap['fused_over_greedy']}")
+    out = args.out or RESULTS / info["label"]
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": info, "k": args.k, "w": args.w, "new_tokens": args.new_tokens, "repeats": args.repeats,
+            "threads": args.threads or "onnxruntime default", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (out / "step_parts.json").write_text(json.dumps({"meta": meta, "rows": rows, "gap": gap}, indent=1) + "\n")
+    print(f"written {out / 'step_parts.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

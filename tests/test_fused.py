@@ -1,0 +1,224 @@
+"""Fused bundles: when the RM is a score head on the LM's own backbone, export writes one FusedStep graph that scores the
+candidates and proposes each one's next top-k, and ARGS runs one pass per token. The tokens must still be the paper's
+(the transformers reference's) on every architecture, both cache layouts, greedy and seeded stochastic, alone and
+batched; the rewards those of the same pair's two-graph bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from args_export.architectures import family_of
+from args_export.bundle import ExportOptions, export_bundle
+from args_export.cli import main as export_main
+from args_export.demo.models import seeded_reward_model
+from args_export.fusion import check_fusion
+from args_export.loading import ModelPair, PairSpec
+from args_export.reference import ReferenceARGS
+from args_runtime import ArgsGenerator
+from args_runtime.engine import ArgsEngine
+from args_runtime.loops import available_loops
+from args_runtime.manifest import load_manifest
+
+from .conftest import ARCHS, CHAT_PROMPTS, STATIC_CONTEXT, load_pair_models
+
+PROMPTS = [[5], [17, 300, 2000], list(range(100, 130))]  # one token (the first pass brings no new token), short, long
+K, W, NEW = 5, 1.0, 16
+
+
+class FusedPair:
+    """A tiny LM, an RM made of its backbone and a seeded score head, their fused bundles (both cache layouts) and the
+    two-graph bundle of the same pair (--no-fuse)."""
+
+    def __init__(self, root: Path, lm_dir: Path) -> None:
+        self.lm_dir = lm_dir
+        self.rm_dir = seeded_reward_model(lm_dir, root / "rm", init_std=0.5)  # rewards large enough to overrule logits
+        self.bundles = {}
+        for name, options in (("dynamic", {}), ("static", dict(cache="static", max_context=STATIC_CONTEXT)), ("two-graph", dict(fuse=False))):
+            self.bundles[name] = root / name
+            export_bundle(ExportOptions(lm_dir, self.rm_dir, self.bundles[name], max_k=48, **options), quiet=True)
+        lm, rm = load_pair_models(lm_dir, self.rm_dir)
+        self.reference = ReferenceARGS(lm, rm, family_of(rm.config))
+
+
+@pytest.fixture(scope="module")
+def fused_pairs(tiny_pairs, tmp_path_factory) -> dict[str, FusedPair]:
+    root = tmp_path_factory.mktemp("fused")
+    return {arch: FusedPair(root / arch, tiny_pairs[arch].lm_dir) for arch in ARCHS}
+
+
+def test_export_fuses_only_a_head_on_the_lms_own_backbone(fused_pairs, tiny_pairs, tmp_path):
+    pair = fused_pairs["llama"]
+    assert load_manifest(pair.bundles["dynamic"]).fused and load_manifest(pair.bundles["static"]).fused
+    assert not load_manifest(pair.bundles["two-graph"]).fused
+    assert not load_manifest(tiny_pairs["llama"].bundle).fused  # an RM with its own backbone
+    spec = PairSpec.read(pair.lm_dir, pair.rm_dir)
+    models = ModelPair.load(spec, "fp32")
+    verdict = check_fusion(models)
+    assert verdict.fused and "decoder weights equal the LM's" in verdict.reason
+    with torch.no_grad():  # one weight of one layer, one ulp away: judged by content, not by names
+        weight = models.rm.backbone.layers[1].mlp.down_proj.weight
+        weight[0, 0] = torch.nextafter(weight[0, 0], torch.tensor(1.0))
+    assert check_fusion(models) == type(verdict)(False, "the RM's decoder weights differ from the LM's")
+    models.rm.model.config.rms_norm_eps = 1e-3
+    assert "rms_norm_eps" in check_fusion(models).reason
+
+
+def test_the_fused_graph_was_checked_against_pytorch(fused_pairs):
+    checks = load_manifest(fused_pairs["gpt2"].bundles["static"]).validation["checks"]
+    proposals = [name for name in checks if name.startswith("fused top-")]
+    assert "fused top-4 proposals after the prompt" in proposals and len(proposals) == 5
+    assert all(check["ok"] for check in checks.values())
+
+
+@pytest.mark.parametrize("layout", ["dynamic", "static"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_tokens_equal_the_reference(fused_pairs, arch, layout):
+    pair = fused_pairs[arch]
+    for loop in available_loops():
+        gen = ArgsGenerator.from_bundle(pair.bundles[layout], loop=loop)
+        for prompt in PROMPTS:
+            want = pair.reference.generate(prompt, k=K, w=W, max_new_tokens=NEW)
+            assert gen.generate(prompt, k=K, w=W, max_new_tokens=NEW, ignore_eos=True).token_ids == want, (loop, prompt)
+        batch = gen.generate(PROMPTS, k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+        assert [r.token_ids for r in batch] == [pair.reference.generate(p, k=K, w=W, max_new_tokens=NEW) for p in PROMPTS], loop
+        sampled = gen.generate(PROMPTS[1], k=8, w=W, max_new_tokens=NEW, ignore_eos=True, method="stochastic", temperature=0.9, seed=3)
+        assert sampled.token_ids == pair.reference.generate(PROMPTS[1], k=8, w=W, max_new_tokens=NEW, method="stochastic", temperature=0.9, seed=3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt-350m-style"])
+def test_fused_rewards_and_logits_match_the_two_graph_bundle(fused_pairs, arch):
+    pair = fused_pairs[arch]
+    fused, two = (ArgsGenerator.from_bundle(pair.bundles[name]) for name in ("dynamic", "two-graph"))
+    for prompt in [PROMPTS[2], CHAT_PROMPTS[1]]:
+        a, b = (g.generate(prompt, k=10, w=2.0, max_new_tokens=24, ignore_eos=True) for g in (fused, two))
+        assert a.token_ids == b.token_ids
+        np.testing.assert_allclose(a.rewards, b.rewards, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a.chosen_logits, b.chosen_logits, rtol=1e-4, atol=1e-4)
+    assert fused.engine_info()["fused"] and not two.engine_info()["fused"]
+
+
+def test_a_fused_bundle_keeps_one_kv_cache_and_still_decodes_greedy(fused_pairs):
+    pair = fused_pairs["qwen2"]
+    gen, two = ArgsGenerator.from_bundle(pair.bundles["dynamic"]), ArgsGenerator.from_bundle(pair.bundles["two-graph"])
+    gen.generate(PROMPTS[2], k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+    two.generate(PROMPTS[2], k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+    assert gen.lm.cache_bytes() == 0 < gen.rm.cache_bytes() == two.rm.cache_bytes()  # the LM never ran: one cache, not two
+    assert gen.greedy(PROMPTS[2], max_new_tokens=NEW, ignore_eos=True).token_ids == two.greedy(PROMPTS[2], max_new_tokens=NEW, ignore_eos=True).token_ids
+
+
+def test_fused_streams_choose_on_the_device_graph_and_batch_continuously(fused_pairs):
+    pair = fused_pairs["mistral"]
+    host = ArgsGenerator.from_bundle(pair.bundles["static"])
+    want = [host.generate(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True) for p in PROMPTS]
+    device = ArgsGenerator.from_bundle(pair.bundles["static"], choice="device")  # choose.onnx, here on the CPU
+    assert [device.generate(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True).token_ids for p in PROMPTS] == [r.token_ids for r in want]
+    with host.stream(PROMPTS[1], k=K, w=W, max_new_tokens=NEW, ignore_eos=True) as events:
+        assert [e.token_id for e in events] == want[1].token_ids
+    with ArgsEngine(host, slots=2) as engine:
+        handles = [engine.submit(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True) for p in PROMPTS]
+        assert [h.result(timeout=120).token_ids for h in handles] == [r.token_ids for r in want]
+
+
+def test_no_fuse_on_the_command_line(fused_pairs, tmp_path, capsys):
+    pair = fused_pairs["llama"]
+    out = tmp_path / "cli-two-graph"
+    assert export_main(["--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--out", str(out), "--max-k", "8", "--no-fuse"]) == 0
+    assert not load_manifest(out).fused and "two graphs: --no-fuse" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    assert "--no-fuse" in capsys.readouterr().out
+
+
+def test_args_bench_bundles_races_the_fused_bundle_against_two_graphs(fused_pairs, tmp_path, monkeypatch):
+    """`args-bench bundles --quick --schemes fused`: the base (two graphs) and the fused bundle, the fused one with the
+    base's tokens and one KV cache instead of two; JSON, CSV and plot written. No speed is asserted."""
+    from args_benchmarks import latency
+
+    pair = fused_pairs["llama"]
+    monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["bundles", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--quick", "--schemes", "fused", "--out", str(out)]
+    assert latency.main(argv) == 0
+    result = json.loads((out / "bundles.json").read_text())
+    rows = {r["bundle"]: r for r in result["rows"]}
+    assert list(rows) == ["fp32", "fused fp32"]
+    assert rows["fused fp32"]["token_agreement"] == 1.0 and rows["fused fp32"]["exact_replies"] == 1.0
+    assert 0 < rows["fused fp32"]["kv_cache_mib"] < 0.6 * rows["fp32"]["kv_cache_mib"]
+    assert all(r["cost_vs_greedy"] > 0 and r["speedup_vs_reference"] > 0 for r in rows.values())
+    assert result["meta"]["fp32_equals_reference"] == [True] and result["meta"]["greedy_ms_per_token"] > 0
+    assert (out / "bundles.csv").read_text().startswith("bundle,") and (out / "bundles.png").stat().st_size > 0
+
+
+def test_step_parts_splits_each_token_into_graph_runs_and_host(fused_pairs, tiny_pairs, tmp_path, monkeypatch, capsys):
+    """benchmarks/step_parts.py on a tiny fused pair: a row per contender whose parts add up, the gap over the floor
+    split into its causes; an RM with its own backbone is refused (there is no fused bundle to measure)."""
+    from args_benchmarks import step_parts
+
+    monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
+    pair = fused_pairs["llama"]
+    argv = ["--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--new-tokens", "6", "--repeats", "1", "--out", str(tmp_path)]
+    assert step_parts.main(argv) == 0
+    result = json.loads((tmp_path / "step_parts.json").read_text())
+    rows = {r["contender"]: r for r in result["rows"]}
+    assert list(rows) == ["plain greedy", "two-model floor", "ARGS, two graphs", "ARGS, fused"]
+    assert rows["plain greedy"]["rm_run_ms"] == 0 and rows["ARGS, fused"]["lm_run_ms"] == 0  # the fused path never runs the LM
+    assert all(r["lm_run_ms"] + r["rm_run_ms"] > 0 and r["ms_per_token"] > 0 for r in rows.values())
+    assert set(result["gap"]) == {"args_over_floor", "rm_candidate_rows_ms", "lm_top_k_ms", "host_ms", "fused_over_greedy"}
+    other = tiny_pairs["llama"]
+    assert step_parts.main(["--lm", str(other.lm_dir), "--rm", str(other.rm_dir), "--out", str(tmp_path)]) == 2
+    assert "not a score head on the LM's own backbone" in capsys.readouterr().err
+
+
+def test_continuous_batching_runs_a_fused_bundle_one_pass_per_token(fused_pairs):
+    """ArgsEngine over a fused bundle: one cache, the LM graph never runs, and requests of mixed k, w, methods and
+    lengths joining mid-run each get generate()'s tokens alone (a smaller k's candidates are padded, never read)."""
+    from args_runtime.engine_steps import FusedSteps
+
+    from .test_engine import JOBS, assert_same, staggered
+
+    gen = ArgsGenerator.from_bundle(fused_pairs["llama"].bundles["static"])
+    alone = [gen.generate(p, **s) for p, s in JOBS]
+    lm_runs = []
+    inner = gen.lm.backend.run
+    gen.lm.backend.run = lambda feeds, into=None: lm_runs.append(1) or inner(feeds, into)
+    with ArgsEngine(gen, slots=3) as engine:
+        assert isinstance(engine.models, FusedSteps) and len(engine.caches.models) == 1
+        results = [h.result(timeout=120) for h in staggered(engine, JOBS)]
+    for one, batched in zip(alone, results):
+        assert_same(one, batched)
+    assert lm_runs == [] and engine.steps > 0
+
+
+@pytest.mark.parametrize("layout", ["dynamic", "static"])
+def test_args_serve_answers_from_a_fused_bundle(fused_pairs, layout):
+    """args-serve over a fused bundle (fixed batches on the dynamic layout, continuous batching on the static one),
+    through the openai client: concurrent requests each get generate()'s tokens alone."""
+    import asyncio
+
+    import openai
+
+    from args_runtime.serve import ServeConfig, create_app
+
+    from .serve_utils import ThreadServer
+
+    bundle = fused_pairs["opt"].bundles[layout]
+    gen = ArgsGenerator.from_bundle(bundle, threads=1)
+    prompts = ["Once upon a time", "The quick brown fox jumps", "Hi"]
+    want = [gen.generate(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True).text for p in prompts]
+    with ThreadServer(create_app(ServeConfig(bundle, k=K, w=W, max_batch=4, threads=1, batch_wait_ms=20))) as server:
+        server.wait_health()
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        async def ask(prompt):
+            r = await client.completions.create(model=bundle.name, prompt=prompt, max_tokens=NEW, extra_body={"args": {"ignore_eos": True}})
+            return r.choices[0].text
+
+        async def main():
+            return await asyncio.gather(*(ask(p) for p in prompts))
+
+        assert asyncio.run(main()) == want
