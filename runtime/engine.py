@@ -52,15 +52,22 @@ def _ignore(n: int) -> None:
     pass
 
 
+def _ignore_model(role: str, model: Any) -> None:
+    pass
+
+
 @dataclass
 class EngineHooks:
     """What the engine reports as it works, e.g. to Prometheus gauges (args-serve's metrics): requests waiting for a slot,
     requests seated in one, and the requests each decode step ran together. Called from the engine's thread (and from
-    submit()/cancel()), so keep them cheap."""
+    submit()/cancel()), so keep them cheap. `model(role, model)` is called once for each model the engine runs that is
+    not the generator's own ("lm", "rm": its context-free copies, runtime/context_width.py), so that what times the
+    generator's model runs (args-serve's metrics wrap `run`) can time these too."""
 
     queue_depth: Callable[[int], None] = _ignore
     running: Callable[[int], None] = _ignore
     batch: Callable[[int], None] = _ignore
+    model: Callable[[str, Any], None] = _ignore_model
 
 
 class RequestHandle:
@@ -253,6 +260,8 @@ class ArgsEngine:
         self.info = {**generator.engine_info(), "choice": "host", "scheduler": "continuous", "slots": slots, "context_width": width}
         self.eos = frozenset(generator.manifest.tokenizer.eos_token_ids)
         self.models = model_steps(narrow or used, slots)
+        for role, model in zip(("rm",) if len(used) == 1 else ("lm", "rm"), narrow or ()):
+            self.hooks.model(role, model)
         self.caches = SlotCaches(self.models.models, slots, self.policy.fit(1) if self.policy else context)
         self.table = SlotTable(slots, context)
         self._waiting: deque[Request] = deque()

@@ -15,7 +15,7 @@ from args_export.demo.models import seeded_reward_model
 from args_runtime import ArgsGenerator, BundleError, GenerationError, RequestCancelled
 from args_runtime import context_width
 from args_runtime.context_width import WidthPolicy
-from args_runtime.engine import ArgsEngine
+from args_runtime.engine import ArgsEngine, EngineHooks
 from args_runtime.errors import MissingDependencyError
 from args_runtime.loops import available_loops
 from args_runtime.slots import SlotCaches, SlotTable
@@ -261,6 +261,20 @@ def test_without_onnx_the_engine_attends_over_every_slot(static_generators, alon
         assert engine.info["context_width"].startswith("full: attending over the cache slots in use") and "pip install onnx" in engine.info["context_width"]
         assert_same(alone["llama"][0], engine.generate(JOBS[0][0], **JOBS[0][1]))
         assert engine.stats()["width"] == STATIC_CONTEXT and engine.stats()["resizes"] == 0
+
+
+def test_hooks_are_given_the_engines_own_models(static_generators):
+    """What times the generator's model runs (args-serve's metrics) is given the engine's context-free copies too, and
+    nothing when the engine runs the generator's own models."""
+    gen = static_generators["llama"]
+    seen = []
+    hooks = EngineHooks(model=lambda role, model: seen.append((role, model)))
+    with ArgsEngine(gen, slots=1, hooks=hooks) as engine:
+        assert [model for _, model in seen] == list(engine.models.models) and {role for role, _ in seen} <= {"lm", "rm"}
+        assert not any(model is gen.lm or model is gen.rm for _, model in seen)
+    seen.clear()
+    with ArgsEngine(gen, slots=1, hooks=hooks, width_step=None):
+        assert seen == []
 
 
 def test_resize_keeps_each_rows_used_slots(static_generators):

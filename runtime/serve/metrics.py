@@ -39,12 +39,17 @@ class ServeMetrics:
                                     ["model", "phase"], buckets=STEP_BUCKETS, registry=r)
 
     def hooks(self) -> SchedulerHooks:
-        return SchedulerHooks(queue_depth=self.queue_depth.set, running=self.running.set, batch=self.batch_size.observe)
+        return SchedulerHooks(queue_depth=self.queue_depth.set, running=self.running.set, batch=self.batch_size.observe,
+                              model=self.instrument_model)
 
     def instrument(self, generator: Any) -> None:
         """Time every run of the generator's LM and RM graphs (each model's `run` is the one door its work goes through)."""
         for name, model in (("lm", generator.lm), ("rm", generator.rm)):
-            model.run = self._timed(model.run, name)
+            self.instrument_model(name, model)
+
+    def instrument_model(self, name: str, model: Any) -> None:
+        """Time every run of one model ("lm" or "rm"): the generator's, or the continuous-batching engine's own copy."""
+        model.run = self._timed(model.run, name)
 
     def _timed(self, run: Callable[[dict], dict], model: str) -> Callable[[dict], dict]:
         prefill, decode = self.model_step.labels(model, "prefill"), self.model_step.labels(model, "decode")
