@@ -3,8 +3,8 @@ time inside each graph's decode runs and the host time around them. `python -m a
 
 One run, contenders interleaved per repeat, on the demo pair (SmolLM2-135M + the sentiment RM on its backbone) exported
 twice (two graphs with --no-fuse, and fused). A decode run is one whose `input_ids` has one column; its time is taken
-around `Backend.run`. Per contender: median ms/token (from the results' step times), median ms per decode run of each
-graph, and host = ms/token minus the runs. The floor is benchmarks/contenders.py's: one 1-token LM step (top-1) and
+around `Backend.run`. Per contender: mean ms/token (from the results' step times), mean ms per decode run of each
+graph, and host = ms/token minus the runs (means, so that the parts add up). The floor is benchmarks/contenders.py's: one 1-token LM step (top-1) and
 one 1-token RM extension scoring no candidate.
 
     python -m args_benchmarks.step_parts [--k 10] [--new-tokens 64] [--repeats 3] [--threads 1] [--out DIR]
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name][role] += values
     rows = []
     for name in contenders:
-        per_token = statistics.median(steps[name])
-        parts = {role: statistics.median(values) for role, values in runs[name].items()}
+        per_token = statistics.fmean(steps[name])
+        parts = {role: statistics.fmean(values) for role, values in runs[name].items()}
         rows.append({"contender": name, "ms_per_token": round(per_token, 2), "lm_run_ms": round(parts.get("lm", 0.0), 2),
                      "rm_run_ms": round(parts.get("rm", 0.0), 2), "host_ms": round(per_token - sum(parts.values()), 2)})
     by = {r["contender"]: r for r in rows}

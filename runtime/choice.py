@@ -128,10 +128,11 @@ def make_chooser(config: ChoiceConfig, loop: str, device_backend: Backend | None
     return CppHostChooser(config) if loop == "cpp" else HostChooser(config)
 
 
-def open_device_chooser(bundle: Path, manifest: Manifest, options: "RuntimeOptions", backends: tuple[Backend, Backend]) -> Backend | None:
+def open_device_chooser(bundle: Path, manifest: Manifest, options: "RuntimeOptions", backends: tuple[Backend, ...]) -> Backend | None:
     """ONNX Runtime running choose.onnx on the models' device, or None when the host chooses (`options.choice`; "auto"
-    picks the device when both models share a CUDA device and their values are ONNX Runtime's)."""
-    shared = options.lm_device == options.rm_device
+    picks the device when both models share a CUDA device and their values are ONNX Runtime's). `backends`: those of
+    the models ARGS runs (a fused bundle's RM alone: its choice never reads the LM's values)."""
+    shared = manifest.fused or options.lm_device == options.rm_device
     ort_values = all(b.ort_values for b in backends)  # choose.onnx (always ONNX Runtime) reads the models' values in place
     choice = options.choice
     if choice == "auto":

@@ -471,7 +471,8 @@ def unsupported(generator: "ArgsGenerator") -> str | None:
     if manifest.lm.cache != "static" or manifest.rm.cache != "static":
         return (f"continuous batching keeps each request at its own position in a static cache, but {generator.bundle} has "
                 f"the {manifest.lm.cache} layout: re-export it with `args-export ... --cache static`")
-    engines = sorted({m.backend.name for m in (generator.lm, generator.rm) if not m.backend.row_views})
+    models = (generator.rm,) if generator.manifest.fused else (generator.lm, generator.rm)  # a fused bundle runs its RM only
+    engines = sorted({m.backend.name for m in models if not m.backend.row_views})
     if engines:
         return (f"continuous batching runs some rows of a cache buffer in place, which the {' and '.join(engines)} engine "
                 "cannot: open the generator with backend='onnxruntime'")

@@ -10,7 +10,7 @@ from typing import Any
 from .backend import Backend
 from .choice import make_chooser, open_device_chooser
 from .decode import args_decode, fused_decode, lm_decode
-from .engines import BundleGraph, open_graph
+from .engines import BundleGraph, OpenedOnFirstUse, open_graph
 from .errors import BundleError, ContextLengthError, GenerationError
 from .manifest import Manifest, load_manifest
 from .models import FusedModel, LanguageModel, RewardModel
@@ -58,10 +58,13 @@ class ArgsGenerator:
         if opts.cuda_graph and manifest.lm.cache != "static":
             raise BundleError(f"cuda_graph=True needs fixed shapes, i.e. a static-cache bundle: re-export {bundle} with `args-export ... --cache static`")
         graphs = {role: BundleGraph(bundle, role, spec.file, spec, manifest.engines.get(role)) for role, spec in (("lm", manifest.lm), ("rm", manifest.rm))}
-        lm = LanguageModel(open_graph(opts.backend, graphs["lm"], opts.lm_device, opts.engine), manifest.lm, manifest.max_context)
-        scorer = FusedModel if manifest.fused else RewardModel  # fused: the RM's head on the LM's backbone, one pass per token
+        # A fused bundle's ARGS never runs the LM graph (the RM's head sits on its backbone): it opens on first use.
+        open_lm = OpenedOnFirstUse if manifest.fused else open_graph
+        lm = LanguageModel(open_lm(opts.backend, graphs["lm"], opts.lm_device, opts.engine), manifest.lm, manifest.max_context)
+        scorer = FusedModel if manifest.fused else RewardModel
         rm = scorer(open_graph(opts.backend, graphs["rm"], opts.rm_device, opts.engine), manifest.rm, manifest.max_context)
-        return cls(bundle, manifest, (lm, rm), open_device_chooser(bundle, manifest, opts, (lm.backend, rm.backend)), opts)
+        choosing = (rm.backend,) if manifest.fused else (lm.backend, rm.backend)  # the backends whose values it reads
+        return cls(bundle, manifest, (lm, rm), open_device_chooser(bundle, manifest, opts, choosing), opts)
 
     # ------------------------------------------------------------------ public API
 

@@ -222,3 +222,18 @@ def test_args_serve_answers_from_a_fused_bundle(fused_pairs, layout):
             return await asyncio.gather(*(ask(p) for p in prompts))
 
         assert asyncio.run(main()) == want
+
+
+def test_a_fused_generator_opens_its_lm_graph_only_when_greedy_needs_it(fused_pairs):
+    """ARGS (and continuous batching) on a fused bundle never run lm.onnx, so a process that only runs ARGS never loads
+    it: one model's weights in memory. Plain greedy opens it on first use."""
+    bundle = fused_pairs["gpt2"].bundles["static"]
+    gen = ArgsGenerator.from_bundle(bundle, choice="device")
+    gen.generate(PROMPTS[2], k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+    with ArgsEngine(gen, slots=2) as engine:
+        engine.submit(PROMPTS[1], k=K, w=W, max_new_tokens=4).result(timeout=60)
+    assert gen.engine_info()["engines"]["lm"] == {"backend": "onnxruntime", "device": "cpu", "opened": False}
+    two = ArgsGenerator.from_bundle(fused_pairs["gpt2"].bundles["two-graph"])
+    want = two.greedy(PROMPTS[2], max_new_tokens=NEW, ignore_eos=True).token_ids
+    assert gen.greedy(PROMPTS[2], max_new_tokens=NEW, ignore_eos=True).token_ids == want
+    assert gen.engine_info()["engines"]["lm"]["providers"] == ["CPUExecutionProvider"]  # opened now

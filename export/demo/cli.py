@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except ArgsError as e:
         print(f"args-demo: error: {e}", file=sys.stderr)
         return 2
-    print(f"bundle: {bundle}  (ONNX Runtime CPU, {LOOP_IMPL} loop)")
+    shape = "fused: one pass per token, the RM's head sits on the LM's backbone" if gen.manifest.fused else "two graphs"
+    print(f"bundle: {bundle}  (ONNX Runtime CPU, {LOOP_IMPL} loop, {shape})")
     print(f"prompt: {args.prompt}")
     print("note: reward = positive sentiment per the demo's reward model (SmolLM2's frozen backbone + a score head trained on "
           "VADER-labelled SmolLM2 replies and degenerate hard negatives), standardized; higher w steers harder toward it\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..backend import Backend, Device, EngineOptions
 from ..errors import GenerationError
@@ -46,3 +47,47 @@ def open_graph(engine: str, graph: BundleGraph, device: Device, options: EngineO
     """Open `graph` on `engine` at `device`."""
     module, opener = ENGINES[check_engine(engine)]
     return getattr(importlib.import_module(f"{__name__}.{module}"), opener)(graph, device, options)
+
+
+class OpenedOnFirstUse(Backend):
+    """A graph that is opened when it is first used: a fused bundle's LM, which ARGS never runs (plain greedy and
+    sampling do), so that a process that only runs ARGS holds one model's weights, not two. Only `name` and `device`
+    are known before the opening; everything else opens the graph and asks it."""
+
+    def __init__(self, engine: str, graph: BundleGraph, device: Device, options: EngineOptions) -> None:
+        self.name, self.device = check_engine(engine), device
+        self._args, self._opened = (engine, graph, device, options), None
+
+    @property
+    def opened(self) -> Backend:
+        if self._opened is None:
+            self._opened = open_graph(*self._args)
+        return self._opened
+
+    @property
+    def ort_values(self) -> bool:  # type: ignore[override]
+        return self.opened.ort_values
+
+    @property
+    def row_views(self) -> bool:  # type: ignore[override]
+        return self.opened.row_views
+
+    def run(self, feeds, into=None) -> dict[str, Any]:
+        return self.opened.run(feeds, into)
+
+    def to_host(self, value: Any):
+        return self.opened.to_host(value)
+
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
+        return self.opened.empty(shape, dtype)
+
+    def rows(self, value: Any, start: int, stop: int) -> Any:
+        return self.opened.rows(value, start, stop)
+
+    def host_view(self, value: Any):
+        return self.opened.host_view(value)
+
+    def describe(self) -> dict[str, Any]:
+        if self._opened is None:
+            return {"backend": self.name, "device": str(self.device), "opened": False}
+        return self.opened.describe()
