@@ -168,7 +168,8 @@ def split_export(args: argparse.Namespace, lm: Path, rm: Path, layout: str, out:
     """A big pair's two graphs exported at the same time: tracing a 13 GB graph to ONNX is minutes of single-threaded
     CPU work, so two args-export processes run side by side, one with the LM and a tiny stand-in RM, one with a tiny
     stand-in LM and the RM (same tokenizer, same settings), each checking its graphs against PyTorch as usual; the
-    bundle then takes the LM graph of the first and the RM graph of the second (assemble)."""
+    bundle then takes the LM graph of the first and the RM graph of the second (assemble). Two graphs, even for a pair
+    whose RM is a head on the LM's backbone: a fused graph needs both models in one export."""
     from args_benchmarks.shapes import random_pair
 
     tiny_lm, tiny_rm = random_pair("llama-tiny", args.dtype, args.cache, args.max_context)
@@ -178,7 +179,8 @@ def split_export(args: argparse.Namespace, lm: Path, rm: Path, layout: str, out:
         folder = out.with_name(f"{out.name}.{half}-half")
         log = open(args.report.with_name(f"export-{layout}-{half}.log"), "wb")
         argv = [sys.executable, "-m", "args_export.cli", "--lm", str(lm_dir), "--rm", str(rm_dir), "--out", str(folder), "--dtype", args.dtype,
-                "--cache", layout, "--max-context", str(args.max_context), "--max-k", str(args.max_k), "--force"]
+                "--cache", layout, "--max-context", str(args.max_context), "--max-k", str(args.max_k), "--force",
+                "--no-fuse"]  # each half holds one of the big models, so neither can fuse: the assembled bundle has two graphs
         children[half] = (folder, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log)
     failed = []
     for half, (folder, child, log) in children.items():
