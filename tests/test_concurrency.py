@@ -16,6 +16,7 @@ from args_export.reference import ReferenceARGS
 from args_runtime import ArgsGenerator, GenerationError
 
 from .conftest import CHAT_PROMPTS, TEXT_PROMPTS
+from .test_interrupts import sigint_default
 
 KW = dict(k=5, w=1.0, max_new_tokens=16, ignore_eos=True)
 
@@ -212,6 +213,7 @@ def test_ctrl_c_at_random_moments_leaves_the_generator_ready(tiny_pairs, static_
     bundle = tiny_pairs["llama"].bundle if layout == "dynamic" else static_bundles["llama"]
     env = {**__import__("os").environ, "ARGS_RT_LOOP": loop}
     run = subprocess.run([sys.executable, "-c", SIGINT_SCRIPT, str(bundle), "24", TEXT_PROMPTS[0]], capture_output=True, text=True,
+                         preexec_fn=sigint_default,
                          env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])

@@ -22,9 +22,15 @@ from args_runtime.manifest import sha256_file
 WAIT_S = 600  # for the marker, on a loaded 2-core machine
 
 
+def sigint_default() -> None:
+    """In the child: SIGINT back to its default, so that Python turns it into KeyboardInterrupt even when the test run
+    itself ignores it (a suite started in the background of a non-interactive shell inherits SIG_IGN)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_at(argv_code: str, marker: str, delay_s: float = 0.0) -> tuple[int, str]:
     """Run `python -c argv_code`, send SIGINT once `marker` shows on its stderr (+ delay_s); its exit code and stderr."""
-    proc = subprocess.Popen([sys.executable, "-c", argv_code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", argv_code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, preexec_fn=sigint_default,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seen, err = threading.Event(), bytearray()
 
