@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         gen = ArgsGenerator.from_bundle(bundle)
         chat = [{"role": "user", "content": args.prompt}]
         gen.generate(chat, k=args.k, w=args.w, max_new_tokens=4)  # warm-up: first runs allocate
+        gen.greedy(chat, max_new_tokens=2)  # and a fused bundle opens its LM graph on greedy's first use
         args_res = gen.generate(chat, k=args.k, w=args.w, max_new_tokens=args.max_new_tokens)
         greedy_res = gen.greedy(chat, max_new_tokens=args.max_new_tokens)
     except ArgsError as e:
