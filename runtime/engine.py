@@ -32,10 +32,10 @@ import numpy as np
 
 from .choice import Chooser, Chosen, make_chooser
 from .context_width import WidthPolicy, narrow_models
+from .engine_steps import model_steps, step_models
 from .errors import ArgsError, BundleError, GenerationError, RequestCancelled
 from .results import GenerationResult, Row, TokenEvent, TokenStream
 from .settings import Settings
-from .engine_steps import model_steps, step_models
 from .slots import SlotCaches, SlotTable
 from .stepper import EOS, LIMIT, RUNNING, Step
 
@@ -471,8 +471,7 @@ def unsupported(generator: "ArgsGenerator") -> str | None:
     if manifest.lm.cache != "static" or manifest.rm.cache != "static":
         return (f"continuous batching keeps each request at its own position in a static cache, but {generator.bundle} has "
                 f"the {manifest.lm.cache} layout: re-export it with `args-export ... --cache static`")
-    models = (generator.rm,) if generator.manifest.fused else (generator.lm, generator.rm)  # a fused bundle runs its RM only
-    engines = sorted({m.backend.name for m in models if not m.backend.row_views})
+    engines = sorted({m.backend.name for m in step_models(generator) if not m.backend.row_views})  # a fused bundle: its RM only
     if engines:
         return (f"continuous batching runs some rows of a cache buffer in place, which the {' and '.join(engines)} engine "
                 "cannot: open the generator with backend='onnxruntime'")
