@@ -26,7 +26,8 @@ from .contenders import FloorContender
 
 
 class RunTimer:
-    """Times one backend's decode runs (1-column input_ids), wrapping its `run` in place."""
+    """Times one backend's decode runs (1-column input_ids; every run of a fused bundle's propose graph, which has
+    none), wrapping its `run` in place."""
 
     def __init__(self, backend) -> None:
         self.backend, self.inner, self.ms = backend, backend.run, []
@@ -35,7 +36,8 @@ class RunTimer:
     def run(self, feeds, into=None):
         start = time.perf_counter()
         out = self.inner(feeds, into)
-        if feeds["input_ids"].shape[1] == 1:
+        ids = feeds.get("input_ids")
+        if ids is None or ids.shape[1] == 1:
             self.ms.append((time.perf_counter() - start) * 1e3)
         return out
 
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except ArgsError as e:
         print(f"step_parts: error: {e}", file=sys.stderr)
         return 2
-    timers = {("two", "lm"): RunTimer(two.lm.backend), ("two", "rm"): RunTimer(two.rm.backend), ("fused", "rm"): RunTimer(fused.rm.backend)}
+    timers = {("two", "lm"): RunTimer(two.lm.backend), ("two", "rm"): RunTimer(two.rm.backend), ("fused", "rm"): RunTimer(fused.rm.backend),
+              ("fused", "propose"): RunTimer(fused.rm.head)}
     chat = [{"role": "user", "content": "Give me one tip for a calm morning."}]
     prompt = two.tokenizer.encode(chat)
     floor = FloorContender(two, "onnxruntime cpu")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "ARGS, fused": lambda: fused.generate(prompt, k=args.k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"],
     }
     graphs = {"plain greedy": ("two", "lm"), "two-model floor": ("two", "lm", "rm"), "ARGS, two graphs": ("two", "lm", "rm"),
-              "ARGS, fused": ("fused", "rm")}
+              "ARGS, fused": ("fused", "rm", "propose")}
     steps, runs = defaultdict(list), defaultdict(lambda: defaultdict(list))
     for timer in timers.values():
         timer.take()
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         per_token = statistics.fmean(steps[name])
         parts = {role: statistics.fmean(values) for role, values in runs[name].items()}
         rows.append({"contender": name, "ms_per_token": round(per_token, 2), "lm_run_ms": round(parts.get("lm", 0.0), 2),
-                     "rm_run_ms": round(parts.get("rm", 0.0), 2), "host_ms": round(per_token - sum(parts.values()), 2)})
+                     "rm_run_ms": round(parts.get("rm", 0.0), 2), "propose_run_ms": round(parts.get("propose", 0.0), 2), "host_ms": round(per_token - sum(parts.values()), 2)})
     by = {r["contender"]: r for r in rows}
     floor_ms, two_ms = by["two-model floor"]["ms_per_token"], by["ARGS, two graphs"]["ms_per_token"]
     gap = {"args_over_floor": round(two_ms / floor_ms, 3),
@@ -128,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
            "host_ms": round(by["ARGS, two graphs"]["host_ms"] - by["two-model floor"]["host_ms"], 2),
            "fused_over_greedy": round(by["ARGS, fused"]["ms_per_token"] / by["plain greedy"]["ms_per_token"], 3)}
     info = machine()
-    print(f"{'contender':<18} {'ms/token':>9} {'LM run':>8} {'RM run':>8} {'host':>7}")
+    print(f"{'contender':<18} {'ms/token':>9} {'LM run':>8} {'RM run':>8} {'propose':>8} {'host':>7}")
     for r in rows:
-        print(f"{r['contender']:<18} {r['ms_per_token']:>9} {r['lm_run_ms']:>8} {r['rm_run_ms']:>8} {r['host_ms']:>7}")
+        print(f"{r['contender']:<18} {r['ms_per_token']:>9} {r['lm_run_ms']:>8} {r['rm_run_ms']:>8} {r['propose_run_ms']:>8} {r['host_ms']:>7}")
     print(f"ARGS (two graphs) / floor = {gap['args_over_floor']}: the RM's k candidate rows {gap['rm_candidate_rows_ms']} ms, the LM's "
           f"top-{args.k} instead of top-1 {gap['lm_top_k_ms']} ms, host {gap['host_ms']} ms per token; fused / greedy = {gap['fused_over_greedy']}")
     out = args.out or RESULTS / info["label"]

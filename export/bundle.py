@@ -33,6 +33,7 @@ from .quantize import Quantization, quantization, quantize_graph
 from .validate import ValidationReport, validate_choice_graph, validate_graphs
 
 TOKENIZER_FILE = "tokenizer.json"
+PROPOSE_FILE = "propose.onnx"  # a fused bundle's LM head over the chosen candidate
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
@@ -161,29 +162,32 @@ def _max_context(requested: int | None, spec: PairSpec) -> int:
     return requested
 
 
-def _trace(pair: ModelPair, plan: GraphPlan, fusion: Fusion, work: Path, log: StageLog) -> tuple[GraphSpec, GraphSpec]:
+Specs = tuple[GraphSpec, GraphSpec, GraphSpec | None]  # the LM's, the RM's (or fused step's), a fused bundle's propose graph's
+
+
+def _trace(pair: ModelPair, plan: GraphPlan, fusion: Fusion, work: Path, log: StageLog) -> Specs:
     layout = f"{plan.cache} KV cache" + (f", {plan.max_context} slots" if plan.static else "")
     with log.stage(f"exporting the LM step graph (prefill + decode, in-graph top-k, {layout})"):
         lm = export_lm(pair.lm, plan, work / "lm.onnx")
     if fusion.fused:
-        with log.stage(f"exporting the fused step graph (rewards and each candidate's next top-k in one pass, {layout})"):
-            return lm, export_fused(pair.lm, pair.rm, plan, work / "rm.onnx")
+        with log.stage(f"exporting the fused step graph (rewards and candidate states in one pass, {layout}) and its LM head"):
+            return (lm, *export_fused(pair.lm, pair.rm, plan, work / "rm.onnx", work / PROPOSE_FILE))
     with log.stage(f"exporting the RM candidate graph (one cache, k candidates per pass, {layout})"):
-        return lm, export_rm(pair.rm, plan, work / "rm.onnx")
+        return lm, export_rm(pair.rm, plan, work / "rm.onnx"), None
 
 
-def _quantize(specs: tuple[GraphSpec, GraphSpec], scheme: Quantization, which: tuple[str, ...], work: Path,
-              log: StageLog) -> tuple[GraphSpec, GraphSpec]:
-    """Rewrite the chosen graphs with weight-only quantized MatMuls; their specs record the scheme."""
+def _quantize(specs: Specs, scheme: Quantization, which: tuple[str, ...], work: Path, log: StageLog) -> Specs:
+    """Rewrite the chosen graphs with weight-only quantized MatMuls; their specs record the scheme. A fused bundle's
+    propose graph (the LM head ARGS runs) goes with the fused step graph, which is the RM's."""
     names = " and ".join(n.upper() for n in ("lm", "rm") if n in which)
     with log.stage(f"quantizing the {names} weights to {scheme.scheme} (ONNX Runtime MatMulNBits, blocks of {scheme.block_size})"):
         out = []
-        for name, spec in zip(("lm", "rm"), specs):
-            if name in which:
+        for name, spec in zip(("lm", "rm", "rm"), specs):
+            if spec is not None and name in which:
                 quantize_graph(work / spec.file, scheme)
                 spec = replace(spec, quantization=scheme.as_dict())
             out.append(spec)
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 def _write_tokenizer(pair: ModelPair, work: Path) -> TokenizerSpec:
@@ -201,7 +205,7 @@ def _write_tokenizer(pair: ModelPair, work: Path) -> TokenizerSpec:
     return TokenizerSpec(TOKENIZER_FILE, CHAT_TEMPLATE_FILE if template else None, sorted(eos_ids), int(pad), tok.bos_token, tok.eos_token)
 
 
-def _check(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, GraphSpec], work: Path, device: Device, log: StageLog) -> ValidationReport:
+def _check(pair: ModelPair, plan: GraphPlan, specs: Specs, work: Path, device: Device, log: StageLog) -> ValidationReport:
     """Both graphs against PyTorch, choose.onnx against the host choosers; raises ExportError on any failure."""
     report = validate_graphs(work, specs, pair, plan, device)
     validate_choice_graph(write_choice_graph(work), report)
@@ -211,7 +215,7 @@ def _check(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, GraphSpec],
     return report
 
 
-def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, GraphSpec], work: Path, device: Device,
+def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: Specs, work: Path, device: Device,
                      report: ValidationReport, log: StageLog) -> ValidationReport:
     """The quantized graphs against PyTorch, held to their scheme's limits; their checks join the report, named so."""
     quantized = validate_graphs(work, specs, pair, plan, device)
@@ -223,12 +227,12 @@ def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: tuple[GraphSpec, G
     return report
 
 
-def _write_manifest(work: Path, specs: tuple[GraphSpec, GraphSpec], tokenizer: TokenizerSpec, plan: GraphPlan,
+def _write_manifest(work: Path, specs: Specs, tokenizer: TokenizerSpec, plan: GraphPlan,
                     report: ValidationReport, device: Device, fusion: Fusion) -> Manifest:
     for f in work.iterdir():
         os.chmod(f, 0o644)
     manifest = Manifest(
-        lm=specs[0], rm=specs[1], tokenizer=tokenizer, max_context=plan.max_context, max_k=plan.max_k, fused=fusion.fused,
+        lm=specs[0], rm=specs[1], propose=specs[2], tokenizer=tokenizer, max_context=plan.max_context, max_k=plan.max_k, fused=fusion.fused,
         files={f.name: sha256_file(f) for f in sorted(work.iterdir())}, choice_file=CHOICE_FILE,
         validation={"device": f"onnxruntime-{device}", "checks": report.as_dict()},
         created_by=f"args-export {__version__} ({_versions()})",

@@ -9,8 +9,8 @@
   to the prefix and to itself only (a tree mask), so there is one cache, never K copies. The reward is
   the score head read at each candidate's own position.
 - FusedStep: the RMScorer of a *fused* bundle, whose reward head sits on the LM's own backbone. The candidates'
-  hidden states are then the LM's too, so the same pass also returns, per candidate, the LM's top-k next tokens after
-  it: once a candidate is chosen, the next step's proposals are already known and the LM step disappears.
+  hidden states are then the LM's too, so the same pass also returns them: once a candidate is chosen, ProposalHead
+  (the LM head over that one row, and its top-k) gives the next step's proposals, and the LM step disappears.
 
 Two cache layouts (the manifest's `cache`): "dynamic" caches grow by concatenation ([B,Hkv,T,D] in, T+S out);
 "static" caches are fixed [B,Hkv,C,D] buffers written in place at `cache_position` (see StaticCache).
@@ -133,27 +133,28 @@ class RMScorer(nn.Module):
 
 
 class FusedStep(nn.Module):
-    """Dynamic: (input_ids, position_ids, attention_mask, candidate_ids, candidate_slots, *past) → (rewards [B, K],
-    topk_values [B, K, k], topk_ids [B, K, k], *present): extends the one cache by the S new tokens and, for each of
-    the K candidates (a tree mask, as RMScorer), returns its reward (the score head) and the LM's top-k next tokens
-    after it (the LM head; k = the length of `candidate_slots`, as LMStep). Static: `cache_position` after the mask.
+    """Dynamic: (input_ids, position_ids, attention_mask, candidate_ids, *past) → (rewards [B, K], candidate_hidden
+    [B, K, H], *present): extends the one cache by the S new tokens and, for each of the K candidates (a tree mask, as
+    RMScorer), returns its reward (the score head) and its final hidden state, which the LM head turns into the LM's
+    next top-k once the candidate is chosen (ProposalHead: one row's head, not K). Static: `cache_position` after the
+    mask.
 
     A candidate sits at its row's count of real tokens (the mask's sum), not at the last new position + 1: the first
     pass brings the prompt but its last token, which is the one candidate whose proposals start the generation, and a
     row of a left-padded batch may then have no real new token at all."""
 
-    def __init__(self, stack: DecoderStack, lm_head: nn.Module, score_head: nn.Module, max_k: int, cache: str = "dynamic") -> None:
+    def __init__(self, stack: DecoderStack, score_head: nn.Module, cache: str = "dynamic") -> None:
         super().__init__()
-        self.stack, self.lm_head, self.score, self.max_k, self.static = stack, lm_head, score_head, max_k, cache == "static"
+        self.stack, self.score, self.static = stack, score_head, cache == "static"
 
     def forward(self, input_ids, position_ids, attention_mask, *rest):
         num_new = input_ids.shape[1]
         if self.static:
-            cache_position, candidate_ids, candidate_slots, *past = rest
+            cache_position, candidate_ids, *past = rest
             bias = additive_mask(slot_tree_mask(attention_mask, cache_position, candidate_ids.shape[1]))
             cache = StaticCache(cache_position, num_new, with_candidates=True)
         else:
-            candidate_ids, candidate_slots, *past = rest
+            candidate_ids, *past = rest
             bias = additive_mask(tree_mask(attention_mask, num_new, candidate_ids.shape[1]))
             cache = ConcatCache(num_new)
         cand_positions = attention_mask.sum(dim=1, keepdim=True).expand(-1, candidate_ids.shape[1])
@@ -162,6 +163,21 @@ class FusedStep(nn.Module):
         hidden, presents = self.stack(tokens, positions, bias, unflatten_past(tuple(past)), cache)
         candidates = hidden[:, num_new:, :]
         rewards = self.score(candidates).squeeze(-1).float()
-        values, ids = torch.topk(self.lm_head(candidates).float(), self.max_k, dim=-1)  # a constant k, sliced as LMStep's
+        return (rewards, candidates, *flatten_presents(presents))
+
+
+class ProposalHead(nn.Module):
+    """(candidate_hidden [B, K, H], pick [B], candidate_slots [k]) → (topk_values [B, k], topk_ids [B, k]): the LM
+    head over each row's picked candidate only, and its top-k (k = the length of `candidate_slots`, as LMStep's).
+    Heading the one chosen row instead of all K is what a fused bundle saves by choosing between its two graphs."""
+
+    def __init__(self, lm_head: nn.Module, max_k: int) -> None:
+        super().__init__()
+        self.lm_head, self.max_k = lm_head, max_k
+
+    def forward(self, candidate_hidden, pick, candidate_slots):
+        index = pick.view(-1, 1, 1).expand(-1, 1, candidate_hidden.shape[2])
+        chosen = candidate_hidden.gather(1, index).squeeze(1)  # [B, H]
+        values, ids = torch.topk(self.lm_head(chosen).float(), self.max_k, dim=-1)  # a constant k, sliced as LMStep's
         k = candidate_slots.shape[0]
-        return (rewards, values[..., :k], ids[..., :k], *flatten_presents(presents))
+        return values[:, :k], ids[:, :k]

@@ -1,4 +1,4 @@
-"""Trace an LMStep / RMScorer / FusedStep to ONNX with named, dynamic I/O and weights in an external data file; each export returns
+"""Trace an LMStep / RMScorer / FusedStep (+ its ProposalHead) to ONNX with named, dynamic I/O and weights in an external data file; each export returns
 the graph's spec for the manifest."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -22,7 +23,7 @@ from args_runtime.errors import ExportError
 from args_runtime.manifest import GraphSpec, TensorSpec
 
 from .architectures import DecoderStack
-from .graphs import FusedStep, LMStep, RMScorer
+from .graphs import FusedStep, LMStep, ProposalHead, RMScorer
 from .loading import LoadedModel
 from .plan import GraphPlan
 
@@ -88,17 +89,26 @@ def rm_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tupl
     return _spec_list(inputs), _spec_list(outputs)
 
 
-def fused_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The RM's I/O plus the LM's `candidate_slots` (k, the proposals per candidate) and each candidate's top-k."""
+def fused_io(stack: DecoderStack, cache_dtype: str, cache: str, width: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The RM's I/O plus each candidate's final hidden state, `width` wide (ProposalHead's input)."""
     past, present = _cache_io(stack, cache_dtype, cache)
-    inputs = [*_step_inputs(cache), ("candidate_ids", ["batch_size", "num_candidates"], "int64"),
-              ("candidate_slots", ["num_proposals"], "int64"), *past]
+    inputs = [*_step_inputs(cache), ("candidate_ids", ["batch_size", "num_candidates"], "int64"), *past]
     outputs = [
         ("rewards", ["batch_size", "num_candidates"], "float32"),
-        ("topk_values", ["batch_size", "num_candidates", "num_proposals"], "float32"),
-        ("topk_ids", ["batch_size", "num_candidates", "num_proposals"], "int64"),
+        ("candidate_hidden", ["batch_size", "num_candidates", width], cache_dtype),
         *present,
     ]
+    return _spec_list(inputs), _spec_list(outputs)
+
+
+def proposal_io(hidden_dtype: str, width: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """ProposalHead: the fused pass's hidden states, one picked candidate per row, k as `candidate_slots`' length."""
+    inputs = [
+        ("candidate_hidden", ["batch_size", "num_candidates", width], hidden_dtype),
+        ("pick", ["batch_size"], "int64"),
+        ("candidate_slots", ["num_proposals"], "int64"),
+    ]
+    outputs = [("topk_values", ["batch_size", "num_proposals"], "float32"), ("topk_ids", ["batch_size", "num_proposals"], "int64")]
     return _spec_list(inputs), _spec_list(outputs)
 
 
@@ -315,16 +325,22 @@ def export_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
     return graph_spec(path.name, rm, stack, plan, io)
 
 
-def export_fused(lm: LoadedModel, rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
+def export_fused(lm: LoadedModel, rm: LoadedModel, plan: GraphPlan, path: Path, head_path: Path) -> tuple[GraphSpec, GraphSpec]:
     """The fused step graph at `path` (the RM's score head on the LM's backbone, which export found equal to the RM's
-    own): rewards and each candidate's next top-k in one pass over one cache; its spec for the manifest."""
-    stack = lm.stack()  # the LM's: its embeddings and LM head stay one tied tensor where the LM ties them
-    inputs, outputs = fused_io(stack, plan.dtype, plan.cache)
+    own): rewards and each candidate's hidden state in one pass over one cache; and at `head_path` the LM head over
+    the chosen candidate (ProposalHead). Their specs for the manifest."""
+    stack = lm.stack()  # the LM's
+    width = lm.head.in_features  # the stack's output width (OPT's project_out can make it narrower than hidden_size)
+    inputs, outputs = fused_io(stack, plan.dtype, plan.cache, width)
     step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
     candidates = torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES))
-    args = (*step, candidates, torch.zeros(min(3, plan.max_k), dtype=torch.int64), *past)
-    io = _export(FusedStep(stack, lm.head, rm.head, plan.max_k, plan.cache).eval(), args, (inputs, outputs), path, plan)
-    return graph_spec(path.name, rm, stack, plan, io)
+    io = _export(FusedStep(stack, rm.head, plan.cache).eval(), (*step, candidates, *past), (inputs, outputs), path, plan)
+    hidden = torch.randn(TRACE_BATCH, TRACE_CANDIDATES, width, dtype=plan.torch_dtype)
+    pick = torch.tensor([TRACE_CANDIDATES - 1, 1][:TRACE_BATCH], dtype=torch.int64)
+    head_args = (hidden, pick, torch.zeros(min(3, plan.max_k), dtype=torch.int64))
+    head_plan = replace(plan, cache="dynamic")  # no cache: no slot axis to fix
+    head_io = _export(ProposalHead(lm.head, plan.max_k).eval(), head_args, proposal_io(plan.dtype, width), head_path, head_plan)
+    return graph_spec(path.name, rm, stack, plan, io), graph_spec(head_path.name, lm, stack, plan, head_io)
 
 
 def graph_spec(file: str, model: LoadedModel, stack: DecoderStack, plan: GraphPlan, io: tuple[list[TensorSpec], list[TensorSpec]]) -> GraphSpec:

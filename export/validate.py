@@ -83,19 +83,23 @@ class ValidationReport:
 
 
 @torch.no_grad()
-def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: ModelPair, plan: GraphPlan, device: Device,
+def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec, GraphSpec | None], pair: ModelPair, plan: GraphPlan, device: Device,
                     steps: int = 3) -> ValidationReport:
     """Prefill + `steps` decode steps on a batch of two seeded random prompts, k = min(4, max_k) candidates; compare
     the LM's top-k logits and the k rewards with PyTorch at each step. With ONNX Runtime on CUDA, PyTorch computes its
     side on the GPU too: a 7B model's fp16 forward passes on the CPU take minutes."""
-    lm_spec, rm_spec = specs
+    lm_spec, rm_spec, propose_spec = specs
     k = min(4, plan.max_k)
     report = ValidationReport()
     torch_device = "cuda" if device.is_cuda and torch.cuda.is_available() else "cpu"
     lm_hf, rm_hf = pair.lm.model.to(torch_device), pair.rm.model.to(torch_device)
     lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, plan.max_context)
-    fused = any(t.name == "candidate_slots" for t in rm_spec.inputs)
-    rm = (FusedModel if fused else RewardModel)(OrtBackend(folder / rm_spec.file, device), rm_spec, plan.max_context)
+    fused = propose_spec is not None
+    rm_backend = OrtBackend(folder / rm_spec.file, device)
+    if fused:
+        rm = FusedModel(rm_backend, rm_spec, plan.max_context, OrtBackend(folder / propose_spec.file, device))
+    else:
+        rm = RewardModel(rm_backend, rm_spec, plan.max_context)
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
     prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)
@@ -112,12 +116,13 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec], pair: Mode
         if fused:
             if step == 0:  # the first pass: the prompt but its last token, which proposes the first candidates
                 first = rm.propose(ids, positions, prefix, k)
-                report.add(f"fused top-{k} proposals after the prompt", *_proposed(first.logits, first.ids, ref_logits.numpy(), k), rm_spec)
+                report.add(f"fused top-{k} proposals after the prompt", *_proposed(first.logits, first.ids, ref_logits.numpy(), k), propose_spec)
                 ids, positions = ids[:, -1:], positions[:, -1:]
             rewards, proposals = rm.score_and_propose(ids, positions, prefix, top, k)
             after = forward_with_cache(lm_hf, with_cands.to(torch_device), None)[0].logits[:, -1, :].float().cpu().numpy()  # [2k, V]
-            report.add(f"fused top-{k} proposals after each candidate, step {step}",
-                       *_proposed(proposals.values.reshape(2 * k, k), proposals.ids.reshape(2 * k, k), after, k), rm_spec)
+            each = [proposals.picked(np.full(2, j, np.int64)) for j in range(k)]  # every candidate picked in turn
+            values, ids_after = (np.stack([getattr(t, name) for t in each], axis=1).reshape(2 * k, k) for name in ("logits", "ids"))
+            report.add(f"fused top-{k} proposals after each candidate, step {step}", *_proposed(values, ids_after, after, k), propose_spec)
         else:
             rewards = rm.extend_and_score(ids, positions, prefix, top)
         ref_rewards = hf_rewards(rm_hf, pair.rm.family, with_cands.to(torch_device)).reshape(2, k).cpu()

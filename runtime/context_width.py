@@ -100,7 +100,7 @@ def narrow_models(gen: "ArgsGenerator", models: tuple[CachedGraph, ...]) -> tupl
         for model in models:
             path = gen.bundle / model.spec.file
             backend = _GraphBytesBackend(relaxed_graph(path, context), path, model.backend.device, gen.options.engine)
-            narrow.append(type(model)(backend, model.spec, context))  # the same kind: LanguageModel, RewardModel, FusedModel
+            narrow.append(model.on(backend, context))  # the same kind: LanguageModel, RewardModel, FusedModel (its head shared)
     except ArgsError as e:
         log.warning("continuous batching attends over all %d cache slots: %s", context, e)
         return None, f"full: {e}"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .models import CacheRows, FusedModel, TopK
+from .models import CacheRows, FusedModel, Proposals, TopK
 
 if TYPE_CHECKING:
     from .generator import ArgsGenerator
@@ -55,17 +55,21 @@ class PairSteps:
 
 
 class FusedSteps:
-    """A fused bundle's one graph: each slot keeps the proposals after its chosen token (its next candidates)."""
+    """A fused bundle's one graph: each slot keeps its next candidates, the proposals after its chosen token. Choices
+    arrive row by row (`chosen`); the LM head runs once per pass over all of its rows' chosen candidates, before the
+    next pass."""
 
     def __init__(self, models: tuple, slots: int) -> None:
         [self.model] = models  # a FusedModel
         self.models = (self.model,)
-        self.pending: list[TopK | None] = [None] * slots  # each slot's next candidates
+        # each slot's next candidates: a TopK [1, k], or (the pass's Proposals, row, pick) until the head has run
+        self.pending: list[TopK | tuple[Proposals, int, int] | None] = [None] * slots
         self._last = None  # (the run's candidates, its Proposals), until every row's choice is known
 
     def prefill(self, caches: "SlotCaches", slot: int, prompt: list[int], mask: np.ndarray, k: int) -> Scored:
         """The prompt but its last token, with that token as the one candidate (its proposals: the first candidates);
         then the last token and the candidates, as a decode step of this row alone."""
+        self._head_chosen()  # before a pass of ours: an engine may reuse the buffers of the last one's hidden states
         ids, positions = _prompt_inputs(prompt)
         head = mask.copy()
         head[0, len(prompt) - 1] = 0
@@ -75,6 +79,7 @@ class FusedSteps:
         return self._scored(top, ids[:, -1:], positions[:, -1:], rows, k)
 
     def decode(self, caches: "SlotCaches", ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, k: int) -> Scored:
+        self._head_chosen()
         [rows] = caches.rows(0, len(ids), mask, positions)
         logits, candidates = np.zeros((len(ids), k), np.float32), np.zeros((len(ids), k), np.int64)
         for slot, top in enumerate(self.pending[: len(ids)]):
@@ -91,10 +96,25 @@ class FusedSteps:
         return Scored(top.logits, top.ids, rewards)
 
     def chosen(self, slot: int, row: int, token: int) -> None:
-        """Keep the proposals after the token row `row` of the last run chose, as slot `slot`'s next candidates."""
+        """Slot `slot`'s next candidates are the proposals after the token row `row` of the last run chose."""
         top, proposals = self._last
         pick = int(np.argmax(top.ids[row] == token))  # the first occurrence: padding repeats come after
-        self.pending[slot] = TopK(self.model.backend, proposals.values[row : row + 1, pick], proposals.ids[row : row + 1, pick], 1)
+        self.pending[slot] = (proposals, row, pick)
+
+    def _head_chosen(self) -> None:
+        """Run the LM head over every chosen candidate still waiting for it: once per pass that left some."""
+        waiting: dict[int, tuple[Proposals, list[tuple[int, int, int]]]] = {}
+        for slot, entry in enumerate(self.pending):
+            if isinstance(entry, tuple):
+                proposals, row, pick = entry
+                waiting.setdefault(id(proposals), (proposals, []))[1].append((slot, row, pick))
+        for proposals, entries in waiting.values():
+            picks = np.zeros(proposals.batch, np.int64)  # rows nobody waits for (finished) take candidate 0
+            for _, row, pick in entries:
+                picks[row] = pick
+            top = proposals.picked(picks)
+            for slot, row, _ in entries:
+                self.pending[slot] = TopK(self.model.backend, top.logits[row : row + 1], top.ids[row : row + 1], 1)
 
     def move(self, source: int, target: int) -> None:
         self.pending[target], self.pending[source] = self.pending[source], None

@@ -57,12 +57,16 @@ class ArgsGenerator:
         bundle = Path(path)
         if opts.cuda_graph and manifest.lm.cache != "static":
             raise BundleError(f"cuda_graph=True needs fixed shapes, i.e. a static-cache bundle: re-export {bundle} with `args-export ... --cache static`")
-        graphs = {role: BundleGraph(bundle, role, spec.file, spec, manifest.engines.get(role)) for role, spec in (("lm", manifest.lm), ("rm", manifest.rm))}
+        specs = {"lm": manifest.lm, "rm": manifest.rm, "propose": manifest.propose}
+        graphs = {role: BundleGraph(bundle, role, spec.file, spec, manifest.engines.get(role)) for role, spec in specs.items() if spec}
         # A fused bundle's ARGS never runs the LM graph (the RM's head sits on its backbone): it opens on first use.
         open_lm = OpenedOnFirstUse if manifest.fused else open_graph
         lm = LanguageModel(open_lm(opts.backend, graphs["lm"], opts.lm_device, opts.engine), manifest.lm, manifest.max_context)
-        scorer = FusedModel if manifest.fused else RewardModel
-        rm = scorer(open_graph(opts.backend, graphs["rm"], opts.rm_device, opts.engine), manifest.rm, manifest.max_context)
+        rm_backend = open_graph(opts.backend, graphs["rm"], opts.rm_device, opts.engine)
+        if manifest.fused:  # its LM head over the chosen candidate runs beside the fused step, on its device
+            rm = FusedModel(rm_backend, manifest.rm, manifest.max_context, open_graph(opts.backend, graphs["propose"], opts.rm_device, opts.engine))
+        else:
+            rm = RewardModel(rm_backend, manifest.rm, manifest.max_context)
         choosing = (rm.backend,) if manifest.fused else (lm.backend, rm.backend)  # the backends whose values it reads
         return cls(bundle, manifest, (lm, rm), open_device_chooser(bundle, manifest, opts, choosing), opts)
 
@@ -188,6 +192,7 @@ class ArgsGenerator:
             "cache": self.manifest.lm.cache,
             "fused": self.manifest.fused,
             "choice": self.choice,
-            "engines": {"lm": self.lm.backend.describe(), "rm": self.rm.backend.describe()},
+            "engines": {"lm": self.lm.backend.describe(), "rm": self.rm.backend.describe(),
+                        **({"propose": self.rm.head.describe()} if isinstance(self.rm, FusedModel) else {})},
         }
 

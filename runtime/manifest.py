@@ -14,15 +14,17 @@ from .dtypes import FLOAT_TYPES, HOST_TYPES
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 5  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`)
+FORMAT_VERSION = 6  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`); 6: a fused pass returns its candidates' hidden states and `propose` heads the chosen one
 MANIFEST_FILE = "manifest.json"
 CACHE_LAYOUTS = ("dynamic", "static")
 # The inputs and outputs the runtime feeds and reads, by role (besides past_key_values.* / present.*, one per layer).
 RUNTIME_IO = {
     "lm": (("input_ids", "position_ids", "attention_mask", "candidate_slots"), ("topk_values", "topk_ids")),
     "rm": (("input_ids", "position_ids", "attention_mask", "candidate_ids"), ("rewards",)),
-    # a fused bundle's RM graph (FusedStep): the RM's, plus each candidate's next top-k from the LM head it shares
-    "fused": (("input_ids", "position_ids", "attention_mask", "candidate_ids", "candidate_slots"), ("rewards", "topk_values", "topk_ids")),
+    # a fused bundle's RM graph (FusedStep): the RM's, plus each candidate's hidden state for the LM head it shares
+    "fused": (("input_ids", "position_ids", "attention_mask", "candidate_ids"), ("rewards", "candidate_hidden")),
+    # a fused bundle's propose graph (ProposalHead): the LM head over each row's chosen candidate, and its top-k
+    "propose": (("candidate_hidden", "pick", "candidate_slots"), ("topk_values", "topk_ids")),
     "choose": (("topk_values", "topk_ids", "rewards", "w", "sample", "temperature", "draws"), ("chosen_ids", "chosen_logits", "chosen_rewards")),
 }
 
@@ -94,6 +96,7 @@ class Manifest:
     # The RM is a score head on the LM's own backbone and its graph is a FusedStep: one pass per token scores the
     # candidates and proposes each one's next top-k, so ARGS never runs the LM graph (kept for greedy and sampling).
     fused: bool = False
+    propose: GraphSpec | None = None  # a fused bundle's LM head over the chosen candidate (None in two-graph bundles)
     choice_file: str = ""  # choose.onnx: combine and choose on the device (empty: the host stepper chooses)
     validation: dict[str, Any] = field(default_factory=dict)
     # Optional TensorRT engines, {"lm": {"file", "sha256", "tensorrt_version", "compute_capability", "precision", "max_batch", "profiles"}, ...};
@@ -111,6 +114,7 @@ class Manifest:
         d = dict(d)
         d["lm"] = GraphSpec.from_dict(d["lm"])
         d["rm"] = GraphSpec.from_dict(d["rm"])
+        d["propose"] = GraphSpec.from_dict(d["propose"]) if d.get("propose") else None
         d["tokenizer"] = TokenizerSpec(**d["tokenizer"])
         return Manifest(**d)
 
@@ -154,7 +158,7 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
     problem = _consistency_problem(manifest)
     if problem:
         raise BundleError(f"{path} does not describe a bundle this runtime can drive: {problem}; {rebuild}")
-    named = [manifest.lm.file, manifest.rm.file, manifest.tokenizer.file, manifest.tokenizer.chat_template_file, manifest.choice_file]
+    named = [manifest.lm.file, manifest.rm.file, manifest.propose and manifest.propose.file, manifest.tokenizer.file, manifest.tokenizer.chat_template_file, manifest.choice_file]
     for name in [n for n in named if n] + list(manifest.files):
         if not _plain_name(name):
             raise BundleError(f"{path} names the file {name!r}, which is not a plain file name inside the bundle; {rebuild}")
@@ -263,6 +267,13 @@ def _consistency_problem(m: Manifest) -> str | None:
         problem = _graph_problem(role, spec, m.max_context)
         if problem:
             return problem
+    if m.fused != (m.propose is not None):
+        return "fused = true needs a propose graph, and only a fused bundle has one" if m.fused else "propose is set but fused = false"
+    if m.propose is not None:
+        missing = [n for n in RUNTIME_IO["propose"][0] if n not in {t.name for t in m.propose.inputs}]
+        missing += [n for n in RUNTIME_IO["propose"][1] if n not in {t.name for t in m.propose.outputs}]
+        if missing:
+            return f"the propose graph has no {missing}"
     t = m.tokenizer
     bad_ids = [i for i in [t.pad_token_id, *t.eos_token_ids] if not 0 <= i < vocab]
     if bad_ids:

@@ -1,6 +1,7 @@
 """The LM and the RM as the decode loop sees them: each owns a backend and the KV cache of the committed
 prefix; the bookkeeping both share (padding mask, next positions) lives in one PrefixState. A fused bundle's RM
-(`FusedModel`) also proposes, for each candidate it scores, the LM's next top-k: the LM never runs in ARGS."""
+(`FusedModel`) also proposes the LM's next top-k after the candidate chosen among those it scored: the LM never
+runs in ARGS."""
 
 from __future__ import annotations
 
@@ -100,6 +101,10 @@ class CachedGraph:
         self.into: dict[str, object] | None = None
         self._slot_mask = np.zeros((0, max_context), np.int64)
 
+    def on(self, backend: Backend, max_context: int) -> "CachedGraph":
+        """The same model over another session of its graph (runtime/context_width.py's narrow copies)."""
+        return type(self)(backend, self.spec, max_context)
+
     def reset(self, batch: int) -> None:
         if not self.static:
             empty = self.backend.empty((batch, self.spec.num_kv_heads, 0, self.spec.head_dim), self.spec.dtype)
@@ -172,53 +177,57 @@ class RewardModel(CachedGraph):
         """The k rewards per row, on the host or (`on_host=False`) left in the engine for a choice made there."""
         if isinstance(candidates, TopK):  # the LM's ids stay on the device when both models share it
             candidates = candidates.engine_ids if candidates.device == self.backend.device else candidates.ids
-        rewards = self._score(ids, positions, prefix, candidates, 1)["rewards"]
+        rewards = self._score(ids, positions, prefix, candidates)["rewards"]
         return self.backend.to_host(rewards) if on_host else rewards
 
-    def _score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked | CacheRows, candidates: object, k: int) -> dict[str, object]:
+    def _score(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked | CacheRows, candidates: object) -> dict[str, object]:
         feeds = {"input_ids": ids, "position_ids": positions, **self.prefix_feeds(prefix, ids.shape[1]), "candidate_ids": candidates}
-        if self.proposes:  # a fused graph also proposes k next tokens per candidate: ask for as few as the caller reads
-            feeds["candidate_slots"] = _slots(k)
         return self.run(feeds, _outside(prefix))
-
-    @cached_property
-    def proposes(self) -> bool:
-        return any(t.name == "candidate_slots" for t in self.spec.inputs)
 
 
 class Proposals:
-    """A fused pass's proposals: for every candidate of every row, the LM's top-k next tokens after it, [B, K, k] on the
-    host. Once the chooser has picked a candidate per row, its row of proposals is the next step's TopK."""
+    """A fused pass's candidates as the LM sees them: their final hidden states [B, K, H], left in the engine. Once a
+    candidate is chosen per row, the LM head over that one row (the bundle's propose graph, ProposalHead) gives the
+    next step's TopK: one row headed per token, not K."""
 
-    def __init__(self, backend: Backend, values: np.ndarray, ids: np.ndarray) -> None:
-        self.backend, self.values, self.ids = backend, values, ids
-        self.rows = np.arange(len(ids))
+    def __init__(self, head: Backend, hidden: object, batch: int, k: int) -> None:
+        self.head, self.hidden, self.batch, self.k = head, hidden, batch, k
+
+    def picked(self, pick: np.ndarray) -> TopK:
+        """The LM's top-k after candidate `pick[b]` of each row b."""
+        out = self.head.run({"candidate_hidden": self.hidden, "pick": np.ascontiguousarray(pick, np.int64), "candidate_slots": _slots(self.k)})
+        return TopK(self.head, out["topk_values"], out["topk_ids"], len(pick))
 
     def after(self, candidates: TopK, tokens: np.ndarray) -> TopK:
         """The proposals after each row's chosen token (a top-k's ids are distinct, so the token names its candidate)."""
-        pick = np.argmax(candidates.ids == tokens.reshape(-1, 1), axis=1)
-        return TopK(self.backend, self.values[self.rows, pick], self.ids[self.rows, pick], len(self.ids))
+        return self.picked(np.argmax(candidates.ids == tokens.reshape(-1, 1), axis=1))
 
 
 class FusedModel(RewardModel):
     """A fused bundle's RM (export/graphs.py FusedStep): its score head sits on the LM's backbone, so the pass that
-    scores the candidates also gives each one's next top-k, and one cache serves both models."""
+    scores the candidates also gives their hidden states, from which `head` (the LM head, ProposalHead) proposes the
+    next top-k after the chosen one; one cache serves both models."""
+
+    def __init__(self, backend: Backend, spec: GraphSpec, max_context: int, head: Backend) -> None:
+        super().__init__(backend, spec, max_context)
+        self.head = head
+
+    def on(self, backend: Backend, max_context: int) -> "FusedModel":
+        return FusedModel(backend, self.spec, max_context, self.head)
 
     def propose(self, prompt_ids: np.ndarray, prompt_positions: np.ndarray, prefix: Masked | CacheRows, k: int) -> TopK:
         """The first pass: the prompt but its last token extends the cache, and that last token, as the one candidate,
         brings the LM's top-k after the prompt; the next pass brings the last token. `prefix` is the whole prompt's, or
         (continuous batching) the outside rows already set for the prompt but its last token."""
         head = prefix if isinstance(prefix, CacheRows) else MaskOnly(prefix.attention_mask[:, :-1])
-        out = self._score(prompt_ids[:, :-1], prompt_positions[:, :-1], head, prompt_ids[:, -1:], k)
-        host = self.backend.to_host
-        return TopK(self.backend, host(out["topk_values"])[:, 0], host(out["topk_ids"])[:, 0], len(prompt_ids))
+        out = self._score(prompt_ids[:, :-1], prompt_positions[:, :-1], head, prompt_ids[:, -1:])
+        return Proposals(self.head, out["candidate_hidden"], len(prompt_ids), k).picked(np.zeros(len(prompt_ids), np.int64))
 
     def score_and_propose(self, ids: np.ndarray, positions: np.ndarray, prefix: Masked | CacheRows, candidates: TopK, k: int,
                           on_host: bool = True) -> tuple[np.ndarray | object, Proposals]:
-        """Extend the cache by `ids` and score the k candidates, as RewardModel.extend_and_score; and each candidate's
-        next top-k."""
+        """Extend the cache by `ids` and score the k candidates, as RewardModel.extend_and_score; and the candidates'
+        hidden states, from which the chosen one's next top-k comes (Proposals.after)."""
         engine_ids = candidates.engine_ids if candidates.device == self.backend.device else candidates.ids
-        out = self._score(ids, positions, prefix, engine_ids, k)
-        host = self.backend.to_host
-        rewards = host(out["rewards"]) if on_host else out["rewards"]
-        return rewards, Proposals(self.backend, host(out["topk_values"]), host(out["topk_ids"]))
+        out = self._score(ids, positions, prefix, engine_ids)
+        rewards = self.backend.to_host(out["rewards"]) if on_host else out["rewards"]
+        return rewards, Proposals(self.head, out["candidate_hidden"], len(ids), k)

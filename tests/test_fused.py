@@ -1,5 +1,6 @@
 """Fused bundles: when the RM is a score head on the LM's own backbone, export writes one FusedStep graph that scores the
-candidates and proposes each one's next top-k, and ARGS runs one pass per token. The tokens must still be the paper's
+candidates and returns their hidden states, and a propose graph that heads the chosen one: ARGS runs one pass per
+token. The tokens must still be the paper's
 (the transformers reference's) on every architecture, both cache layouts, greedy and seeded stochastic, alone and
 batched; the rewards those of the same pair's two-graph bundle."""
 
@@ -73,6 +74,51 @@ def test_the_fused_graph_was_checked_against_pytorch(fused_pairs):
     proposals = [name for name in checks if name.startswith("fused top-")]
     assert "fused top-4 proposals after the prompt" in proposals and len(proposals) == 5
     assert all(check["ok"] for check in checks.values())
+
+
+def test_the_lm_head_runs_once_per_token_over_the_chosen_candidate_only(fused_pairs):
+    """The fused pass returns its candidates' hidden states, not K top-k's; the propose graph heads one candidate per
+    row (pick [B] → top-k [B, k]) once per token."""
+    pair = fused_pairs["llama"]
+    manifest = load_manifest(pair.bundles["dynamic"])
+    assert [t.name for t in manifest.rm.outputs][:2] == ["rewards", "candidate_hidden"] and manifest.propose.file == "propose.onnx"
+    assert not any(t.name.startswith("topk") for t in manifest.rm.outputs)
+    gen = ArgsGenerator.from_bundle(pair.bundles["dynamic"])
+    passes, heads = [], []
+    for backend, seen in ((gen.rm.backend, passes), (gen.rm.head, heads)):
+        backend.run = (lambda inner, seen: lambda feeds, into=None: seen.append((feeds, inner(feeds, into))) or seen[-1][1])(backend.run, seen)
+    results = gen.generate([PROMPTS[1], PROMPTS[2]], k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+    assert all(len(r.token_ids) == NEW for r in results)
+    assert len(passes) == NEW + 1 and len(heads) in (NEW, NEW + 1)  # the prompt's pass, then one pass and one head per token
+    host = gen.rm.backend.to_host  # engine values (OrtValues) as host arrays
+    assert [host(f["candidate_hidden"]).shape[:2] for f, _ in heads] == [(2, 1)] + [(2, K)] * (len(heads) - 1)
+    assert all(f["pick"].shape == (2,) and gen.rm.head.to_host(out["topk_ids"]).shape == (2, K) for f, out in heads)
+
+
+def test_a_fused_manifest_needs_its_propose_graph(fused_pairs, tmp_path):
+    import shutil
+
+    from args_runtime.errors import BundleError
+
+    bundle = shutil.copytree(fused_pairs["llama"].bundles["dynamic"], tmp_path / "b")
+    raw = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**raw, "propose": None}))
+    with pytest.raises(BundleError, match="fused = true needs a propose graph"):
+        load_manifest(bundle)
+    (bundle / "manifest.json").write_text(json.dumps({**raw, "fused": False}))
+    with pytest.raises(BundleError, match="propose is set but fused = false"):
+        load_manifest(bundle)
+
+
+def test_tensorrt_profiles_cover_both_fused_graphs(fused_pairs):
+    """TensorRT (not installable here) would build propose.engine too: its profile covers k proposals of k candidates."""
+    from args_export.gpu.tensorrt_build import graph_profiles
+
+    m = load_manifest(fused_pairs["llama"].bundles["static"])
+    assert [p.name for p in graph_profiles(m.rm.inputs, 4, m.max_context, m.max_k)] == ["decode", "prefill"]
+    [profile] = graph_profiles(m.propose.inputs, 4, m.max_context, m.max_k)
+    assert profile.shapes["pick"] == ((1,), (2,), (4,)) and profile.shapes["candidate_slots"] == ((1,), (m.max_k,), (m.max_k,))
+    assert profile.shapes["candidate_hidden"][2][:2] == (4, m.max_k)
 
 
 @pytest.mark.parametrize("layout", ["dynamic", "static"])

@@ -61,6 +61,7 @@ def test_fused_bundle_on_cuda_gives_the_cpu_tokens(bundles):
     cuda = ArgsGenerator.from_bundle(bundles["fused"], device="cuda")
     graphs = ArgsGenerator.from_bundle(bundles["fused"], device="cuda", cuda_graph=True)
     assert cpu.manifest.fused and cuda.choice == "device" and graphs.rm.backend.describe()["cuda_graph"] == "on"
+    assert graphs.rm.head.describe()["cuda_graph"] == "on"
     for prompt in (CHAT_PROMPTS[0], TEXT_PROMPTS[1], "Hi"):
         for k, w in ((10, 1.5), (40, 3.0)):
             expected = cpu.generate(prompt, k=k, w=w, max_new_tokens=32, ignore_eos=True).token_ids
@@ -68,7 +69,7 @@ def test_fused_bundle_on_cuda_gives_the_cpu_tokens(bundles):
             assert graphs.generate(prompt, k=k, w=w, max_new_tokens=32, ignore_eos=True).token_ids == expected, (prompt, k)
 
 
-@pytest.mark.parametrize("graph", ["lm.onnx", "rm.onnx", "fused/rm.onnx"])
+@pytest.mark.parametrize("graph", ["lm.onnx", "rm.onnx", "fused/rm.onnx", "fused/propose.onnx"])
 def test_placement_prediction_matches_onnx_runtime(bundles, graph, capfd):
     """ORT logs each shape node it moves to the CPU and warns when it adds Memcpy nodes: compare with the prediction."""
     import re
@@ -78,7 +79,7 @@ def test_placement_prediction_matches_onnx_runtime(bundles, graph, capfd):
     options = ort.SessionOptions()
     options.log_severity_level = 1  # INFO: the CPU fallback decisions (logged to the session or the default logger)
     ort.set_default_logger_severity(1)
-    path = bundles["fused"] / "rm.onnx" if graph.startswith("fused/") else bundles["static"] / graph
+    path = bundles["fused"] / graph.removeprefix("fused/") if graph.startswith("fused/") else bundles["static"] / graph
     try:
         ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     finally:

@@ -1,7 +1,7 @@
 """TensorRT engines for a bundle: optimization profiles derived from the graphs' inputs (pure, tested without
 TensorRT) and the engine build (trt.Builder + OnnxParser). `tensorrt` and cuda-python are imported lazily.
 
-    build_engines(bundle)  →  lm.engine, rm.engine and manifest.engines, written atomically
+    build_engines(bundle)  →  lm.engine, rm.engine (a fused bundle: and propose.engine) and manifest.engines, written atomically
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from args_runtime.files import write_atomic
 from args_runtime.manifest import MANIFEST_FILE, TensorSpec, load_manifest, sha256_file
 
 PRECISIONS = ("fp16", "bf16", "fp32")
-ENGINE_FILES = {"lm": "lm.engine", "rm": "rm.engine"}
+ENGINE_FILES = {"lm": "lm.engine", "rm": "rm.engine", "propose": "propose.engine"}  # propose: fused bundles only
 
 Shape = tuple[int, ...]
 DimRange = tuple[int, int, int]  # (min, opt, max)
@@ -63,9 +63,9 @@ def dim_ranges(max_batch: int, max_context: int, max_k: int) -> dict[str, dict[s
     prompt = min(128, max_context)
     return {
         "decode": {"batch_size": batch, "sequence_length": (1, 1, 1), "past_sequence_length": (0, half, max_context - 1),
-                   "total_sequence_length": (1, half + 1, max_context), "num_candidates": cands},
+                   "total_sequence_length": (1, half + 1, max_context), "num_candidates": cands, "num_proposals": cands},
         "prefill": {"batch_size": batch, "sequence_length": (1, prompt, max_context), "past_sequence_length": (0, 0, max_context - 1),
-                    "total_sequence_length": (1, prompt, max_context), "num_candidates": cands},
+                    "total_sequence_length": (1, prompt, max_context), "num_candidates": cands, "num_proposals": cands},
     }
 
 
@@ -186,7 +186,8 @@ def build_engines(bundle_dir: str | Path, precision: str = "fp16", max_batch: in
     log = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     capability = device_compute_capability(0)
     built: dict[str, tuple[bytes, list[Profile]]] = {}
-    for role, spec in (("lm", manifest.lm), ("rm", manifest.rm)):
+    graphs = [("lm", manifest.lm), ("rm", manifest.rm)] + ([("propose", manifest.propose)] if manifest.propose else [])
+    for role, spec in graphs:
         profiles = graph_profiles(spec.inputs, max_batch, manifest.max_context, manifest.max_k)
         log(f"building {ENGINE_FILES[role]} from {spec.file} (TensorRT {trt.__version__}, {capability}, {precision}, "
             f"profiles: {', '.join(p.name for p in profiles)}) …")

@@ -27,7 +27,7 @@ class BundleGraph:
     (None when none was built). choose.onnx has no spec."""
 
     bundle: Path
-    role: str  # "lm" | "rm" | "choose"
+    role: str  # "lm" | "rm" | "propose" | "choose"
     onnx_file: str
     spec: GraphSpec | None = None
     engine: dict | None = None

@@ -175,9 +175,10 @@ class OrtBackend(Backend):
     # ------------------------------------------------------------------ CUDA graphs: fixed addresses, one graph per decode shape
 
     def _run_options(self, key: tuple, feeds: Mapping[str, Any]):
-        """Capture/replay 1-token steps (fixed shapes, one graph per shape); prefill lengths vary, so never capture them."""
+        """Capture/replay 1-token steps (fixed shapes, one graph per shape); prefill lengths vary, so never capture them.
+        A graph without input_ids (a fused bundle's propose head) has one shape per batch and k: every run is a step."""
         options = self._ort.RunOptions()
-        decode = _shape(feeds["input_ids"])[1] == 1
+        decode = "input_ids" not in feeds or _shape(feeds["input_ids"])[1] == 1
         graph_id = self._graph_ids.setdefault(key, len(self._graph_ids) + 1) if decode else -1
         options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return options
