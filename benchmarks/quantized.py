@@ -187,8 +187,8 @@ def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float 
 
 
 def weight_bytes(bundle: Path) -> int:
-    """Bytes of both graphs and their external weights."""
-    return sum(f.stat().st_size for f in bundle.iterdir() if f.name.startswith(("lm.onnx", "rm.onnx")))
+    """Bytes of the model graphs (LM, RM or fused step, a fused bundle's propose head) and their external weights."""
+    return sum(f.stat().st_size for f in bundle.iterdir() if f.name.startswith(("lm.onnx", "rm.onnx", "propose.onnx")))
 
 
 def plot(rows: list[Row], path: Path) -> None:

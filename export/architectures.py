@@ -26,14 +26,34 @@ class StackShape:
     max_positions: int
 
 
+class _Reshape(torch.autograd.Function):
+    """x.reshape(dims) with ONNX Reshape's own conventions: 0 keeps the input's dim at that index, -1 (at most one)
+    takes what is left. The TorchScript exporter emits `symbolic`, one Reshape with a constant shape; a traced view
+    of dynamic dims would compute each of them with Shape/Gather/Unsqueeze/Concat nodes, about 1,100 small nodes in a
+    30-layer pass, whose dispatch ONNX Runtime pays on every token. The dynamo exporter traces `forward`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(dims)])
+
+    @staticmethod
+    def symbolic(g, x, dims):
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(dims, dtype=torch.int64)))
+
+
+def reshape(x: torch.Tensor, *dims: int) -> torch.Tensor:
+    """x.reshape with ONNX's 0 (keep the input's dim) and -1, exported as one constant-shape Reshape (_Reshape)."""
+    return _Reshape.apply(x, tuple(int(d) for d in dims))
+
+
 def attend(q: torch.Tensor, blocks: list[KV], bias: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over one or more key/value blocks (the cache, then the RM's candidates),
     with q [B,H,S,D], each block's k/v [B,Hkv,T_i,D] (grouped heads) and bias [B,1,S,sum T_i]. Query heads are
     grouped onto their KV head instead of repeating the cache, and the cache is never cast or copied: the
     products run in the model's dtype, the scores and softmax in float32, as transformers' eager attention does."""
-    b, heads, s, d = q.shape
-    kv_heads = blocks[0][0].shape[1]
-    q = q.reshape(b, kv_heads, heads // kv_heads, s, d)  # head h reads KV head h // groups
+    heads, d = int(q.shape[1]), int(q.shape[3])  # fixed by the model
+    kv_heads = int(blocks[0][0].shape[1])
+    q = reshape(q, 0, kv_heads, heads // kv_heads, -1, d)  # head h reads KV head h // groups
     scores = [_float(torch.matmul(q, k.unsqueeze(2).transpose(-1, -2))) for k, _ in blocks]  # [B,Hkv,G,S,T_i]
     scores = (scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)) * scale + bias.unsqueeze(2)
     probs = torch.softmax(scores, dim=-1)
@@ -43,7 +63,7 @@ def attend(q: torch.Tensor, blocks: list[KV], bias: torch.Tensor, scale: float) 
         start += v.shape[2]
         term = torch.matmul(part if v.dtype == torch.float32 else part.to(v.dtype), v.unsqueeze(2))
         out = term if out is None else out + term
-    return out.reshape(b, heads, s, d)
+    return reshape(out, 0, heads, -1, d)
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -53,14 +73,12 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     """[B,S,H*D] -> [B,H,S,D]."""
-    b, s, _ = x.shape
-    return x.view(b, s, heads, head_dim).transpose(1, 2)
+    return reshape(x, 0, -1, heads, head_dim).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[B,H,S,D] -> [B,S,H*D]."""
-    b, h, s, d = x.shape
-    return x.transpose(1, 2).reshape(b, s, h * d)
+    return reshape(x.transpose(1, 2), 0, -1, int(x.shape[1]) * int(x.shape[3]))
 
 
 class ConcatCache:
@@ -136,7 +154,7 @@ class DecoderStack(nn.Module):
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
+    half = int(x.shape[-1]) // 2  # the head dim is fixed: a constant, not a Shape → Gather → Div chain per call
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 

@@ -40,6 +40,23 @@ def test_bundle_is_complete_and_validated(tiny_pairs, arch):
     assert [t.name for t in manifest.rm.outputs][0] == "rewards"
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graphs_compute_no_shape_they_know(tiny_pairs, arch):
+    """Head splits and merges are Reshapes with constant shapes (0 = keep, -1 = the rest) and rotary embeddings split
+    the head at a constant: no Shape → Gather → Concat chain per view. What is left is about one Shape per layer
+    (the cache length); a traced view(b, s, ...) had put 18 in each. GPT-2's Conv1D layers are transformers' own
+    (a view around addmm), left as they are."""
+    manifest = load_manifest(tiny_pairs[arch].bundle)
+    for spec in (manifest.lm, manifest.rm):
+        model = onnx.load(str(tiny_pairs[arch].bundle / spec.file), load_external_data=False)
+        constant = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output} | {i.name for i in model.graph.initializer}
+        conv1d = ("/c_attn", "/c_proj", "/c_fc")  # /stack/c_attn/…, /stack/c_attn_1/…
+        ours = [n for n in model.graph.node if not any(part in n.name for part in conv1d)]
+        reshapes = [n for n in ours if n.op_type == "Reshape"]
+        assert reshapes and [n.name for n in reshapes if n.input[1] not in constant] == []
+        assert sum(n.op_type == "Shape" for n in ours) <= 2 * spec.num_layers + 8, spec.file
+
+
 @pytest.mark.parametrize("arch", ["llama", "opt-350m-style", "gpt2"])
 def test_candidate_rewards_equal_full_sequence_rewards(tiny_pairs, arch):
     """k candidates scored in one pass against one cache == the RM run on each prefix + candidate_i,
