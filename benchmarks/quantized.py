@@ -54,6 +54,7 @@ class Row:
     exact_replies: float  # share of replies identical to fp32's
     mean_reward: float  # under the fp32 RM (PyTorch)
     reward_change_pct: float  # against the fp32 bundle's mean reward, in % of its magnitude
+    reward_change_ci95_pct: float | None  # ± half-width of its 95 % interval, paired over the prompts (normal approximation)
 
 
 DEFAULT_SCHEMES = {"bundles": "fused,int8,int4,int8:rm", "quantized": "int8,int4"}
@@ -176,14 +177,23 @@ def table(bundles: list[Bundle], rewards: dict[str, list[float]], ref_ms: float 
         same = [a == r for mine, theirs in zip(b.replies, base.replies) for a, r in zip(mine, theirs)]
         ms = statistics.median(b.step_ms)
         mean_reward, base_reward = statistics.mean(rewards[b.name]), statistics.mean(rewards[base.name])
+        scale = 100 / max(abs(base_reward), 1e-9)
         rows.append(Row(
             b.name, round(weight_bytes(b.path) / 2**20, 1), round(ms, 2), round(ref_ms / ms, 2) if ref_ms else None,
             round(ms / greedy_ms, 2), round(b.cache_bytes / 2**20, 4),
             round(sum(same) / len(same), 4), round(prefix_agreement(b.replies, base.replies), 4),
             round(sum(m == t for m, t in zip(b.replies, base.replies)) / len(base.replies), 4),
-            round(mean_reward, 4), round(100 * (mean_reward - base_reward) / max(abs(base_reward), 1e-9), 2),
+            round(mean_reward, 4), round((mean_reward - base_reward) * scale, 2),
+            None if (ci := paired_ci95(rewards[b.name], rewards[base.name])) is None else round(ci * scale, 2),
         ))
     return rows
+
+
+def paired_ci95(mine: list[float], base: list[float]) -> float | None:
+    """Half-width of the 95 % interval of the mean per-prompt difference (1.96 standard errors): a bundle that writes
+    another text gets another reward on each prompt, and with a few prompts a mean difference of several % is noise."""
+    diffs = [a - b for a, b in zip(mine, base)]
+    return 1.96 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
 
 
 def weight_bytes(bundle: Path) -> int:
@@ -247,11 +257,11 @@ def main(argv: list[str] | None = None, name: str = "quantized") -> int:
             "fp32_equals_reference": [b == r for b, r in zip(bundles[0].replies, ref_tokens)], "refused": args.refused,
             "wall_s": round(time.time() - started, 1), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(f"{'bundle':<22} {'weights MiB':>11} {'KV MiB':>7} {'ms/token':>9} {'vs ref':>7} {'/greedy':>7} {'agree':>6} {'prefix':>6} "
-          f"{'exact':>6} {'reward':>8} {'Δ%':>7}")
+          f"{'exact':>6} {'reward':>8} {'Δ% (95 % CI)':>15}")
     for r in rows:
         vs = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
         print(f"{r.bundle:<22} {r.weights_mib:>11} {r.kv_cache_mib:>7} {r.ms_per_token:>9} {vs:>7} {r.cost_vs_greedy:>6}x {r.token_agreement:>6} "
-              f"{r.prefix_agreement:>6} {r.exact_replies:>6} {r.mean_reward:>8} {r.reward_change_pct:>7}")
+              f"{r.prefix_agreement:>6} {r.exact_replies:>6} {r.mean_reward:>8} {r.reward_change_pct:>7} ± {r.reward_change_ci95_pct if r.reward_change_ci95_pct is not None else '-':<5}")
     print(f"plain greedy (the base bundle's LM graph): {greedy_ms:.1f} ms/token")
     for label, why in args.refused.items():
         print(f"{label}: refused by the export's check against PyTorch: {why.splitlines()[0]}")

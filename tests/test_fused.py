@@ -194,6 +194,7 @@ def test_args_bench_bundles_races_the_fused_bundle_against_two_graphs(fused_pair
     rows = {r["bundle"]: r for r in result["rows"]}
     assert list(rows) == ["fp32", "fused fp32"]
     assert rows["fused fp32"]["token_agreement"] == 1.0 and rows["fused fp32"]["exact_replies"] == 1.0
+    assert rows["fused fp32"]["reward_change_pct"] == rows["fused fp32"]["reward_change_ci95_pct"] == 0.0  # the same replies
     assert 0 < rows["fused fp32"]["kv_cache_mib"] < 0.6 * rows["fp32"]["kv_cache_mib"]
     assert all(r["cost_vs_greedy"] > 0 and r["speedup_vs_reference"] > 0 for r in rows.values())
     assert result["meta"]["fp32_equals_reference"] == [True] and result["meta"]["greedy_ms_per_token"] > 0
