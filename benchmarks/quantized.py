@@ -207,13 +207,20 @@ def plot(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
     names = [r.bundle for r in rows]
     for ax, attr, title in zip(axes, ("ms_per_token", "token_agreement", "mean_reward"),
-                               ("ms/token (ARGS-greedy)", "token agreement with the fp32 base", "mean reward (fp32 RM)")):
-        ax.bar(names, [getattr(r, attr) for r in rows], color=[f"C{i}" for i in range(len(rows))])
-        ax.set_title(title)
-        ax.tick_params(axis="x", rotation=20)
+                               ("ms/token (ARGS-greedy)", "token agreement with the fp32 base", "mean reward (fp32 RM), 95 % CI of Δ")):
+        values = [getattr(r, attr) for r in rows]
+        errors = None
+        if attr == "mean_reward":  # the paired interval of each change, in reward units, around the bundle's mean
+            base = abs(rows[0].mean_reward) / 100
+            errors = [(r.reward_change_ci95_pct or 0.0) * base for r in rows]
+        ax.bar(names, values, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(rows))])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
