@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import KV, ConcatCache, DecoderStack, StaticCache
+from .architectures import KV, ConcatCache, DecoderStack, StaticCache, reshape
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Boolean [B,S,T] → additive float mask [B,1,S,T] (0 where allowed, a large negative elsewhere)."""
@@ -176,8 +176,11 @@ class ProposalHead(nn.Module):
         self.lm_head, self.max_k = lm_head, max_k
 
     def forward(self, candidate_hidden, pick, candidate_slots):
-        index = pick.view(-1, 1, 1).expand(-1, 1, candidate_hidden.shape[2])
-        chosen = candidate_hidden.gather(1, index).squeeze(1)  # [B, H]
+        width = int(candidate_hidden.shape[2])  # fixed by the model
+        # [B, 1, H] indices by broadcasting against a constant, and a constant-shape Reshape out: no Shape/Where/If
+        # nodes (an expand(-1, …) and a squeeze(1) trace to both), which CUDA graphs and TensorRT would not take
+        index = reshape(pick, -1, 1, 1) + torch.zeros(1, 1, width, dtype=torch.int64)
+        chosen = reshape(candidate_hidden.gather(1, index), -1, width)  # [B, H]
         values, ids = torch.topk(self.lm_head(chosen).float(), self.max_k, dim=-1)  # a constant k, sliced as LMStep's
         k = candidate_slots.shape[0]
         return values[:, :k], ids[:, :k]

@@ -83,6 +83,10 @@ def test_the_lm_head_runs_once_per_token_over_the_chosen_candidate_only(fused_pa
     manifest = load_manifest(pair.bundles["dynamic"])
     assert [t.name for t in manifest.rm.outputs][:2] == ["rewards", "candidate_hidden"] and manifest.propose.file == "propose.onnx"
     assert not any(t.name.startswith("topk") for t in manifest.rm.outputs)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(pair.bundles["dynamic"] / "propose.onnx"), load_external_data=False).graph.node}
+    assert "GatherElements" in ops and not ops & {"If", "Where", "Expand"}  # a gather by broadcast: no shape branches
     gen = ArgsGenerator.from_bundle(pair.bundles["dynamic"])
     passes, heads = [], []
     for backend, seen in ((gen.rm.backend, passes), (gen.rm.head, heads)):
