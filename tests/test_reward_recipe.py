@@ -90,6 +90,61 @@ def test_prefix_trained_head_exports_and_scores_prefixes(tiny_pairs, tmp_path):
     assert good > bad
 
 
+# ------------------------------------------------------------------------------------------ mean pooling
+
+def test_mean_pooled_rows_compare_the_replies_mean_states():
+    prompt = (1, 2)
+    a, b = Encoded(prompt + (5, 6, 7, 8), 2), Encoded(prompt + (5, 9, 10), 2)
+    store = FeatureStore(None, 0)
+    for s in (a, b):
+        store.table[s.ids] = torch.arange(s.reply_length, dtype=torch.float16).unsqueeze(1) + 10 * len(s.ids)
+    rows, weights = difference_rows(store, [(a, b)], HeadOptions(pooling="mean"))
+    assert rows[:, 0].tolist() == [(1.5 + 60) - (1 + 50)]  # mean of 0..3 against mean of 0..2
+    rows, weights = difference_rows(store, [(a, b)], HeadOptions(pooling="mean", prefixes=True))
+    assert rows[:, 0].tolist() == [(1.5 + 60) - (1 + 50), (0.5 + 60) - (0.5 + 50)]  # then the first 2 tokens' means
+    assert weights.tolist() == [1.0, 1.0]
+
+
+def test_mean_pooled_head_is_a_token_level_reward(tiny_pairs, tmp_path):
+    """--pooling mean: the RM's config and the head say so, the quality scorer judges a reply by the mean of its tokens'
+    rewards (not its last token's), and standardization gives those token rewards, what ARGS reads, unit spread."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    pair = tiny_pairs["llama"]
+    pairs_file, out, head = write_pairs(tmp_path / "p.jsonl", mixed=True), tmp_path / "rm", tmp_path / "head.json"
+    report = train_reward_model(TrainOptions(pair.lm_dir, pairs_file, out, epochs=20, held_out_fraction=0.25, head_out=head, pooling="mean"))
+    assert report.held_out_accuracy == 1.0
+    assert json.loads(head.read_text())["meta"]["pooling"] == "mean"
+    rm, tok = AutoModelForSequenceClassification.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    assert rm.config.reward_pooling == "mean"
+
+    sides = [encode_side(tok, p["prompt"], p[k], True) for p in load_pairs(pairs_file)[-6:] for k in ("chosen", "rejected")]
+    with torch.no_grad():
+        tokens = [rm.score(rm.model(input_ids=torch.tensor([s.ids])).last_hidden_state)[0, s.start :, 0] for s in sides]
+    scorer = RewardScorer(out, {tok.eos_token_id})
+    judged = scorer.rewards([list(s.ids[: s.start]) for s in sides], [list(s.ids[s.start :]) for s in sides])
+    assert judged == pytest.approx([float(t.mean()) for t in tokens], abs=1e-4)
+    assert judged != pytest.approx([float(t[-1]) for t in tokens], abs=1e-4)
+
+    from args_export.rewards.train import split_by_prompt
+
+    pairs = load_pairs(pairs_file)
+    held = split_by_prompt(pairs, 0.25, 0)[1]
+    encoded = [(encode_side(tok, p["prompt"], p["chosen"], True), encode_side(tok, p["prompt"], p["rejected"], True)) for p in held]
+    with torch.no_grad():
+        rewards = torch.cat([rm.score(rm.model(input_ids=torch.tensor([s.ids])).last_hidden_state)[0, s.start :, 0]
+                             for s in scale_replies(encoded, [p["kind"] for p in held])])
+    assert float(rewards.std()) == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("options, message", [(dict(pooling="max"), "--pooling must be one of last, mean"),
+                                              (dict(pooling="mean", train_layers=1), "cannot be combined with --train-layers")])
+def test_bad_pooling_is_refused(tiny_pairs, tmp_path, options, message):
+    with pytest.raises(TrainingError, match=message):
+        train_reward_model(TrainOptions(tiny_pairs["llama"].lm_dir, write_pairs(tmp_path / "p.jsonl"), tmp_path / "rm", **options))
+    assert not (tmp_path / "rm").exists()
+
+
 # ------------------------------------------------------------------------------------------ standardization
 
 @pytest.mark.parametrize("held_out", [0.25, 0.0])
@@ -237,7 +292,7 @@ def test_recipe_runs_every_stage_and_reuses_them(tiny_pairs, tmp_path, capsys):
     assert {"sentiment", "negative:args"} <= kinds and any(k.startswith("negative:") and k != "negative:args" for k in kinds)
     meta = json.loads((tmp_path / "head.json").read_text())["meta"]
     assert meta["recipe"]["rounds"] == 1 and meta["recipe"]["pairs_by_kind"]["negative:args"] > 0
-    assert meta["reward_scale"]["std"] > 0 and meta["prefixes"] is True
+    assert meta["reward_scale"]["std"] > 0 and meta["pooling"] == meta["recipe"]["pooling"] == "mean" and meta["prefixes"] is False
     assert "reward model: held-out accuracy" in capsys.readouterr().out
 
     (features,) = (work / "features").glob("features-*.pt")

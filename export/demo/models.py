@@ -108,6 +108,7 @@ def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None)
             rm.score.bias.fill_(float(head.get("bias") or 0.0))
     if rm.config.pad_token_id is None:
         rm.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rm.config.reward_pooling = head.get("meta", {}).get("pooling") or "last"
     with atomic_folder(out) as work:
         rm.save_pretrained(work)
         tokenizer.save_pretrained(work)

@@ -61,7 +61,8 @@ class SentenceEmbedder:
 
 
 class RewardScorer:
-    """An HF reward-model folder scoring token-id sequences at their last token (no pad-based pooling)."""
+    """An HF reward-model folder scoring token-id sequences at their last token (no pad-based pooling), or, for a
+    token-level RM (`reward_pooling: "mean"` in its config, see args-train-rm), by the mean of its reply tokens' rewards."""
 
     def __init__(self, rm_folder: Path, eos_ids: set[int]) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -72,19 +73,28 @@ class RewardScorer:
         family = family_of(self.model.config)
         self.backbone, self.head = getattr(self.model, family.backbone_attr), getattr(self.model, family.score_attr)
         self.eos_ids, self.pad = eos_ids, self.model.config.pad_token_id or 0
+        self.pooling = getattr(self.model.config, "reward_pooling", "last")
 
     @torch.no_grad()
     def rewards(self, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 16) -> list[float]:
+        from ..rewards.features import padded_batch
         from ..rewards.train import last_token_hidden
 
-        rows = []
+        rows, starts = [], []
         for p, r in zip(prompts, responses):
             while r and r[-1] in self.eos_ids:
                 r = r[:-1]
             rows.append(p + r)
+            starts.append(len(p) if r else len(p) - 1)  # an empty reply: the prompt's last token stands in
         out = []
         for i in range(0, len(rows), batch_size):
-            out += self.head(last_token_hidden(self.backbone, rows[i : i + batch_size], self.pad)).squeeze(-1).tolist()
+            batch = rows[i : i + batch_size]
+            if self.pooling == "mean":
+                ids, mask = padded_batch(batch, self.pad)
+                tokens = self.head(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state).squeeze(-1)
+                out += [float(t[s : len(row)].mean()) for t, s, row in zip(tokens, starts[i : i + batch_size], batch)]
+            else:
+                out += self.head(last_token_hidden(self.backbone, batch, self.pad)).squeeze(-1).tolist()
         return out
 
 

