@@ -145,6 +145,18 @@ def test_bad_pooling_is_refused(tiny_pairs, tmp_path, options, message):
     assert not (tmp_path / "rm").exists()
 
 
+def test_demo_rm_records_the_heads_pooling(smollm2_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from args_export.demo.models import sentiment_head, sentiment_reward_model
+
+    head = sentiment_head()
+    rm = sentiment_reward_model(smollm2_dir, tmp_path / "rm", head)
+    assert AutoConfig.from_pretrained(rm).reward_pooling == head["meta"]["pooling"]
+    old = {**head, "meta": {k: v for k, v in head["meta"].items() if k != "pooling"}}
+    assert AutoConfig.from_pretrained(sentiment_reward_model(smollm2_dir, tmp_path / "old", old)).reward_pooling == "last"
+
+
 # ------------------------------------------------------------------------------------------ standardization
 
 @pytest.mark.parametrize("held_out", [0.25, 0.0])
@@ -214,13 +226,22 @@ def test_negative_pairs_pair_positive_fluent_replies_with_their_own_degenerate_t
     assert all(p["chosen"] == REPLY and p["rejected"] != REPLY for p in pairs)
 
 
-def test_adversarial_pairs_keep_only_implausible_replies_against_the_most_positive_one():
+def test_adversarial_pairs_keep_only_implausible_or_looping_replies_against_the_most_positive_one():
+    from args_export.quality.metrics import diversity
+
     replies = [{"prompt": "p", "response": "fine", "vader": 0.4}, {"prompt": "p", "response": "lovely", "vader": 0.9},
                {"prompt": "q", "response": "bleak", "vader": -0.6}]
-    outputs = [{"prompt": "p", "response": "Dulce durecionam", "nll": 6.0, "w": 4.0}, {"prompt": "p", "response": "Nice.", "nll": 1.0, "w": 2.0},
-               {"prompt": "q", "response": "Dulce tempestacra", "nll": 7.0, "w": 4.0}]
-    pairs = adversarial_pairs(outputs, replies, threshold=3.0, min_vader=0.3)
-    assert pairs == [{"prompt": "p", "chosen": "lovely", "rejected": "Dulce durecionam", "kind": "negative:args", "rejected_nll": 6.0, "w": 4.0}]
+    loop = "What a sight to behold, a sight to behold, a sight to behold, a sight to behold."
+    FLUENT = "It was a calm and sunny day, and we walked along the river until the evening came."  # noqa: N806
+    outputs = [{"prompt": "p", "response": "Dulce durecionam", "nll": 6.0, "w": 4.0}, {"prompt": "p", "response": FLUENT, "nll": 1.0, "w": 2.0},
+               {"prompt": "q", "response": "Dulce tempestacra", "nll": 7.0, "w": 4.0}, {"prompt": "p", "response": loop, "nll": 0.5, "w": 8.0}]
+    implausible = {"prompt": "p", "chosen": "lovely", "rejected": "Dulce durecionam", "kind": "negative:args", "rejected_nll": 6.0,
+                   "rejected_diversity": 0.0, "w": 4.0}  # two words: no n-grams to repeat, and the measure's +1 gives 0
+    assert adversarial_pairs(outputs, replies, threshold=3.0, min_vader=0.3) == [implausible]  # a likely loop passes the NLL bar
+    assert diversity(loop) < 0.5 < diversity(FLUENT)
+    assert adversarial_pairs(outputs, replies, threshold=3.0, min_vader=0.3, min_diversity=0.5) == [
+        implausible, {"prompt": "p", "chosen": "lovely", "rejected": loop, "kind": "negative:args-repetitive", "rejected_nll": 0.5,
+                      "rejected_diversity": round(diversity(loop), 4), "w": 8.0}]
 
 
 def test_mean_nll_reads_the_reply_tokens(tiny_pairs):

@@ -6,7 +6,9 @@ first one was gamed with (one round of adversarial training).
 "Implausible" is judged by the LM alone: a reply whose mean negative log-likelihood per token (prompt given) is
 above the given quantile of the sampled fluent replies' is kept. ARGS only ever picks among the LM's top-k, so
 its gibberish is made of individually likely tokens; the mean over the reply still separates it from the LM's
-own replies.
+own replies. ARGS also finds loops ("a sight to behold, a sight to behold, …"), which the LM finds likely: a reply less
+diverse (distinct n-grams, the quality benchmark's measure) than nearly all of the LM's own sampled replies is kept
+too, as kind "negative:args-repetitive".
 """
 
 from __future__ import annotations
@@ -62,13 +64,23 @@ def quantile(values: list[float], q: float) -> float:
     return float(torch.quantile(torch.tensor(values), q))
 
 
-def adversarial_pairs(outputs: list[dict], replies: list[dict], threshold: float, min_vader: float) -> list[dict]:
-    """Each ARGS reply whose NLL is above `threshold`, rejected against the most positive fluent reply to its prompt
-    (VADER ≥ min_vader); kind "negative:args"."""
+def adversarial_pairs(outputs: list[dict], replies: list[dict], threshold: float, min_vader: float,
+                      min_diversity: float | None = None) -> list[dict]:
+    """Each ARGS reply whose NLL is above `threshold` (kind "negative:args") or, given `min_diversity`, whose diversity is
+    below it (kind "negative:args-repetitive"), rejected against the most positive fluent reply to its prompt (VADER ≥
+    min_vader)."""
+    from ..quality.metrics import diversity
+
     best: dict[str, dict] = {}
     for r in replies:
         if r["vader"] >= min_vader and r["vader"] > best.get(r["prompt"], {"vader": -2.0})["vader"]:
             best[r["prompt"]] = r
-    return [{"prompt": o["prompt"], "chosen": best[o["prompt"]]["response"], "rejected": o["response"], "kind": "negative:args",
-             "rejected_nll": round(o["nll"], 4), "w": o["w"]}
-            for o in outputs if o["nll"] > threshold and o["prompt"] in best]
+    pairs = []
+    for o in outputs:
+        spread = diversity(o["response"])
+        implausible, repetitive = o["nll"] > threshold, min_diversity is not None and spread < min_diversity
+        if (implausible or repetitive) and o["prompt"] in best:
+            pairs.append({"prompt": o["prompt"], "chosen": best[o["prompt"]]["response"], "rejected": o["response"],
+                          "kind": "negative:args" if implausible else "negative:args-repetitive",
+                          "rejected_nll": round(o["nll"], 4), "rejected_diversity": round(spread, 4), "w": o["w"]})
+    return pairs

@@ -9,8 +9,8 @@ Stages, each cached in a work folder so that a rerun redoes only what changed:
 3. round 0: a head trained on them (frozen backbone, a token-level reward compared by its mean over the reply, rewards
    standardized);
 4. adversarial rounds: ARGS decodes the training prompts with the last round's RM at large w; the replies the LM
-   finds implausible join the pairs as rejected ("negative:args", see `adversarial`); after the last round the
-   final head is trained on everything.
+   finds implausible ("negative:args") or that loop ("negative:args-repetitive") join the pairs as rejected (see
+   `adversarial`); after the last round the final head is trained on everything.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class RecipeOptions:
     min_vader: float = 0.3          # "positive" for a hard negative's chosen side
     args_ws: tuple[float, ...] = (2.0, 4.0, 8.0)
     nll_quantile: float = 0.8
+    diversity_quantile: float | None = 0.05  # ARGS replies less diverse than this share of the sampled ones are negatives too
     rounds: int = 2                 # adversarial rounds (each: train, decode with ARGS, add its implausible replies)
     pooling: str = "mean"           # the head: a token-level reward compared by its mean over the reply ("last": the last token's, with prefixes)
     limit: int | None = None
@@ -154,10 +155,17 @@ def adversarial_round(opts: RecipeOptions, prompts: list[str], replies: list[dic
 
     ref = cached_jsonl(opts.work / f"reference-nll-{stage_key(len(replies), opts.seed, str(opts.lm))}.jsonl", reference)
     threshold = quantile([r["nll"] for r in ref], opts.nll_quantile)
-    pairs = adversarial_pairs(outputs, replies, threshold, opts.min_vader)
+    min_diversity = None
+    if opts.diversity_quantile is not None:
+        from ..quality.metrics import diversity
+
+        min_diversity = quantile([diversity(r["response"]) for r in replies], opts.diversity_quantile)
+    pairs = adversarial_pairs(outputs, replies, threshold, opts.min_vader, min_diversity)
     print(f"ARGS replies under {rm.name}: {len(outputs)}; above the LM-likelihood bar ({threshold:.2f} nats/token, "
           f"the {opts.nll_quantile:.0%} quantile of sampled replies): {sum(o['nll'] > threshold for o in outputs)}; "
-          f"pairs: {len(pairs)}", file=sys.stderr)
+          + (f"below the diversity bar ({min_diversity:.3f}, the {opts.diversity_quantile:.0%} quantile): "
+             f"{sum(p['kind'] == 'negative:args-repetitive' for p in pairs)} more; " if min_diversity is not None else "")
+          + f"pairs: {len(pairs)}", file=sys.stderr)
     return pairs
 
 
@@ -191,4 +199,4 @@ def record_recipe(head: Path, opts: RecipeOptions, summary: dict) -> None:
 
 
 RECIPE_FIELDS = ("samples", "max_new_tokens", "margin", "max_pairs_per_prompt", "negatives_per_prompt", "min_vader", "args_ws",
-                 "nll_quantile", "rounds", "pooling", "limit", "seed")
+                 "nll_quantile", "diversity_quantile", "rounds", "pooling", "limit", "seed")

@@ -6,11 +6,11 @@ a system prompt asking for a cheerful or a gloomy answer (that only widens the s
 record the user prompt alone), score every reply with VADER's compound score, and pair replies of the same prompt
 whose scores differ by at least a margin: chosen = the more positive one. The labels come from VADER only. Hard
 negatives join them: each fluent positive reply against degenerate versions of itself (shuffled, looped,
-gibberish), and, with --rm-out, ARGS's own implausible replies under the RM of the previous round (see
+gibberish), and, with --rm-out, ARGS's own implausible or looping replies under the RM of the previous round (see
 `recipe` for the stages and their cache).
 
     args-build-sentiment-pairs --out pairs.jsonl                  # sampled pairs and synthetic negatives only
-    args-train-rm --backbone <SmolLM2 folder> --pairs pairs.jsonl --out sentiment-rm --prefixes
+    args-train-rm --backbone <SmolLM2 folder> --pairs pairs.jsonl --out sentiment-rm --pooling mean
 
 or in one go (what produced the shipped head, export/data/sentiment_head.json):
 
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--args-w", type=float, nargs="+", default=[2.0, 4.0, 8.0], help="w values of the adversarial round's ARGS decoding")
     p.add_argument("--nll-quantile", type=float, default=0.8,
                    help="an ARGS reply is a hard negative when the LM finds it less likely than this share of its own sampled replies")
+    p.add_argument("--diversity-quantile", type=float, default=0.05,
+                   help="an ARGS reply is also a hard negative when it is less diverse (distinct n-grams) than this share of the sampled replies")
     p.add_argument("--rounds", type=int, default=2,
                    help="adversarial rounds before the final head (0: train once on the sampled pairs and synthetic negatives)")
     p.add_argument("--pooling", choices=("mean", "last"), default="mean",
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
     opts = RecipeOptions(args.out, args.work or cache_dir() / "sentiment-recipe", args.lm or smollm2_folder(cache_dir()),
                          args.samples, args.max_new_tokens, args.margin, args.max_pairs_per_prompt, args.negatives_per_prompt,
-                         args.min_vader, args_ws=tuple(args.args_w), nll_quantile=args.nll_quantile, rounds=args.rounds, pooling=args.pooling, limit=args.limit,
+                         args.min_vader, args_ws=tuple(args.args_w), nll_quantile=args.nll_quantile,
+                         diversity_quantile=args.diversity_quantile, rounds=args.rounds, pooling=args.pooling, limit=args.limit,
                          seed=args.seed, rm_out=args.rm_out, head_out=args.head_out)
     try:
         summary = build(opts)

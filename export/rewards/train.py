@@ -205,7 +205,8 @@ def train_frozen(model, family, train: list[Pair], held: list[Pair], opts: Train
         bias = head.bias[0] if getattr(head, "bias", None) is not None else 0.0
         return (torch.cat([store.table[s.ids].float() for s in seqs]) @ head.weight[0] + bias).detach()
 
-    score.token_rewards = token_rewards  # what ARGS reads of a token-level head (see standardize)
+    if opts.pooling == "mean":
+        score.token_rewards = token_rewards  # what ARGS reads of a token-level head (see standardize)
     return score
 
 
