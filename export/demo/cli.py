@@ -13,7 +13,7 @@ from args_runtime.errors import ArgsError
 from .prepare import cache_dir, prepare_bundle
 
 DEFAULT_PROMPT = "Give me one tip for a calm morning."
-DEFAULT_W = 1.0  # chosen on the RM's held-out training prompts (README: Quality); the paper used 1.5
+DEFAULT_W = 1.5  # the paper's; chosen on the RM's held-out training prompts (README: Reward model), not on the eval prompts
 
 
 def _vader():
