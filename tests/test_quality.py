@@ -202,3 +202,32 @@ def test_quality_benchmark_quick(cache_dir, smollm2_dir, tmp_path):
         assert 0.0 <= r["diversity"] <= 1.0 and -1.0 <= r["coherence"] <= 1.0 and -1.0 <= r["sentiment"] <= 1.0
     assert (tmp_path / "quality.csv").read_text().startswith("method,w,reward")
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_head_cv_scores_every_training_pair_once_per_head(tiny_pairs, tmp_path):
+    """benchmarks/quality/head_cv.py on a tiny recipe folder: every head configuration is trained on k-1 folds of the
+    training prompts and scored on the held fold, so each training pair is judged exactly once per configuration."""
+    from args_export.rewards.degenerate import negative_pairs
+
+    work = tmp_path / "work"
+    work.mkdir()
+    moods = [("What a wonderful, happy and lovely day it was for all of us here.", 0.9),
+             ("It was a fine and pleasant day for most of the people around.", 0.5),
+             ("The day was ordinary and nothing much happened at all today.", 0.0),
+             ("What an awful, sad and miserable day it was for all of us.", -0.8)]
+    replies = [{"prompt": f"Tell me about day number {i}.", "condition": "plain", "response": text, "vader": v}
+               for i in range(10) for text, v in moods]
+    (work / "replies-test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
+    script = [sys.executable, str(ROOT / "benchmarks/quality/head_cv.py"), "--work", str(work), "--lm", str(tiny_pairs["llama"].lm_dir)]
+    run = subprocess.run(script + ["--folds", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "head_cv.json").read_text())
+    sentiment = [{**p, "kind": "sentiment"} for p in make_pairs(replies, 0.3, 8, 0)]
+    train, _ = split_by_prompt(sentiment + negative_pairs(replies, 0.3, 2, 0), 0.2, 0)
+    assert data["folds"] == 2 and data["training_prompts"] == 8
+    assert len(data["results"]) == 4 and "mean of token rewards (shipped)" in data["results"]
+    for row in data["results"].values():
+        assert row["validation_pairs"] == len(train) and 0.0 <= row["sentiment"] <= 1.0 and 0.0 <= row["negative"] <= 1.0
+    assert list((work / "features").glob("features-*.pt"))  # the recipe's cache, shared
+    refused = subprocess.run(script + ["--folds", "1"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--folds must be at least 2" in refused.stderr

@@ -1,7 +1,7 @@
 """How the sentiment head should read the backbone, chosen by 5-fold cross-validation over the RM's *training*
 prompts (the held-out prompts, whose pair accuracy the README reports, are never used to choose).
 
-    python benchmarks/quality/head_cv.py [--work <args-rt cache>/sentiment-recipe]
+    python benchmarks/quality/head_cv.py [--work <args-rt cache>/sentiment-recipe] [--lm DIR] [--out DIR]
 
 Reads the recipe's cached replies and backbone features (run `args-build-sentiment-pairs` first), rebuilds its
 round-0 pairs (sentiment pairs + synthetic negatives), and for each head configuration trains on four folds of
@@ -38,9 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, help="the recipe's work folder (default: <args-rt cache>/sentiment-recipe)")
+    p.add_argument("--lm", type=Path, help="the recipe's LM folder (default: the packaged SmolLM2, converted into the cache)")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>/quality)")
     args = p.parse_args(argv)
-    work, lm = args.work or cache_dir() / "sentiment-recipe", smollm2_folder(cache_dir())
+    if args.folds < 2:
+        p.error(f"--folds must be at least 2; got {args.folds}")
+    work, lm = args.work or cache_dir() / "sentiment-recipe", args.lm or smollm2_folder(cache_dir())
     d = RecipeOptions(Path("unused"), work, lm)
     replies = [json.loads(line) for f in sorted(work.glob("replies-*.jsonl")) for line in f.read_text().splitlines()]
     if not replies:
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {k: round(a / n, 4) for k, (a, n) in right.items()} | {"validation_pairs": sum(n for _, n in right.values())}
         print(f"{name:<44} sentiment {results[name]['sentiment']:.3f}  negatives {results[name]['negative']:.3f}", flush=True)
     host = machine()
-    out = RESULTS / host["label"] / "quality" / "head_cv.json"
+    out = (args.out or RESULTS / host["label"] / "quality") / "head_cv.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": host, "folds": args.folds, "training_prompts": len(prompts), "results": results}, indent=1) + "\n")
     print(f"wrote {out}")
