@@ -15,7 +15,7 @@ from .loading import LoadedModel, ModelPair
 HEAD_KEYS = {"architectures", "id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "_name_or_path",
              "transformers_version", "torch_dtype", "dtype", "pad_token_id", "bos_token_id", "eos_token_id",
              "tie_word_embeddings", "use_cache", "return_dict", "output_hidden_states", "output_attentions",
-             "reward_pooling"}  # args-train-rm: how the head judges a whole reply
+             "reward_pooling", "reward_scale"}  # args-train-rm: how the head judges a whole reply, what it was divided by
 
 
 @dataclass(frozen=True)

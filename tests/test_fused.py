@@ -61,7 +61,8 @@ def test_export_fuses_only_a_head_on_the_lms_own_backbone(fused_pairs, tiny_pair
     models = ModelPair.load(spec, "fp32")
     verdict = check_fusion(models)
     assert verdict.fused and "decoder weights equal the LM's" in verdict.reason
-    models.rm.model.config.reward_pooling = "mean"  # args-train-rm's note on how the head judges a reply: not the backbone
+    models.rm.model.config.reward_pooling = "mean"  # args-train-rm's notes on the head: not the backbone
+    models.rm.model.config.reward_scale = {"mean": 1.0, "std": 2.0}
     assert check_fusion(models) == verdict
     with torch.no_grad():  # one weight of one layer, one ulp away: judged by content, not by names
         weight = models.rm.backbone.layers[1].mlp.down_proj.weight

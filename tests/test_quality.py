@@ -197,6 +197,10 @@ def test_quality_benchmark_quick(cache_dir, smollm2_dir, tmp_path):
     assert len(data["targets"]) == 4 and all(isinstance(t["met"], bool) for t in data["targets"])
     assert "Targets (issue 18)" in run.stdout and data["meta"]["bundle"] == str(bundle)
     assert data["meta"]["bundle_weights"] == {"lm": "float32", "rm": "float32", "fused": True}
+    from args_runtime.manifest import load_manifest
+
+    rm_config = load_manifest(bundle).rm.hf_config  # the demo RM's pooling and reward scale, recorded in the manifest
+    assert rm_config["reward_pooling"] == "mean" and rm_config["reward_scale"] == sentiment_head()["meta"]["reward_scale"]
     for r in data["rows"]:
         assert ROW_KEYS <= set(r)
         assert 0.0 <= r["diversity"] <= 1.0 and -1.0 <= r["coherence"] <= 1.0 and -1.0 <= r["sentiment"] <= 1.0

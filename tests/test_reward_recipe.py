@@ -116,7 +116,7 @@ def test_mean_pooled_head_is_a_token_level_reward(tiny_pairs, tmp_path):
     assert report.held_out_accuracy == 1.0
     assert json.loads(head.read_text())["meta"]["pooling"] == "mean"
     rm, tok = AutoModelForSequenceClassification.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
-    assert rm.config.reward_pooling == "mean"
+    assert rm.config.reward_pooling == "mean" and rm.config.reward_scale == report.reward_scale
 
     sides = [encode_side(tok, p["prompt"], p[k], True) for p in load_pairs(pairs_file)[-6:] for k in ("chosen", "rejected")]
     with torch.no_grad():
@@ -152,7 +152,8 @@ def test_demo_rm_records_the_heads_pooling(smollm2_dir, tmp_path):
 
     head = sentiment_head()
     rm = sentiment_reward_model(smollm2_dir, tmp_path / "rm", head)
-    assert AutoConfig.from_pretrained(rm).reward_pooling == head["meta"]["pooling"]
+    config = AutoConfig.from_pretrained(rm)
+    assert config.reward_pooling == head["meta"]["pooling"] and config.reward_scale == head["meta"]["reward_scale"]
     old = {**head, "meta": {k: v for k, v in head["meta"].items() if k != "pooling"}}
     assert AutoConfig.from_pretrained(sentiment_reward_model(smollm2_dir, tmp_path / "old", old)).reward_pooling == "last"
 

@@ -109,6 +109,8 @@ def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None)
     if rm.config.pad_token_id is None:
         rm.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rm.config.reward_pooling = head.get("meta", {}).get("pooling") or "last"
+    if head.get("meta", {}).get("reward_scale"):
+        rm.config.reward_scale = head["meta"]["reward_scale"]  # recorded in the bundle manifest through the RM's config
     with atomic_folder(out) as work:
         rm.save_pretrained(work)
         tokenizer.save_pretrained(work)

@@ -357,6 +357,8 @@ def train_reward_model(opts: TrainOptions) -> TrainReport:
                for k, v in train_by_kind.items()}
     report = TrainReport(len(train), len(held), round(train_acc, 4), round(held_acc, 4) if held else None, digest, by_kind, scale)
     model.config.reward_pooling = opts.pooling  # read by the quality scorer: how the RM judges a whole reply
+    if scale is not None:
+        model.config.reward_scale = scale  # what the head was divided by; args-export copies the config into the manifest
     save_atomically(model, tokenizer, opts.out, opts.force)
     if opts.head_out:
         write_head(model, family, opts.head_out, report, opts)
