@@ -8,7 +8,8 @@ frozen (`--train-layers 0`): its features are computed once, batched and without
 keeps them for reruns), and only the head is trained, in seconds; `--prefixes` also trains it on every partial
 reply, as ARGS scores them; `--pooling mean` makes it a token-level reward whose mean over a reply is the reply's
 reward (recorded as `reward_pooling` in the RM's config; ARGS adds w times the candidate token's own reward, which
-is ARGS with the sum of the reply's token rewards: the earlier tokens' part is the same for every candidate). `--train-layers N` also trains the top N decoder layers and the final norm.
+is ARGS with the sum of the reply's token rewards: the earlier tokens' part is the same for every candidate).
+`--train-layers N` also trains the top N decoder layers and the final norm.
 The rewards are then standardized: the head is divided by the standard deviation of its rewards on the
 held-out replies, so one unit of reward (and so ARGS's w) means the same for every RM (`--no-standardize`).
 The result is a Hugging Face `…ForSequenceClassification` folder (num_labels=1) that args-export accepts.
