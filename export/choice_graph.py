@@ -77,7 +77,10 @@ def build_choice_graph() -> onnx.ModelProto:
         [helper.make_tensor_value_info(n, t, s) for n, t, s in INPUTS],
         [helper.make_tensor_value_info(n, t, s) for n, t, s in OUTPUTS],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="args-export")
+    opsets = [helper.make_opsetid("", OPSET)]
+    # the oldest IR that holds this opset, not onnx's newest: an ONNX Runtime older than the onnx package refuses a newer
+    # IR ("Unsupported model IR version: 14, max supported IR version: 13", ORT 1.31 beside onnx 1.23 on the GPU box)
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="args-export", ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(model, full_check=True)
     return model
 
