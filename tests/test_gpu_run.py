@@ -304,3 +304,22 @@ def test_the_7b_stage_refuses_to_fill_the_disk(tmp_path, monkeypatch):
     assert stages.start_random_export(ctx, "random-7b", 60) is None and not ctx.background
     result = stages.random_figures(ctx, Stage("random-7b", 60, stages.random_figures))
     assert result.status == FAILED and "needs ~1000000000 GB free in --work" in result.detail
+
+
+def test_a_part_too_large_for_one_call_beside_the_checkout_is_refused(tmp_path, capsys):
+    """The checkout travels with every device call: parts are planned against 64 MiB less its files (the first GPU
+    session's 62-MiB parts no longer fitted beside a 2.3-MiB checkout), and a part that cannot fit is refused."""
+    room = wheels.call_room()
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    checkout = sum((REPO / n.decode()).stat().st_size for n in tracked if n and (REPO / n.decode()).is_file())
+    assert 0 < room <= wheels.CALL_BYTES - checkout
+    unit = 1024
+    core = packing.Pack("core", parts=["core.tar.xz.part00", "core.tar.xz.part01"])
+    for name, size in (("core.tar.xz.part00", 63), ("core.tar.xz.part01", 40)):
+        (tmp_path / name).write_bytes(b"\0" * size * unit)
+    for name in (packing.INDEX_FILE, packing.SUMS_FILE):
+        (tmp_path / name).write_text("{}")
+    assert wheels.oversized(tmp_path, [core], 62 * unit) == ["core.tar.xz.part00"]
+    assert wheels.report(tmp_path, [core], 62 * unit) == 2
+    assert "re-cut with --resplit --part-mib" in capsys.readouterr().err
+    assert wheels.report(tmp_path, [core], 63 * unit) == 0 and (tmp_path / "calls.json").exists()

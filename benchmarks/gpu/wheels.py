@@ -37,6 +37,9 @@ else:
     from . import packing
     from .packing import MIB, Pack, pack, read_index, write_index
 
+REPO = Path(__file__).resolve().parents[2]
+CALL_BYTES = 64 * MIB  # what one device call carries: the checkout plus its carried paths
+CALL_MARGIN = 256 * 1024
 ORT_VERSION = "1.31.1"  # CUDA 13 build on PyPI; >= 1.30 for CUDA graphs (runtime/backend.py: cuda_graph_blocker)
 PYTHON = "3.12"
 PLATFORM = "manylinux_2_28_x86_64"
@@ -129,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part-mib", type=float, default=62, help="largest part in MiB (a GPU session carries 64 MiB per call, the ~1 MiB checkout "
                    "included): 62 puts the core pack (184 MiB) in 3 parts")
     p.add_argument("--smollm2-part-mib", type=float, default=62, help="largest part of the optional SmolLM2 pack")
-    p.add_argument("--call-mib", type=float, default=63, help="most MiB of parts one transfer carries, for the call plan (64 less the checkout)")
+    p.add_argument("--call-mib", type=float, default=None, help="most MiB of parts one transfer carries, for the call plan (default: a "
+                   "call's 64 MiB less this checkout's files, which travel with every call, less a margin)")
     p.add_argument("--no-smollm2", action="store_true", help="leave out the optional SmolLM2 pack (GGUF + gguf)")
     p.add_argument("--plan-only", action="store_true", help="only print the sizes and the call plan of an existing folder")
     p.add_argument("--resplit", action="store_true", help="re-cut an existing folder's parts to --part-mib / --smollm2-part-mib "
                    "(no download, no recompression), then print the plan")
     args = p.parse_args(argv)
+    call_bytes = int(args.call_mib * MIB) if args.call_mib else call_room()
     if args.plan_only or args.resplit:
         packs, extra = read_index(args.out)
         if args.resplit:
@@ -142,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 packing.resplit(args.out, pack_, int((args.smollm2_part_mib if pack_.optional else args.part_mib) * MIB))
                 pack_.packed_bytes = sum((args.out / part).stat().st_size for part in pack_.parts)
             write_index(args.out, list(packs.values()), extra)
-        report(args.out, list(packs.values()), int(args.call_mib * MIB))
-        return 0
+        return report(args.out, list(packs.values()), call_bytes)
     raw, staging = args.out / "downloads", args.out / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -165,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     write_index(args.out, packs, {"onnxruntime_gpu": {"version": args.ort, "wheel": ort_wheel.name, "wheel_bytes": ort_wheel.stat().st_size,
                                                      **cuda, "dropped": dropped}, "python": PYTHON, "platform": PLATFORM})
     shutil.rmtree(staging)
-    report(args.out, packs, int(args.call_mib * MIB))
-    return 0
+    return report(args.out, packs, call_bytes)
 
 
 def call_plan(folder: Path, packs: list[Pack], call_bytes: int) -> dict[str, list[list[str]]]:
@@ -192,17 +195,39 @@ def call_plan(folder: Path, packs: list[Pack], call_bytes: int) -> dict[str, lis
     return {"core-only": plan(required), "with-smollm2": plan(required + optional)}
 
 
-def report(folder: Path, packs: list[Pack], call_bytes: int) -> None:
+def call_room(repo: Path = REPO) -> int:
+    """Bytes of parts one device call can carry: its 64 MiB less the checkout's files (tracked and untracked, not
+    ignored), which travel with every call, less a margin. The checkout grows: 1 MiB when the parts were first cut to
+    62 MiB, 2.3 MiB at the first GPU session, whose 62-MiB parts no longer fitted."""
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.split(b"\0")
+    files = [repo / name.decode() for name in listed if name]
+    return CALL_BYTES - sum(f.stat().st_size for f in files if f.is_file()) - CALL_MARGIN
+
+
+def oversized(folder: Path, packs: list[Pack], call_bytes: int) -> list[str]:
+    """Parts (and index files) too large for one call: they must be re-cut before a GPU session."""
+    names = [packing.INDEX_FILE, packing.SUMS_FILE] + [part for p in packs for part in p.parts]
+    return [name for name in names if (folder / name).stat().st_size > call_bytes]
+
+
+def report(folder: Path, packs: list[Pack], call_bytes: int) -> int:
     for p in packs:
         sizes = ", ".join(f"{part} {(folder / part).stat().st_size / MIB:.1f} MiB" for part in p.parts)
         print(f"pack {p.name}{' (optional)' if p.optional else ''}: {p.unpacked_bytes / MIB:.0f} MiB → {p.packed_bytes / MIB:.1f} MiB "
               f"in {len(p.parts)} parts ({sizes})")
     total = sum(p.packed_bytes for p in packs)
     print(f"{folder}: {total / MIB:.1f} MiB in {sum(len(p.parts) for p in packs)} parts; `cd {folder} && sha256sum -c SHA256SUMS` checks them")
+    too_big = oversized(folder, packs, call_bytes)
+    if too_big:
+        print(f"error: {', '.join(too_big)} larger than one call carries ({call_bytes / MIB:.2f} MiB beside this checkout): "
+              f"re-cut with --resplit --part-mib {int(call_bytes / MIB * 100) / 100:.2f}", file=sys.stderr)
+        return 2
     plans = call_plan(folder, packs, call_bytes)
     (folder / "calls.json").write_text(json.dumps(plans, indent=1))
     for name, calls in plans.items():
         print(f"call plan {name} ({len(calls)} transfers, the last one also runs): " + " | ".join(" + ".join(c) for c in calls))
+    return 0
 
 
 if __name__ == "__main__":
