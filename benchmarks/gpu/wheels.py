@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/gpu/wheels.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="the wheel folder to make (its parts are replaced)")
     p.add_argument("--ort", default=ORT_VERSION, help=f"onnxruntime-gpu version (default {ORT_VERSION})")
-    p.add_argument("--part-mib", type=float, default=62, help="largest part in MiB (a GPU session carries 64 MiB per call, the ~1 MiB checkout "
-                   "included): 62 puts the core pack (184 MiB) in 3 parts")
-    p.add_argument("--smollm2-part-mib", type=float, default=62, help="largest part of the optional SmolLM2 pack")
+    p.add_argument("--part-mib", type=float, default=61.35, help="largest part in MiB (a GPU session carries 64 MiB per call, the checkout "
+                   "included, 2.3 MiB in November 2026): 61.35 puts the core pack (184 MiB) in 3 parts")
+    p.add_argument("--smollm2-part-mib", type=float, default=61.35, help="largest part of the optional SmolLM2 pack")
     p.add_argument("--call-mib", type=float, default=None, help="most MiB of parts one transfer carries, for the call plan (default: a "
                    "call's 64 MiB less this checkout's files, which travel with every call, less a margin)")
     p.add_argument("--no-smollm2", action="store_true", help="leave out the optional SmolLM2 pack (GGUF + gguf)")
