@@ -69,7 +69,19 @@ def load_config(source: ModelSource):
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False, **source.kwargs())
+    tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False, **source.kwargs())
+    return align_special_tokens(tokenizer, load_config(source)) if source.gguf_file else tokenizer
+
+
+def align_special_tokens(tokenizer, config):
+    """A GGUF's tokenizer with its bos/eos/pad tokens as the model's config names them. transformers 5.17 (the GPU
+    box's) builds a GGUF's tokenizer with bos and eos swapped and no pad (SmolLM2: eos `<|im_start|>`), while the
+    config it reads from the same file is right; 5.24 reads both right. Changes nothing when they already agree."""
+    for role in ("bos", "eos", "pad"):
+        want = getattr(config, f"{role}_token_id", None)
+        if isinstance(want, int) and getattr(tokenizer, f"{role}_token_id") != want:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(want))
+    return tokenizer
 
 
 @dataclass

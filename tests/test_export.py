@@ -235,3 +235,24 @@ def test_bf16_without_cuda_fails_before_any_work(tmp_path, tiny_pairs):
     with pytest.raises(ExportError, match="bf16 graphs can only be checked on ONNX Runtime CUDA"):
         export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "bf16", dtype="bf16"), quiet=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gguf_tokenizer_takes_its_special_tokens_from_the_model_config(smollm2_dir):
+    """transformers 5.17 (the GPU box's) reads a GGUF's tokenizer with bos and eos swapped and no pad, while the config
+    read from the same file is right: the exporter and the demo's GGUF conversion take the tokens from the config."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from args_export.loading import align_special_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    right = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert right == (1, 2, 2)
+    config = SimpleNamespace(bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == right
+    tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|im_start|>", None  # as 5.17 reads it
+    align_special_tokens(tokenizer, config)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == right
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert align_special_tokens(tokenizer, SimpleNamespace()) is tokenizer and tokenizer.eos_token_id == 2  # no ids: unchanged

@@ -309,7 +309,7 @@ def test_the_7b_stage_refuses_to_fill_the_disk(tmp_path, monkeypatch):
 def test_a_part_too_large_for_one_call_beside_the_checkout_is_refused(tmp_path, capsys):
     """The checkout travels with every device call: parts are planned against 64 MiB less its files (the first GPU
     session's 62-MiB parts no longer fitted beside a 2.3-MiB checkout), and a part that cannot fit is refused."""
-    room = wheels.call_room()
+    room = wheels.call_room(REPO)
     tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
     checkout = sum((REPO / n.decode()).stat().st_size for n in tracked if n and (REPO / n.decode()).is_file())
     assert 0 < room <= wheels.CALL_BYTES - checkout

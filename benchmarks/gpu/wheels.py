@@ -37,7 +37,6 @@ else:
     from . import packing
     from .packing import MIB, Pack, pack, read_index, write_index
 
-REPO = Path(__file__).resolve().parents[2]
 CALL_BYTES = 64 * MIB  # what one device call carries: the checkout plus its carried paths
 CALL_MARGIN = 256 * 1024
 ORT_VERSION = "1.31.1"  # CUDA 13 build on PyPI; >= 1.30 for CUDA graphs (runtime/backend.py: cuda_graph_blocker)
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resplit", action="store_true", help="re-cut an existing folder's parts to --part-mib / --smollm2-part-mib "
                    "(no download, no recompression), then print the plan")
     args = p.parse_args(argv)
-    call_bytes = int(args.call_mib * MIB) if args.call_mib else call_room()
+    call_bytes = int(args.call_mib * MIB) if args.call_mib else call_room(checkout())
     if args.plan_only or args.resplit:
         packs, extra = read_index(args.out)
         if args.resplit:
@@ -195,7 +194,13 @@ def call_plan(folder: Path, packs: list[Pack], call_bytes: int) -> dict[str, lis
     return {"core-only": plan(required), "with-smollm2": plan(required + optional)}
 
 
-def call_room(repo: Path = REPO) -> int:
+def checkout() -> Path:
+    """The repository a GPU session sends: the one this is run from (wheels.sh runs from its root)."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
+    return Path(top)
+
+
+def call_room(repo: Path) -> int:
     """Bytes of parts one device call can carry: its 64 MiB less the checkout's files (tracked and untracked, not
     ignored), which travel with every call, less a margin. The checkout grows: 1 MiB when the parts were first cut to
     62 MiB, 2.3 MiB at the first GPU session, whose 62-MiB parts no longer fitted."""

@@ -15,6 +15,7 @@ from args_runtime.files import atomic_folder
 from args_runtime.optional import INSTALL
 
 from ..data import SENTIMENT_HEAD
+from ..loading import align_special_tokens
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -35,7 +36,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = align_special_tokens(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), model.config)
     model.hf_quantizer = None  # the weights are dequantized fp32 now: save them as plain safetensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
