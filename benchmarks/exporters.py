@@ -23,6 +23,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from args_runtime.backend import EngineOptions
+from args_runtime.engines.onnxruntime_engine import ort_session_options
+
 from .common import RESULTS, machine
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -85,8 +88,7 @@ def graph_stats(path: Path, static: bool) -> GraphStats:
     ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node)
     placement = predict_file(path)
     with tempfile.TemporaryDirectory() as scratch:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = ort_session_options(ort, EngineOptions())  # the process's shared thread pool, if it has one
         options.log_severity_level = 3  # not the warning that an ENABLE_ALL graph is machine-specific: it is only counted
         options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from args_runtime.options import SHARED_THREADS_HELP
+
 from .common import RESULTS, machine
 from .contenders import ArgsContender, Contender, FloorContender, GreedyContender, ReferenceContender, Run
 from .report import Case, Record, judge_targets, prefix_agreement, print_table, summarise, write_results
@@ -157,7 +159,8 @@ def contender_entries(args: argparse.Namespace, bundles: dict[str, Path]) -> lis
         def make() -> Contender:
             key = (bundle, device, loop or args.loops[0], graphs)  # the floor uses no step loop: any generator of its engine
             if key not in generators:
-                generators[key] = ArgsGenerator.from_bundle(bundle, device, threads=args.threads, loop=key[2], cuda_graph=graphs,
+                generators[key] = ArgsGenerator.from_bundle(bundle, device, threads=args.threads, shared_threads=args.shared_threads,
+                                                            loop=key[2], cuda_graph=graphs,
                                                             verify_checksums=not args.skip_checksums)
                 if graphs:
                     require_cuda_graphs(generators[key])
@@ -338,6 +341,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--repeats", type=int, default=3, help="timed repeats of the headline case (medians are reported)")
     what.add_argument("--sweep-repeats", type=int, default=None, help="timed repeats of each sweep case (default: --repeats)")
     what.add_argument("--threads", type=int, default=None, help="intra-op threads for ONNX Runtime and torch")
+    what.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=True, help=SHARED_THREADS_HELP)
     what.add_argument("--no-reference", action="store_true", help="skip the transformers reference")
     what.add_argument("--reference-max-new-tokens", type=int, default=10**9, help="skip the reference on longer generations")
     what.add_argument("--no-memory", action="store_true", help="skip the per-contender RSS probes (a process each)")

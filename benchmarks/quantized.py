@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from args_runtime.options import SHARED_THREADS_HELP
+
 from .common import RESULTS, machine
 from .report import prefix_agreement
 
@@ -72,8 +74,9 @@ def parse_args(argv: list[str] | None, name: str = "quantized") -> argparse.Name
     p.add_argument("--reference-prompts", type=int, default=2, help="of which the reference ARGS decodes the first N (default 2; 0: skip)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens per reply, EOS ignored (default 64)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5, the demo's)")
+    p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5; the demo decodes with 1.5)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0: ONNX Runtime's default)")
+    p.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=True, help=SHARED_THREADS_HELP)
     p.add_argument("--quick", action="store_true", help="2 prompts, 16 tokens, reference on 1 (CI smoke)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
     args = p.parse_args(argv)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None, name: str = "quantized") -> int:
             args.rm = str(sentiment_reward_model(Path(args.lm), demo_paths(cache)[1]))
         bundles = export_bundles(args, cache)
         for b in bundles:
-            b.gen = ArgsGenerator.from_bundle(b.path, threads=args.threads or None)
+            b.gen = ArgsGenerator.from_bundle(b.path, threads=args.threads or None, shared_threads=args.shared_threads)
     except ArgsError as e:
         print(f"args-bench {name}: error: {e}", file=sys.stderr)
         return 2
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None, name: str = "quantized") -> int:
     info = machine()
     meta = {"machine": info, "lm": args.lm, "rm": args.rm, "k": args.k, "w": args.w, "prompts": len(chats), "new_tokens": args.new_tokens,
             "reference_ms_per_token": round(ref_ms, 2) if ref_ms else None, "reference_prompts": len(ref_tokens),
-            "greedy_ms_per_token": round(greedy_ms, 2), "threads": args.threads or "onnxruntime default",
+            "greedy_ms_per_token": round(greedy_ms, 2), "threads": args.threads or "onnxruntime default", "shared_threads": args.shared_threads,
             "fp32_equals_reference": [b == r for b, r in zip(bundles[0].replies, ref_tokens)], "refused": args.refused,
             "wall_s": round(time.time() - started, 1), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(f"{'bundle':<22} {'weights MiB':>11} {'KV MiB':>7} {'ms/token':>9} {'vs ref':>7} {'/greedy':>7} {'agree':>6} {'prefix':>6} "

@@ -51,6 +51,7 @@ class EngineOptions:
     """How to open an engine, the same for every engine (each reads what applies to it)."""
 
     threads: int | None = None  # ONNX Runtime's intra-op threads (None: its default); TensorRT has none
+    shared_threads: bool = False  # ONNX Runtime: one process-wide thread pool for every session (see claim_shared_pool)
     cuda_graph: bool = False  # capture 1-token decode steps as CUDA graphs (ONNX Runtime on CUDA, static-cache bundles)
     fixed_addresses: bool | None = None  # bind every input and output at a fixed address each step (None: = cuda_graph)
     trt_cache_dir: Path | None = None  # ORT's TensorRT provider: engine and timing cache (None: beside the graph)

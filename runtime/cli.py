@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from .engines import ENGINES
 from .errors import ArgsError
+from .options import SHARED_THREADS_HELP
 
 DESCRIPTION = """\
 Generate text with ARGS (reward-guided search): at each step the LM proposes its top-k tokens, the reward
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="ONNX Runtime's intra-op threads per model (default: the engine's choice)")
+    p.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=True, help=SHARED_THREADS_HELP)
     p.add_argument("--backend", default="onnxruntime", choices=list(ENGINES),
                    help="onnxruntime (CPU or CUDA by --device), onnxruntime-trt (ORT's TensorRT provider) or tensorrt (the bundle's engines)")
     p.add_argument("--cuda-graph", action="store_true", help="capture decode steps as CUDA graphs (ONNX Runtime CUDA, static-cache bundles)")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt = [{"role": "user", "content": args.chat}] if args.chat is not None else args.prompt
     try:
         gen = ArgsGenerator.from_bundle(args.bundle, device=args.device, backend=args.backend, cuda_graph=args.cuda_graph, choice=args.choice,
-                                        threads=args.threads)
+                                        threads=args.threads, shared_threads=args.shared_threads)
         if args.verbose:
             print(f"args-generate: loop={gen.loop} choice={gen.choice} cache={gen.manifest.lm.cache} "
                   f"lm={gen.lm.backend.describe()} rm={gen.rm.backend.describe()}", file=sys.stderr)

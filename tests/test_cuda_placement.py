@@ -10,6 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from args_export.gpu.cuda_placement import main, predict, predict_file
+from args_runtime.backend import EngineOptions
+from args_runtime.engines.onnxruntime_engine import ort_session_options
 from args_runtime.manifest import load_manifest
 
 from .conftest import ARCHS
@@ -117,7 +119,7 @@ def test_lm_reads_only_the_length_of_candidate_slots(tiny_pairs):
     """k travels as the length of `candidate_slots`; its values are never read."""
     bundle = tiny_pairs["llama"].bundle
     spec = load_manifest(bundle).lm
-    session = ort.InferenceSession(str(bundle / "lm.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(bundle / "lm.onnx"), ort_session_options(ort, EngineOptions()), providers=["CPUExecutionProvider"])
     ids = np.array([[5, 9, 11]], np.int64)
     feeds = {"input_ids": ids, "position_ids": np.arange(3)[None], "attention_mask": np.ones_like(ids),
              **{t.name: np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), np.float32) for t in spec.inputs if t.name.startswith("past")}}

@@ -7,6 +7,8 @@ batched; the rewards those of the same pair's two-graph bundle."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +293,51 @@ def test_a_fused_generator_opens_its_lm_graph_only_when_greedy_needs_it(fused_pa
     want = two.greedy(PROMPTS[2], max_new_tokens=NEW, ignore_eos=True).token_ids
     assert gen.greedy(PROMPTS[2], max_new_tokens=NEW, ignore_eos=True).token_ids == want
     assert gen.engine_info()["engines"]["lm"]["providers"] == ["CPUExecutionProvider"]  # opened now
+
+
+SHARED_POOL_SCRIPT = r"""
+import json, sys
+import onnxruntime as ort
+from args_runtime import ArgsGenerator
+from args_runtime.backend import EngineOptions
+from args_runtime.engines.onnxruntime_engine import ort_session_options
+
+bundle, prompts = sys.argv[1], json.loads(sys.argv[2])
+shared = ArgsGenerator.from_bundle(bundle, threads=2, shared_threads=True)
+out = {"shared": [r.token_ids for r in shared.generate(prompts, k=4, w=1.5, max_new_tokens=12, ignore_eos=True)],
+       "greedy": [r.token_ids for r in shared.greedy(prompts, max_new_tokens=12, ignore_eos=True)],
+       "describe": shared.rm.backend.describe()["threads"]}
+# once the process has the pool, every session joins it, also one that asked for its own (ORT refuses those then)
+joined = ArgsGenerator.from_bundle(bundle, threads=1)
+out["joined"] = [r.token_ids for r in joined.generate(prompts, k=4, w=1.5, max_new_tokens=12, ignore_eos=True)]
+out["joined_describe"] = joined.rm.backend.describe()["threads"]
+ort.InferenceSession(bundle + "/choose.onnx", ort_session_options(ort, EngineOptions()), providers=["CPUExecutionProvider"])
+out["resized"] = ArgsGenerator.from_bundle(bundle, threads=1, shared_threads=True).rm.backend.describe()["threads"]
+print(json.dumps(out))
+"""
+
+
+def test_a_shared_thread_pool_gives_the_same_tokens_and_is_sized_once(fused_pairs):
+    """shared_threads=True puts every ONNX Runtime session of the process on one spinning pool (the command-line tools'
+    default): the same tokens as per-session pools, and every later session joins it, whatever threads it asks."""
+    bundle = fused_pairs["llama"].bundles["dynamic"]
+    prompts = PROMPTS[1:]
+    own = ArgsGenerator.from_bundle(bundle, threads=2)  # this process keeps per-session pools
+    assert own.rm.backend.describe()["threads"] in ("per session", "shared (one per core)")  # shared once an in-process CLI test ran
+    expected = [r.token_ids for r in own.generate(prompts, k=4, w=1.5, max_new_tokens=12, ignore_eos=True)]
+    greedy = [r.token_ids for r in own.greedy(prompts, max_new_tokens=12, ignore_eos=True)]
+    run = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT, str(bundle), json.dumps(prompts)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["shared"] == expected and out["joined"] == expected and out["greedy"] == greedy
+    assert out["describe"] == "shared (2)" and out["joined_describe"] == "shared (2)"
+    assert out["resized"] == "shared (2)"  # the first claim sized the pool
+
+
+def test_the_command_line_tools_share_one_pool_unless_told_not_to(fused_pairs):
+    bundle = str(fused_pairs["llama"].bundles["dynamic"])
+    for flag, expect in ((None, "shared (one per core)"), ("--no-shared-threads", "per session")):
+        cmd = [sys.executable, "-m", "args_runtime.cli", bundle, "--prompt", "Hi", "--k", "3", "--max-new-tokens", "3", "--verbose"]
+        run = subprocess.run(cmd + ([flag] if flag else []), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert f"'threads': '{expect}'" in run.stderr

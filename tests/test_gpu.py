@@ -8,6 +8,8 @@ import pytest
 
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.demo.models import seeded_reward_model
+from args_runtime.backend import EngineOptions
+from args_runtime.engines.onnxruntime_engine import ort_session_options
 from args_runtime import ArgsGenerator
 
 from .conftest import CHAT_PROMPTS, TEXT_PROMPTS
@@ -76,7 +78,7 @@ def test_placement_prediction_matches_onnx_runtime(bundles, graph, capfd):
 
     from args_export.gpu.cuda_placement import predict_file
 
-    options = ort.SessionOptions()
+    options = ort_session_options(ort, EngineOptions())
     options.log_severity_level = 1  # INFO: the CPU fallback decisions (logged to the session or the default logger)
     ort.set_default_logger_severity(1)
     path = bundles["fused"] / graph.removeprefix("fused/") if graph.startswith("fused/") else bundles["static"] / graph

@@ -10,6 +10,8 @@ import pytest
 
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.reference import ReferenceARGS
+from args_runtime.backend import EngineOptions
+from args_runtime.engines.onnxruntime_engine import ort_session_options
 from args_runtime import ArgsGenerator, BundleError
 from args_runtime.manifest import load_manifest
 
@@ -30,8 +32,7 @@ def test_every_present_is_written_in_place_into_its_past(static_bundles, tmp_pat
     """present.i.* comes straight out of a ScatterND over past_key_values.i.* (so ORT skips the copy when both are
     bound to one buffer), also after ONNX Runtime's graph optimizations; and the slot axis is fixed to max context."""
     path = static_bundles["llama"] / graph
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = ort_session_options(ort, EngineOptions())  # ENABLE_ALL, on this process's thread pool
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for model in (onnx.load(str(path), load_external_data=False), onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)):

@@ -12,6 +12,8 @@ from onnx import TensorProto, helper
 
 from args_export.gpu.tensorrt_ops import TENSORRT_OPS, check_model, check_paths, main
 
+from args_runtime.backend import EngineOptions
+from args_runtime.engines.onnxruntime_engine import ort_session_options
 from .conftest import ARCHS
 
 
@@ -373,7 +375,7 @@ def test_tensorrt_engine_matches_onnxruntime(engine_bundle, role):
     assert stamp["file"] == f"{role}.engine" and m.files[stamp["file"]] == stamp["sha256"]
     assert stamp["precision"] == "fp16" and stamp["compute_capability"].startswith("sm_")
     trt_backend = TensorRTBackend(engine_bundle / stamp["file"], device="cuda", stamp=stamp)
-    session = ort.InferenceSession(str(engine_bundle / spec.file), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(engine_bundle / spec.file), ort_session_options(ort, EngineOptions()), providers=["CPUExecutionProvider"])
     out_names = [o.name for o in session.get_outputs()]
     presents = [n for n in out_names if n.startswith("present")]
     ids = np.array([[1, 42, 7, 99, 3], [1, 8, 15, 16, 23]], np.int64)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = prepare_bundle(cache_dir(), args.rebuild)
         from args_runtime import LOOP_IMPL, ArgsGenerator
 
-        gen = ArgsGenerator.from_bundle(bundle)
+        gen = ArgsGenerator.from_bundle(bundle, shared_threads=True)  # the demo owns its process: one thread pool
         chat = [{"role": "user", "content": args.prompt}]
         gen.generate(chat, k=args.k, w=args.w, max_new_tokens=4)  # warm-up: first runs allocate
         gen.greedy(chat, max_new_tokens=2)  # and a fused bundle opens its LM graph on greedy's first use

@@ -33,6 +33,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from args_runtime.backend import EngineOptions
+from args_runtime.engines.onnxruntime_engine import ort_session_options
+
 KERNEL_SOURCE = ("ONNX Runtime CUDA provider kernel registrations for opset 17: cuda_execution_provider.cc at a0c50604, "
                  "docs/OperatorKernels.md, and each kernel's InputMemoryType/OutputMemoryType")
 SMALL_INITIALIZER = 100  # kSmallInitializerThreshold: initializers up to this many elements may be read on CPU
@@ -146,7 +149,7 @@ def ort_basic_graph(path: Path, directory: Path) -> onnx.ModelProto:
     """The graph as ORT partitions it: after its basic (provider-independent) optimizations, constants folded."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = ort_session_options(ort, EngineOptions())  # the process's shared thread pool, if it has one
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(directory / path.name)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", path.name + ".data")

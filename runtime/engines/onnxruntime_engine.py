@@ -33,6 +33,45 @@ def cuda_graph_blocker(ort_version: str) -> str | None:
             f"CUDA graphs need onnxruntime-gpu >= {need}")
 
 
+_SHARED_POOL: dict[str, int] = {}  # process-wide: the size of ONNX Runtime's global intra-op pool, once made
+
+
+def claim_shared_pool(ort: Any, threads: int | None) -> None:
+    """Make ONNX Runtime's process-wide intra-op thread pool (once; `threads` None: one per core). Every session of
+    this process then runs on it: its threads may spin between runs, since no other pool competes for the cores, which
+    per-session pools alternating on the same cores cannot afford (their spinning starves each other, so they sleep and
+    pay a wake-up per parallel region). The first claim sizes the pool; later sessions join it whatever `threads` they
+    ask (describe() says which pool a session runs on)."""
+    if "threads" not in _SHARED_POOL:
+        ort.capi._pybind_state.set_global_thread_pool_sizes(threads or 0, 1)
+        _SHARED_POOL["threads"] = threads or 0
+
+
+def ort_session_options(ort: Any, options: EngineOptions) -> Any:
+    """Every ONNX Runtime session args-rt opens gets its options here: on the shared pool once this process has one
+    (ORT refuses a per-session pool then), else a per-session pool of `threads` that sleeps between runs."""
+    made = ort.SessionOptions()
+    made.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if options.shared_threads:
+        claim_shared_pool(ort, options.threads)
+    if "threads" in _SHARED_POOL:
+        made.use_per_session_threads = False
+        return made
+    # Two sessions (LM, RM) alternate on the same cores: spinning threads would starve each other.
+    made.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    made.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if options.threads:
+        made.intra_op_num_threads = options.threads
+    return made
+
+
+def thread_pool() -> str:
+    """Which pool this process's sessions run on, for describe()."""
+    if "threads" not in _SHARED_POOL:
+        return "per session"
+    return f"shared ({_SHARED_POOL['threads'] or 'one per core'})"
+
+
 def open_onnxruntime(graph, device: Device, options: EngineOptions) -> "OrtBackend":
     """ONNX Runtime on the CPU or CUDA, by device."""
     return _checked(graph, OrtBackend(graph.onnx_path, device, options))
@@ -74,13 +113,7 @@ class OrtBackend(Backend):
         self._ort = ort
         self.device = Device.parse(device)
         self.graph_path, self.provider, self.trt_fp16, self.options = Path(graph_path), provider, trt_fp16, options
-        session_options = ort.SessionOptions()
-        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Two sessions (LM, RM) alternate on the same cores: spinning threads would starve each other.
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        if options.threads:
-            session_options.intra_op_num_threads = options.threads
+        session_options = ort_session_options(ort, options)
         on_cuda = self.device.is_cuda
         too_old = cuda_graph_blocker(ort.__version__) if options.cuda_graph and on_cuda else None
         capture = options.cuda_graph and on_cuda and too_old is None
@@ -238,7 +271,8 @@ class OrtBackend(Backend):
         return array if array.size and array.ctypes.data == value.data_ptr() else None
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "providers": self.session.get_providers(), "cuda_graph": self.cuda_graph}
+        return {"backend": self.name, "device": str(self.device), "providers": self.session.get_providers(), "cuda_graph": self.cuda_graph,
+                "threads": thread_pool()}
 
 
 class OrtRows:

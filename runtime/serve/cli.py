@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ArgsError
+from ..options import SHARED_THREADS_HELP
 
 DESCRIPTION = """\
 Serve ARGS (reward-guided search) decoding of a bundle over the OpenAI API: POST /v1/chat/completions and
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per graph (default: ORT's choice)")
+    p.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=True,
+                   help=SHARED_THREADS_HELP + "; with several Ray replicas on one machine, --no-shared-threads keeps them from spinning against each other")
     p.add_argument("--k", type=int, default=10, help="default candidates per step, for requests without args.k (default 10)")
     p.add_argument("--w", type=float, default=1.5, help="default reward weight, for requests without args.w (default 1.5)")
     p.add_argument("--max-batch", type=int, default=8,
@@ -76,7 +79,7 @@ def _config(args: argparse.Namespace):
     if args.batch_wait_ms < 0:
         raise ArgsError(f"--batch-wait-ms {args.batch_wait_ms} must be >= 0")
     return ServeConfig(bundle=args.bundle.resolve(), model_name=args.model_name, device=args.device, threads=args.threads,
-                       k=args.k, w=args.w, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                       shared_threads=args.shared_threads, k=args.k, w=args.w, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
 
 
 def _run_uvicorn(args: argparse.Namespace, config) -> int:

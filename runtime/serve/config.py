@@ -17,6 +17,7 @@ class ServeConfig:
     model_name: str = ""  # the id clients send as `model` (default: the bundle folder's name)
     device: str = "cpu"
     threads: int | None = None  # ONNX Runtime intra-op threads per graph (default: ORT's choice)
+    shared_threads: bool = False  # one ONNX Runtime thread pool for the process (RuntimeOptions.shared_threads; args-serve: on)
     k: int = 10
     w: float = 1.5  # the README demo's reward weight
     max_batch: int = 8

@@ -79,9 +79,9 @@ def build_app(config: ServeConfig, scale: RayScale = RayScale()):
 
 def app_builder(args: dict[str, str]):
     """For `serve run` / a Serve config file: `args` are the application's arguments (all strings from the command line):
-    bundle (required), model_name, device, threads, k, w, max_batch, batch_wait_ms, replicas, autoscale ("MIN:MAX"),
-    gpus_per_replica, cpus_per_replica."""
-    known = {"bundle", "model_name", "device", "threads", "k", "w", "max_batch", "batch_wait_ms", "replicas", "autoscale",
+    bundle (required), model_name, device, threads, shared_threads ("true"/"false"), k, w, max_batch, batch_wait_ms,
+    replicas, autoscale ("MIN:MAX"), gpus_per_replica, cpus_per_replica."""
+    known = {"bundle", "model_name", "device", "threads", "shared_threads", "k", "w", "max_batch", "batch_wait_ms", "replicas", "autoscale",
              "gpus_per_replica", "cpus_per_replica"}
     unknown = sorted(set(args) - known)
     if unknown:
@@ -90,7 +90,7 @@ def app_builder(args: dict[str, str]):
         raise ArgsError("the args-serve application needs bundle=/path/to/bundle")
     config = ServeConfig(
         bundle=Path(args["bundle"]), model_name=args.get("model_name", ""), device=args.get("device", "cpu"),
-        threads=_number(args, "threads", int, None), k=_number(args, "k", int, 10), w=_number(args, "w", float, 1.5),
+        threads=_number(args, "threads", int, None), shared_threads=_flag(args, "shared_threads", True), k=_number(args, "k", int, 10), w=_number(args, "w", float, 1.5),
         max_batch=_number(args, "max_batch", int, 8), batch_wait_ms=_number(args, "batch_wait_ms", float, 10.0),
     )
     scale = RayScale(
@@ -99,6 +99,15 @@ def app_builder(args: dict[str, str]):
         gpus_per_replica=_number(args, "gpus_per_replica", float, 0.0), cpus_per_replica=_number(args, "cpus_per_replica", float, 1.0),
     )
     return build_app(config, scale)
+
+
+def _flag(args: dict[str, Any], key: str, default: bool) -> bool:
+    if key not in args:
+        return default
+    value = str(args[key]).strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ArgsError(f"application argument {key}={args[key]!r} must be true or false")
+    return value in ("true", "1")
 
 
 def _number(args: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -56,7 +56,7 @@ class ServerState:
 
         c = self.config
         try:
-            gen = ArgsGenerator.from_bundle(c.bundle, device=c.device, threads=c.threads)
+            gen = ArgsGenerator.from_bundle(c.bundle, device=c.device, threads=c.threads, shared_threads=c.shared_threads)
             self.limits = _limits(c, gen)
             self.metrics.instrument(gen)
             scheduler = make_scheduler(gen, c.max_batch, c.batch_wait_ms / 1e3, self.metrics.hooks())
