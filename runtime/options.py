@@ -13,7 +13,7 @@ from .loops import LOOPS, resolve_loop
 
 CHOICES = ("auto", "host", "device")
 SHARED_THREADS_HELP = ("run every ONNX Runtime session of this process on one thread pool whose threads wait spinning "
-                       "between runs (default on in the command-line tools: about 12 %% faster per token on a 2-core CPU); "
+                       "between runs (default on in the command-line tools: 13-15 %% faster per token on a 2-core CPU); "
                        "--no-shared-threads gives each graph its own pool that sleeps between runs, as the Python API does by default")
 MAX_THREADS = 1024  # ONNX Runtime takes an int32 and starts that many threads per session
 
