@@ -23,8 +23,8 @@ class RuntimeOptions:
     """`device` runs both models unless `lm_device` / `rm_device` say otherwise. `backend`: the engine ("onnxruntime",
     "onnxruntime-trt" or "tensorrt"); `threads`: ONNX Runtime's intra-op threads; `shared_threads`: every ONNX Runtime
     session of this process on one thread pool (faster on the CPU, but process-wide: see claim_shared_pool);
-    `cuda_graph`: capture decode steps (ORT on CUDA, static-cache bundles); `choice`: where logit + w·reward is combined and chosen ("host", "device" or
-    "auto"); `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL)."""
+    `cuda_graph`: capture decode steps (ORT on CUDA, static-cache bundles); `choice`: where logit + w·reward is combined
+    and chosen ("host", "device" or "auto"); `loop`: "cpp" | "python" (default: args_runtime.LOOP_IMPL)."""
 
     device: Device | str = "cpu"
     lm_device: Device | str | None = None
