@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=False,
+                   help="every session on one shared thread pool (the CLIs' default; off here, as its earlier figures)")
+    p.add_argument("--name", default="step_parts", help="file stem of the JSON (default step_parts)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
     args = p.parse_args(argv)
     from args_runtime import ArgsGenerator
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         paths = bundles(args)
-        two, fused = (ArgsGenerator.from_bundle(paths[name], threads=args.threads) for name in ("two graphs", "fused"))
+        two, fused = (ArgsGenerator.from_bundle(paths[name], threads=args.threads, shared_threads=args.shared_threads) for name in ("two graphs", "fused"))
         if not fused.manifest.fused:
             raise ArgsError(f"the RM {args.rm or 'given'} is not a score head on the LM's own backbone, so there is no fused bundle to measure")
     except ArgsError as e:
@@ -139,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / info["label"]
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": info, "k": args.k, "w": args.w, "new_tokens": args.new_tokens, "repeats": args.repeats,
-            "threads": args.threads or "onnxruntime default", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (out / "step_parts.json").write_text(json.dumps({"meta": meta, "rows": rows, "gap": gap}, indent=1) + "\n")
-    print(f"written {out / 'step_parts.json'}")
+            "threads": args.threads or "onnxruntime default", "shared_threads": args.shared_threads, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "gap": gap}, indent=1) + "\n")
+    print(f"written {out / (args.name + '.json')}")
     return 0
 
 
