@@ -66,11 +66,13 @@ def load_config(source: ModelSource):
         raise UnsupportedModelError(f"cannot read the config of {source.name}: {e}") from e
 
 
-def load_tokenizer(source: ModelSource):
+def load_tokenizer(spec: "ModelSpec"):
+    """The model's tokenizer; a GGUF's with its special tokens as its config (read once, in the spec) names them."""
     from transformers import AutoTokenizer
 
+    source = spec.source
     tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False, **source.kwargs())
-    return align_special_tokens(tokenizer, load_config(source)) if source.gguf_file else tokenizer
+    return align_special_tokens(tokenizer, spec.config) if source.gguf_file else tokenizer
 
 
 def align_special_tokens(tokenizer, config):
@@ -181,8 +183,8 @@ class PairSpec:
     @staticmethod
     def read(lm_path: str | Path, rm_path: str | Path) -> "PairSpec":
         lm, rm = ModelSpec.read(lm_path, "LM"), ModelSpec.read(rm_path, "RM")
-        tokenizer = load_tokenizer(lm.source)
-        check_same_tokenizer(tokenizer, load_tokenizer(rm.source), lm.source.name, rm.source.name)
+        tokenizer = load_tokenizer(lm)
+        check_same_tokenizer(tokenizer, load_tokenizer(rm), lm.source.name, rm.source.name)
         return PairSpec(lm, rm, tokenizer)
 
 
