@@ -256,3 +256,15 @@ def test_a_gguf_tokenizer_takes_its_special_tokens_from_the_model_config(smollm2
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == right
     assert tokenizer.eos_token == "<|im_end|>"
     assert align_special_tokens(tokenizer, SimpleNamespace()) is tokenizer and tokenizer.eos_token_id == 2  # no ids: unchanged
+
+
+def test_the_exporter_reads_a_gguf_tokenizer_with_its_configs_special_tokens():
+    """`--lm model.gguf`: the tokenizer comes from the GGUF, its bos/eos/pad from the config the spec read once."""
+    from args_export.demo.models import smollm2_gguf
+    from args_export.loading import ModelSpec, load_tokenizer
+
+    spec = ModelSpec.read(smollm2_gguf(), "LM")
+    assert spec.source.gguf_file
+    tokenizer = load_tokenizer(spec)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (spec.config.bos_token_id, 2, 2)
+    assert tokenizer.eos_token == "<|im_end|>"
