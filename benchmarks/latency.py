@@ -15,6 +15,8 @@ under benchmarks/results/<machine>/.
     args-bench --bundle DIR          # an existing bundle (the reference loads the manifest's source folders)
     args-bench --bundle DYN --bundle STATIC      # existing bundles of both layouts (one per layout)
     args-bench quantized [--help]    # fp32 against weight-only int8/int4 bundles: speed, agreement, reward
+    args-bench bundles [--help]      # the same with the fused bundle: the README's "Choosing a bundle" table
+    args-bench reward-shift [--help] # how far int8 moves the reward, on 800 held-out prompts (batched, no timing)
     args-bench --random-shape llama-7b --dtype fp16 --devices cuda   # the GPU target: 7B-shaped random pair
 """
 
@@ -371,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         from .quantized import main as bundles
 
         return bundles(argv[1:], argv[0])
+    if argv[:1] == ["reward-shift"]:  # how far quantized bundles move the reward, on 800 prompts: benchmarks/reward_shift.py
+        from .reward_shift import main as reward_shift
+
+        return reward_shift(argv[1:])
     args = parse_args(argv)
     from args_runtime.errors import ArgsError
     from args_runtime.loops import available_loops

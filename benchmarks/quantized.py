@@ -59,29 +59,27 @@ class Row:
     reward_change_ci95_pct: float | None  # ± half-width of its 95 % interval, paired over the prompts (normal approximation)
 
 
-DEFAULT_SCHEMES = {"bundles": "fused,int8,int4,int8:rm", "quantized": "int8,int4"}
+DEFAULT_SCHEMES = {"bundles": "fused,int8,int4,int8:rm", "quantized": "int8,int4", "reward-shift": "fused+int8,int8,int8:rm"}
 
 
-def parse_args(argv: list[str] | None, name: str = "quantized") -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"args-bench {name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bundle_options(p: argparse.ArgumentParser, name: str) -> None:
+    """The options of every race of one pair's bundles (this module's and benchmarks/reward_shift.py's)."""
     p.add_argument("--lm", help="LM folder (default: the demo's SmolLM2-135M-Instruct)")
     p.add_argument("--rm", help="RM folder (default: the demo's sentiment RM)")
     p.add_argument("--schemes", default=DEFAULT_SCHEMES[name], help="comma-separated bundles to race against the two-graph fp32 base: "
                    "'fused' (the fused bundle, when the RM is a head on the LM's backbone), or a weight-only scheme SCHEME or "
                    "SCHEME:lm / SCHEME:rm (one graph only), two-graph or, prefixed 'fused+', fused (default "
                    f"{DEFAULT_SCHEMES[name]}). A bundle whose export check refuses the scheme is reported as refused, with the check's numbers")
-    p.add_argument("--prompts", type=int, default=16, help="held-out sentiment prompts to decode (default 16)")
-    p.add_argument("--reference-prompts", type=int, default=2, help="of which the reference ARGS decodes the first N (default 2; 0: skip)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens per reply, EOS ignored (default 64)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5; the demo decodes with 1.5)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0: ONNX Runtime's default)")
     p.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=True, help=SHARED_THREADS_HELP)
-    p.add_argument("--quick", action="store_true", help="2 prompts, 16 tokens, reference on 1 (CI smoke)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.prompts, args.new_tokens, args.reference_prompts = 2, 16, 1
+
+
+def checked_schemes(p: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """`args` with its --schemes checked (argparse's error otherwise) and the bookkeeping both races share."""
     args.refused = {}
     for entry in args.schemes.split(","):
         scheme, _, only = entry.removeprefix("fused+").partition(":")
@@ -89,6 +87,18 @@ def parse_args(argv: list[str] | None, name: str = "quantized") -> argparse.Name
             p.error(f"--schemes: {entry!r} is not 'fused', SCHEME or SCHEME:lm / SCHEME:rm (SCHEME int8 or int4), or one of those after 'fused+'")
     args.name = name
     return args
+
+
+def parse_args(argv: list[str] | None, name: str = "quantized") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"args-bench {name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bundle_options(p, name)
+    p.add_argument("--prompts", type=int, default=16, help="held-out sentiment prompts to decode (default 16)")
+    p.add_argument("--reference-prompts", type=int, default=2, help="of which the reference ARGS decodes the first N (default 2; 0: skip)")
+    p.add_argument("--quick", action="store_true", help="2 prompts, 16 tokens, reference on 1 (CI smoke)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.prompts, args.new_tokens, args.reference_prompts = 2, 16, 1
+    return checked_schemes(p, args, name)
 
 
 def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:

@@ -143,3 +143,51 @@ def test_args_bench_quantized_races_fp32_int8_and_int4(tiny_pairs, tmp_path, mon
     assert all(0.0 <= r["token_agreement"] <= 1.0 and r["speedup_vs_reference"] > 0 for r in rows.values())
     assert result["meta"]["fp32_equals_reference"] == [True]
     assert (out / "quantized.csv").read_text().startswith("bundle,") and (out / "quantized.png").stat().st_size > 0
+
+
+def test_args_bench_reward_shift_judges_each_bundle_against_the_fp32_base(tiny_pairs, tmp_path, monkeypatch):
+    """`args-bench reward-shift` on the tiny pair, 5 prompts in batches of 2 (the last batch holds one): the fp32 base
+    agrees with itself and is "within"; every row scored all 5 prompts; JSON, CSV and plot written."""
+    from args_benchmarks import latency
+
+    pair = tiny_pairs["llama"]
+    monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["reward-shift", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--new-tokens", "8", "--prompts", "5", "--batch", "2",
+            "--schemes", "int8", "--out", str(out)]
+    assert latency.main(argv) == 0
+    result = json.loads((out / "reward_shift.json").read_text())
+    rows = {r["bundle"]: r for r in result["rows"]}
+    assert list(rows) == ["fp32", "int8 (lm+rm)"]
+    assert rows["fp32"]["token_agreement"] == 1.0 and rows["fp32"]["reward_change_pct"] == 0.0 and rows["fp32"]["verdict"] == "within"
+    assert all(r["prompts"] == 5 and r["verdict"] in ("within", "outside", "undecided") for r in rows.values())
+    assert result["meta"]["prompts"] == 5 and result["meta"]["prompt_file"] == "sentiment_prompts_heldout.jsonl"
+    assert (out / "reward_shift.csv").read_text().startswith("bundle,") and (out / "reward_shift.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("change", "half_width", "expected"), [
+    (0.0, 1.9, "within"), (-1.0, 1.0, "within"), (-1.5, 1.0, "undecided"), (0.5, 3.0, "undecided"), (-3.0, 0.9, "outside"),
+    (2.5, 0.4, "outside"), (-2.0, 0.0, "within"),
+])
+def test_reward_shift_verdict_needs_the_whole_interval_on_one_side_of_the_tolerance(change, half_width, expected):
+    from args_benchmarks.reward_shift import verdict
+
+    assert verdict(change, half_width, 2.0) == expected
+
+
+def test_args_bench_reward_shift_refuses_a_bad_batch():
+    run = subprocess.run([sys.executable, "-m", "args_benchmarks.latency", "reward-shift", "--batch", "0"], capture_output=True, text=True)
+    assert run.returncode == 2 and "--batch 0" in run.stderr
+
+
+def test_the_heldout_prompts_are_800_on_topics_neither_the_rm_nor_the_quality_benchmark_saw():
+    from args_export.data import SENTIMENT_HELDOUT, SENTIMENT_PROMPTS
+    from args_export.rewards.sentiment_data import load_prompts
+
+    heldout = load_prompts("heldout", SENTIMENT_HELDOUT)
+    seen = load_prompts("train") + load_prompts("eval")
+    assert len(heldout) == len(set(heldout)) == 800
+    topic = lambda prompt: prompt.removeprefix("Write a sentence about ").removesuffix(".")  # noqa: E731
+    topics = {topic(p) for p in heldout if p.startswith("Write a sentence about ")}
+    assert len(topics) == 200 and not topics & {topic(p) for p in seen if p.startswith("Write a sentence about ")}
+    assert not set(heldout) & set(seen) and SENTIMENT_PROMPTS.parent == SENTIMENT_HELDOUT.parent
