@@ -7,7 +7,11 @@ around `Backend.run`. Per contender: mean ms/token (from the results' step times
 graph, and host = ms/token minus the runs (means, so that the parts add up). The floor is benchmarks/contenders.py's: one 1-token LM step (top-1) and
 one 1-token RM extension scoring no candidate.
 
-    python -m args_benchmarks.step_parts [--k 10] [--new-tokens 64] [--repeats 3] [--threads 1] [--out DIR]
+With --k-scan 1,2,5,10 it also decodes the fused bundle at each k (interleaved with plain greedy, same repeats) and
+fits the fused pass's ms against k: the slope is what one candidate row costs, the intercept the pass without any, and
+from them how many candidates fit in a fused token of 1.3x greedy.
+
+    python -m args_benchmarks.step_parts [--k 10] [--new-tokens 64] [--repeats 3] [--threads 1] [--k-scan 1,2,5,10] [--out DIR]
 """
 
 from __future__ import annotations
@@ -77,9 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=False,
                    help="every session on one shared thread pool (the CLIs' default; off here, as its earlier figures)")
+    p.add_argument("--k-scan", default="", help="comma-separated k values to decode the fused bundle at, fitting its pass's cost per "
+                   "candidate row (default: none)")
     p.add_argument("--name", default="step_parts", help="file stem of the JSON (default step_parts)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
     args = p.parse_args(argv)
+    scan_ks = args.k_scan.split(",") if args.k_scan else []
+    if not all(k.isdigit() and 1 <= int(k) <= args.k for k in scan_ks) or len(set(scan_ks)) == 1:
+        p.error(f"--k-scan {args.k_scan}: give two or more k values, each 1 <= k <= --k ({args.k}, the bundles' largest)")
     from args_runtime import ArgsGenerator
 
     from args_runtime.errors import ArgsError
@@ -133,19 +142,54 @@ def main(argv: list[str] | None = None) -> int:
            "lm_top_k_ms": round(by["ARGS, two graphs"]["lm_run_ms"] - by["two-model floor"]["lm_run_ms"], 2),
            "host_ms": round(by["ARGS, two graphs"]["host_ms"] - by["two-model floor"]["host_ms"], 2),
            "fused_over_greedy": round(by["ARGS, fused"]["ms_per_token"] / by["plain greedy"]["ms_per_token"], 3)}
+    scan = k_scan(fused, timers, lambda: contenders["plain greedy"](), prompt, args) if args.k_scan else None
     info = machine()
     print(f"{'contender':<18} {'ms/token':>9} {'LM run':>8} {'RM run':>8} {'propose':>8} {'host':>7}")
     for r in rows:
         print(f"{r['contender']:<18} {r['ms_per_token']:>9} {r['lm_run_ms']:>8} {r['rm_run_ms']:>8} {r['propose_run_ms']:>8} {r['host_ms']:>7}")
     print(f"ARGS (two graphs) / floor = {gap['args_over_floor']}: the RM's k candidate rows {gap['rm_candidate_rows_ms']} ms, the LM's "
           f"top-{args.k} instead of top-1 {gap['lm_top_k_ms']} ms, host {gap['host_ms']} ms per token; fused / greedy = {gap['fused_over_greedy']}")
+    if scan:
+        for r in scan["rows"]:
+            print(f"fused k={r['k']:<3} {r['ms_per_token']:>8} ms/token: pass {r['pass_ms']}, propose {r['propose_ms']}")
+        print(f"fused pass = {scan['pass_without_candidates_ms']} + {scan['ms_per_candidate_row']} ms per candidate row; plain greedy "
+              f"{scan['greedy_ms_per_token']} ms/token, so a fused token of <= 1.3x greedy holds {scan['candidates_within_1_3x_greedy']} candidates")
     out = args.out or RESULTS / info["label"]
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": info, "k": args.k, "w": args.w, "new_tokens": args.new_tokens, "repeats": args.repeats,
             "threads": args.threads or "onnxruntime default", "shared_threads": args.shared_threads, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "gap": gap}, indent=1) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "gap": gap, "k_scan": scan}, indent=1) + "\n")
     print(f"written {out / (args.name + '.json')}")
     return 0
+
+
+def k_scan(fused, timers: dict, greedy, prompt: list[int], args) -> dict:
+    """The fused bundle at each k of --k-scan, interleaved with plain greedy: per k, ms/token and the mean fused pass
+    and propose run; a least-squares line of pass ms against k (each candidate is one more row of the pass)."""
+    ks = sorted({int(k) for k in args.k_scan.split(",")})
+    token, passes, proposes, greedy_ms = defaultdict(list), defaultdict(list), defaultdict(list), []
+    for repeat in range(args.repeats + 1):  # the first round warms up
+        for k in ks[repeat % len(ks):] + ks[: repeat % len(ks)]:
+            ms = fused.generate(prompt, k=k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"]
+            pass_ms, propose_ms = timers[("fused", "rm")].take(), timers[("fused", "propose")].take()
+            if repeat:
+                token[k] += list(ms)
+                passes[k] += pass_ms
+                proposes[k] += propose_ms
+        ms = greedy()
+        for timer in timers.values():
+            timer.take()
+        if repeat:
+            greedy_ms += list(ms)
+    rows = [{"k": k, "ms_per_token": round(statistics.fmean(token[k]), 2), "pass_ms": round(statistics.fmean(passes[k]), 2),
+             "propose_ms": round(statistics.fmean(proposes[k]), 2)} for k in ks]
+    slope, intercept = statistics.linear_regression([r["k"] for r in rows], [r["pass_ms"] for r in rows])
+    greedy_token = statistics.fmean(greedy_ms)
+    # the rest of a fused token besides its pass (propose, host) at the largest k: what a candidate row does not change
+    rest = rows[-1]["ms_per_token"] - rows[-1]["pass_ms"]
+    fit = int((1.3 * greedy_token - rest - intercept) // slope) if slope > 0 else None
+    return {"rows": rows, "ms_per_candidate_row": round(slope, 3), "pass_without_candidates_ms": round(intercept, 2),
+            "greedy_ms_per_token": round(greedy_token, 2), "rest_of_token_ms": round(rest, 2), "candidates_within_1_3x_greedy": fit}
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def test_step_parts_splits_each_token_into_graph_runs_and_host(fused_pairs, tiny
 
     monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
     pair = fused_pairs["llama"]
-    argv = ["--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--new-tokens", "6", "--repeats", "1", "--out", str(tmp_path)]
+    argv = ["--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--new-tokens", "6", "--repeats", "1", "--k-scan", "1,3", "--out", str(tmp_path)]
     assert step_parts.main(argv) == 0
     result = json.loads((tmp_path / "step_parts.json").read_text())
     rows = {r["contender"]: r for r in result["rows"]}
@@ -225,6 +225,12 @@ def test_step_parts_splits_each_token_into_graph_runs_and_host(fused_pairs, tiny
     assert rows["plain greedy"]["rm_run_ms"] == 0 and rows["ARGS, fused"]["lm_run_ms"] == 0  # the fused path never runs the LM
     assert all(r["lm_run_ms"] + r["rm_run_ms"] > 0 and r["ms_per_token"] > 0 for r in rows.values())
     assert set(result["gap"]) == {"args_over_floor", "rm_candidate_rows_ms", "lm_top_k_ms", "host_ms", "fused_over_greedy"}
+    scan = result["k_scan"]  # --k-scan: the fused pass at k 1 and 3, and the line through them
+    assert [r["k"] for r in scan["rows"]] == [1, 3] and all(r["pass_ms"] > 0 and r["propose_ms"] > 0 for r in scan["rows"])
+    assert scan["greedy_ms_per_token"] > 0 and isinstance(scan["ms_per_candidate_row"], float)
+    with pytest.raises(SystemExit) as bad:
+        step_parts.main(["--k-scan", "1,11"])  # the bundles' largest k is --k (10)
+    assert bad.value.code == 2 and "--k-scan 1,11" in capsys.readouterr().err
     other = tiny_pairs["llama"]
     assert step_parts.main(["--lm", str(other.lm_dir), "--rm", str(other.rm_dir), "--out", str(tmp_path)]) == 2
     assert "not a score head on the LM's own backbone" in capsys.readouterr().err
