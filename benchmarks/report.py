@@ -141,6 +141,17 @@ def judge_targets(records: list[Record], on_gpu: bool, model_label: str, primary
     return targets
 
 
+def within_tolerance(change: float, half_width: float, tolerance: float) -> bool | None:
+    """Whether an interval change ± half_width lies inside ±tolerance (True), wholly beyond it (False), or across its
+    edge (None: more samples would tell)."""
+    low, high = change - half_width, change + half_width
+    if -tolerance <= low and high <= tolerance:
+        return True
+    if high < -tolerance or low > tolerance:
+        return False
+    return None
+
+
 def _at_most(name: str, limit: float, measured: float, baseline: float, unit: str) -> Target:
     """A target of the form measured / baseline ≤ limit."""
     ratio = measured / baseline

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .common import RESULTS, machine
 from .quantized import Bundle, bundle_options, checked_schemes, export_bundles, paired_ci95
+from .report import Target, within_tolerance
 
 
 @dataclass
@@ -57,14 +58,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return checked_schemes(p, args, "reward-shift")
 
 
+VERDICTS = {True: "within", False: "outside", None: "undecided"}
+
+
 def verdict(change: float, half_width: float, tolerance: float) -> str:
     """Whether the interval change ± half_width lies inside ±tolerance, wholly beyond it, or across its edge."""
-    low, high = change - half_width, change + half_width
-    if -tolerance <= low and high <= tolerance:
-        return "within"
-    if high < -tolerance or low > tolerance:
-        return "outside"
-    return "undecided"
+    return VERDICTS[within_tolerance(change, half_width, tolerance)]
+
+
+def shift_targets(rows: list[ShiftRow], tolerance: float) -> list[Target]:
+    """Issue 14's reward target for every int8 bundle (never asserted in tests)."""
+    return [Target(f"{r.bundle}: mean reward vs fp32 args-rt", f"within {tolerance:g} %",
+                   f"{r.reward_change_pct:+.2f} % ± {r.reward_change_ci95_pct} % ({r.prompts} prompts, paired 95 % CI)",
+                   {"within": True, "outside": False}.get(r.verdict)) for r in rows if "int8" in r.bundle]
 
 
 def decode(bundle: Bundle, chats: list, args: argparse.Namespace) -> None:
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt_ids = [bundles[0].gen.tokenizer.encode(c) for c in chats]
     rewards = {b.name: scorer.rewards(prompt_ids, b.replies) for b in bundles}
     rows = shift_rows(bundles, rewards, args.tolerance)
+    targets = shift_targets(rows, args.tolerance)
     info = machine()
     meta = {"machine": info, "lm": args.lm, "rm": args.rm, "k": args.k, "w": args.w, "prompts": len(chats), "new_tokens": args.new_tokens,
             "batch": args.batch, "tolerance_pct": args.tolerance, "prompt_file": SENTIMENT_HELDOUT.name, "refused": args.refused,
@@ -152,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.reward_change_pct:>7} ± {r.reward_change_ci95_pct:<6} {r.verdict}")
     for label, why in args.refused.items():
         print(f"{label}: refused by the export's check against PyTorch: {why.splitlines()[0]}")
+    for t in targets:
+        print(t.line())
     out = args.out or RESULTS / info["label"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reward_shift.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    doc = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": [asdict(t) for t in targets]}
+    (out / "reward_shift.json").write_text(json.dumps(doc, indent=1) + "\n")
     with open(out / "reward_shift.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()

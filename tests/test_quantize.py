@@ -163,6 +163,8 @@ def test_args_bench_reward_shift_judges_each_bundle_against_the_fp32_base(tiny_p
     assert all(r["prompts"] == 5 and r["verdict"] in ("within", "outside", "undecided") for r in rows.values())
     assert result["meta"]["prompts"] == 5 and result["meta"]["prompt_file"] == "sentiment_prompts_heldout.jsonl"
     assert (out / "reward_shift.csv").read_text().startswith("bundle,") and (out / "reward_shift.png").stat().st_size > 0
+    [target] = result["targets"]  # the int8 bundle's reward, judged by its verdict (None: undecided)
+    assert target["name"] == "int8 (lm+rm): mean reward vs fp32 args-rt" and target["met"] == {"within": True, "outside": False}.get(rows["int8 (lm+rm)"]["verdict"])
 
 
 @pytest.mark.parametrize(("change", "half_width", "expected"), [
