@@ -134,6 +134,24 @@ def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
     return out
 
 
+def open_bundles(args: argparse.Namespace) -> list[Bundle]:
+    """The race's bundles, exported (once, cached) and each opened with its generator; the demo's pair (SmolLM2 and
+    the sentiment RM on its backbone) unless --lm/--rm name one. An ArgsError says what went wrong."""
+    from args_export.demo.models import sentiment_reward_model
+    from args_export.demo.prepare import cache_dir, demo_paths, smollm2_folder
+    from args_runtime import ArgsGenerator
+
+    args.schemes = [s for s in args.schemes.split(",") if s]
+    cache = cache_dir()
+    if not args.lm:
+        args.lm = str(smollm2_folder(cache))
+        args.rm = str(sentiment_reward_model(Path(args.lm), demo_paths(cache)[1]))
+    bundles = export_bundles(args, cache)
+    for b in bundles:
+        b.gen = ArgsGenerator.from_bundle(b.path, threads=args.threads or None, shared_threads=args.shared_threads)
+    return bundles
+
+
 def decode_all(bundles: list[Bundle], chats: list, args: argparse.Namespace, reference=None) -> tuple[list[float], list[float], list[list[int]]]:
     """Every prompt on every bundle, plain greedy on the base bundle and (on the first --reference-prompts prompts) the
     reference ARGS, alternating per prompt so that machine noise falls on all alike. Returns greedy's and the
@@ -267,22 +285,12 @@ def plot(rows: list[Row], path: Path) -> None:
 
 def main(argv: list[str] | None = None, name: str = "quantized") -> int:
     args = parse_args(argv, name)
-    from args_export.demo.models import sentiment_reward_model
-    from args_export.demo.prepare import cache_dir, demo_paths, smollm2_folder
     from args_export.quality.metrics import RewardScorer
     from args_export.rewards.sentiment_pairs import load_prompts
-    from args_runtime import ArgsGenerator
     from args_runtime.errors import ArgsError
 
     try:
-        args.schemes = [s for s in args.schemes.split(",") if s]
-        cache = cache_dir()
-        if not args.lm:  # the demo's pair: SmolLM2 and the sentiment RM on its backbone
-            args.lm = str(smollm2_folder(cache))
-            args.rm = str(sentiment_reward_model(Path(args.lm), demo_paths(cache)[1]))
-        bundles = export_bundles(args, cache)
-        for b in bundles:
-            b.gen = ArgsGenerator.from_bundle(b.path, threads=args.threads or None, shared_threads=args.shared_threads)
+        bundles = open_bundles(args)
     except ArgsError as e:
         print(f"args-bench {name}: error: {e}", file=sys.stderr)
         return 2

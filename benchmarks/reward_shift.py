@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .common import RESULTS, machine
-from .quantized import Bundle, bundle_options, checked_schemes, export_bundles, paired_ci95
+from .quantized import Bundle, bundle_options, checked_schemes, open_bundles, paired_ci95
 from .report import Target, within_tolerance
 
 
@@ -120,22 +120,12 @@ def plot(rows: list[ShiftRow], tolerance: float, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from args_export.data import SENTIMENT_HELDOUT
-    from args_export.demo.models import sentiment_reward_model
-    from args_export.demo.prepare import cache_dir, demo_paths, smollm2_folder
     from args_export.quality.metrics import RewardScorer
     from args_export.rewards.sentiment_data import load_prompts
-    from args_runtime import ArgsGenerator
     from args_runtime.errors import ArgsError
 
     try:
-        args.schemes = [s for s in args.schemes.split(",") if s]
-        cache = cache_dir()
-        if not args.lm:  # the demo's pair: SmolLM2 and the sentiment RM on its backbone
-            args.lm = str(smollm2_folder(cache))
-            args.rm = str(sentiment_reward_model(Path(args.lm), demo_paths(cache)[1]))
-        bundles = export_bundles(args, cache)
-        for b in bundles:
-            b.gen = ArgsGenerator.from_bundle(b.path, threads=args.threads or None, shared_threads=args.shared_threads)
+        bundles = open_bundles(args)
     except ArgsError as e:
         print(f"args-bench reward-shift: error: {e}", file=sys.stderr)
         return 2
