@@ -69,7 +69,8 @@ def verdict(change: float, half_width: float, tolerance: float) -> str:
 def shift_targets(rows: list[ShiftRow], tolerance: float) -> list[Target]:
     """Issue 14's reward target for every int8 bundle (never asserted in tests)."""
     return [Target(f"{r.bundle}: mean reward vs fp32 args-rt", f"within {tolerance:g} %",
-                   f"{r.reward_change_pct:+.2f} % ± {r.reward_change_ci95_pct} % ({r.prompts} prompts, paired 95 % CI)",
+                   f"{r.reward_change_pct:+.2f} % ± {r.reward_change_ci95_pct} % ({r.prompts} prompts, paired 95 % CI "
+                   f"{r.reward_change_pct - r.reward_change_ci95_pct:+.2f} to {r.reward_change_pct + r.reward_change_ci95_pct:+.2f} %)",
                    {"within": True, "outside": False}.get(r.verdict)) for r in rows if "int8" in r.bundle]
 
 

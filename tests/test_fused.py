@@ -232,6 +232,7 @@ def test_step_parts_splits_each_token_into_graph_runs_and_host(fused_pairs, tiny
     scan = result["k_scan"]  # --k-scan: the fused pass at k 1 and 3, and the line through them
     assert [r["k"] for r in scan["rows"]] == [1, 3] and all(r["pass_ms"] > 0 and r["propose_ms"] > 0 for r in scan["rows"])
     assert scan["greedy_ms_per_token"] > 0 and isinstance(scan["ms_per_candidate_row"], float)
+    assert scan["largest_k_within_1_3x_greedy"] in (None, 1, 3)
     with pytest.raises(SystemExit) as bad:
         step_parts.main(["--k-scan", "1,11"])  # the bundles' largest k is --k (10)
     assert bad.value.code == 2 and "--k-scan 1,11" in capsys.readouterr().err
