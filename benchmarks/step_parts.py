@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
            "lm_top_k_ms": round(by["ARGS, two graphs"]["lm_run_ms"] - by["two-model floor"]["lm_run_ms"], 2),
            "host_ms": round(by["ARGS, two graphs"]["host_ms"] - by["two-model floor"]["host_ms"], 2),
            "fused_over_greedy": round(by["ARGS, fused"]["ms_per_token"] / by["plain greedy"]["ms_per_token"], 3)}
-    scan = k_scan(fused, timers, lambda: contenders["plain greedy"](), prompt, args) if args.k_scan else None
+    scan = k_scan(fused, timers, contenders["plain greedy"], prompt, args) if args.k_scan else None
     info = machine()
     print(f"{'contender':<18} {'ms/token':>9} {'LM run':>8} {'RM run':>8} {'propose':>8} {'host':>7}")
     for r in rows:
