@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from args_runtime.errors import ExportError
-from args_runtime.manifest import GraphSpec, TensorSpec
+from args_runtime.manifest import CACHE_SLOTS, GraphSpec, TensorSpec
 
 from .architectures import DecoderStack
 from .graphs import FusedStep, LMStep, ProposalHead, RMScorer
@@ -33,9 +33,6 @@ DYNAMO_OPSET = 18  # the dynamo path's: torchlib's own opset (onnx's converter c
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
     return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
-
-
-CACHE_SLOTS = "cache_slots"  # the static cache's slot axis: traced small, then fixed to the bundle's max context
 
 
 def _kv_dummies(stack: DecoderStack, batch: int, past: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -116,28 +113,15 @@ def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
     return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in specs}
 
 
-def _fix_dims(model: onnx.ModelProto, name: str, value: int) -> None:
-    """Declare every graph input/output axis called `name` as the constant `value`."""
-    for info in [*model.graph.input, *model.graph.output]:
-        for dim in info.type.tensor_type.shape.dim:
-            if dim.dim_param == name:
-                dim.dim_value = value
-
-
-def _fixed_specs(specs: list[TensorSpec], name: str, value: int) -> list[TensorSpec]:
-    return [TensorSpec(t.name, [value if d == name else d for d in t.shape], t.dtype) for t in specs]
-
-
 def _export(module: torch.nn.Module, args: tuple, io: tuple[list[TensorSpec], list[TensorSpec]], path: Path,
             plan: GraphPlan) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Trace `module` to `path` (+ `path.data` holding the weights) with the plan's exporter; a static cache's slot
-    axis is then fixed to the context. Returns the graph's input and output specs as exported."""
+    """Trace `module` to `path` (+ `path.data` holding the weights) with the plan's exporter. A static cache's slot
+    axis stays free (`cache_slots`): the runtime allocates its buffers max_context slots wide, or only as wide as the
+    requests in them need (continuous batching), with the same graph. Returns the graph's input and output specs."""
     inputs, outputs = io
     trace = _trace_dynamo if plan.exporter == "dynamo" else _trace_torchscript
-    trace(module, args, inputs, outputs, path, plan.cache_slots)
-    if plan.cache_slots is None:
-        return inputs, outputs
-    return _fixed_specs(inputs, CACHE_SLOTS, plan.cache_slots), _fixed_specs(outputs, CACHE_SLOTS, plan.cache_slots)
+    trace(module, args, inputs, outputs, path)
+    return inputs, outputs
 
 
 def _first_line(e: BaseException) -> str:
@@ -145,8 +129,9 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
-    """torch.onnx's TorchScript path (dynamo=False, deprecated by torch): one traced file, reloaded to fix dims."""
+def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path) -> None:
+    """torch.onnx's TorchScript path (dynamo=False, deprecated by torch): one traced file, its weights streamed into one
+    data file."""
     scratch = path.parent / f".trace-{path.stem}"  # the tracer may spill one file per tensor for >2 GB models
     scratch.mkdir()
     tmp = scratch / "traced.onnx"
@@ -168,8 +153,6 @@ def _trace_torchscript(module, args, inputs: list[TensorSpec], outputs: list[Ten
             except Exception as e:  # the tracer's errors are long; keep the first line, chain the rest
                 raise ExportError(f"tracing {path.name} to ONNX failed: {type(e).__name__}: {_first_line(e)}") from e
         model = onnx.load(str(tmp), load_external_data=False)
-        if cache_slots is not None:
-            _fix_dims(model, CACHE_SLOTS, cache_slots)
         save_with_one_data_file(model, scratch, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -200,7 +183,7 @@ def _quiet_exporter() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, cache_slots: int | None) -> None:
+def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path) -> None:
     """torch.onnx's dynamo path: torch.export captures the module, torchlib lowers it, onnxscript's optimizer folds
     constants. The I/O dims are then written from our specs (torch.export names derived dims 'Min(48, k)')."""
     from args_runtime.optional import require
@@ -227,7 +210,7 @@ def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSp
     if names != [t.name for t in (*inputs, *outputs)]:  # e.g. an input the module never reads, dropped by torch.export
         raise ExportError(f"exporting {path.name} to ONNX gave the I/O {names}, not the {[t.name for t in (*inputs, *outputs)]} expected")
     for value, spec in zip([*graph.inputs, *graph.outputs], [*inputs, *outputs]):
-        value.shape = ir.Shape([cache_slots if d == CACHE_SLOTS and cache_slots is not None else d for d in spec.shape])
+        value.shape = ir.Shape(spec.shape)
     ir.save(program.model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
 
 

@@ -33,8 +33,3 @@ class GraphPlan:
     @property
     def static(self) -> bool:
         return self.cache == "static"
-
-    @property
-    def cache_slots(self) -> int | None:
-        """The static cache's slot axis (fixed to the context), or None when caches grow."""
-        return self.max_context if self.static else None

@@ -5,7 +5,8 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 from .backend import Device
 from .errors import (ArgsError, BundleError, ContextLengthError, ExportError, GenerationError, MissingDependencyError, RequestCancelled,
                      SettingError, TokenizerMismatchError, TrainingError, UnsupportedModelError)
-from .engine import ArgsEngine, RequestHandle
+from .engine import ArgsEngine
+from .requests import RequestHandle
 from .generator import ArgsGenerator
 from .loops import LOOP_IMPL
 from .options import RuntimeOptions

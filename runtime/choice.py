@@ -1,6 +1,8 @@
 """ARGS's combine-and-choose step, behind one small interface: a chooser takes the LM's top-k and the RM's rewards
 and returns one candidate per row, score = logit + w·reward, greedy (first argmax) or sampled (softmax(score / T)
-inverted at one seeded uniform draw per row). Three implementations give the same picks:
+inverted at one uniform draw per row and step). Each row chooses by its own settings (k, w, method, temperature) and
+draws from its own stream seeded with its own seed, so a request gets the same tokens in any company. Three
+implementations give the same picks:
 
 - `HostChooser`: numpy on the host (selection.py), the reference;
 - `CppHostChooser`: the same in the optional C++ extension, the GIL released;
@@ -22,7 +24,7 @@ from .errors import BundleError, GenerationError
 from .loops import native
 from .manifest import Manifest
 from .models import TopK
-from .selection import StochasticChooser, args_scores, choose_greedy
+from .selection import args_scores, choose_greedy, sample_index
 
 if TYPE_CHECKING:
     from .options import RuntimeOptions
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Chosen:
-    """One candidate per row: its token id, LM logit and reward, each [B]."""
+    """One candidate per row: its token id, LM logit and reward, each [rows]."""
 
     tokens: np.ndarray  # int64
     logits: np.ndarray  # float32
@@ -39,9 +41,9 @@ class Chosen:
 
 @dataclass(frozen=True)
 class ChoiceConfig:
-    """How to choose: k candidates per row of `batch`, weight w, greedy or sampled at `temperature` from `seed`."""
+    """How one row chooses: among its first k candidates, weight w, greedy or sampled at `temperature` from its own
+    seeded stream (`seed`; None: a fresh one)."""
 
-    batch: int
     k: int
     w: float
     sample: bool
@@ -49,26 +51,55 @@ class ChoiceConfig:
     seed: int | None
 
 
+GREEDY = ChoiceConfig(1, 0.0, False, 1.0, 0)  # what an idle row "chooses" (nobody reads it)
+
+
 class Chooser(Protocol):
+    """Chooses for the batch rows `rows` (a run of rows; the top-k's and rewards' rows are theirs, in order), each row
+    by its own ChoiceConfig (set by `seat`)."""
+
     on_host: bool  # wants the rewards copied to the host
 
-    def __call__(self, top: TopK, rewards: object) -> Chosen: ...
+    def seat(self, row: int, config: ChoiceConfig) -> None: ...
+    def move(self, source: int, target: int) -> None: ...
+    def __call__(self, top: TopK, rewards: object, rows: range) -> Chosen: ...
 
 
 class HostChooser:
-    """numpy on the host: readable, and the reference the other choosers must match bit for bit."""
+    """numpy on the host: readable, and the reference the other choosers must match bit for bit. Greedy rows choose
+    together (each among its own first k); a sampled row draws one uniform per step from its own stream."""
 
     on_host = True
 
-    def __init__(self, config: ChoiceConfig) -> None:
-        self.w = config.w
-        self.choose = StochasticChooser(config.temperature, config.seed) if config.sample else choose_greedy
-        self.rows = np.arange(config.batch)
+    def __init__(self, rows: int) -> None:
+        self.k = np.ones(rows, np.int64)
+        self.w = np.zeros((rows, 1), np.float32)
+        self.temperature = np.ones(rows)
+        self.rngs: list[np.random.Generator | None] = [None] * rows  # a sampled row's stream; None: greedy
 
-    def __call__(self, top: TopK, rewards: np.ndarray) -> Chosen:
-        logits, candidates = top.logits, top.ids
-        pick = self.choose(args_scores(logits, rewards, self.w))
-        return Chosen(candidates[self.rows, pick], logits[self.rows, pick], rewards[self.rows, pick])
+    def seat(self, row: int, config: ChoiceConfig) -> None:
+        self.k[row], self.w[row], self.temperature[row] = config.k, np.float32(config.w), config.temperature
+        self.rngs[row] = np.random.Generator(np.random.PCG64(config.seed)) if config.sample else None
+
+    def move(self, source: int, target: int) -> None:
+        self.k[target], self.w[target], self.temperature[target], self.rngs[target] = (
+            self.k[source], self.w[source], self.temperature[source], self.rngs[source])
+        self.seat(source, GREEDY)
+
+    def __call__(self, top: TopK, rewards: np.ndarray, rows: range) -> Chosen:
+        n, mine = len(rows), slice(rows.start, rows.stop)
+        logits, candidates, rewards = top.logits[:n], top.ids[:n], rewards[:n]
+        k = self.k[mine]
+        scores = args_scores(logits, rewards, self.w[mine])  # score = logit + w·reward
+        width = scores.shape[1]
+        if (k < width).any():  # a row chooses among its own first k: the others cannot win
+            scores = np.where(np.arange(width) < k[:, None], scores, np.float32(-np.inf))
+        pick = choose_greedy(scores)
+        for i, rng in enumerate(self.rngs[mine]):
+            if rng is not None:
+                pick[i] = sample_index(scores[i : i + 1, : k[i]], self.temperature[rows.start + i], rng.random(1))[0]
+        at = np.arange(n)
+        return Chosen(candidates[at, pick], logits[at, pick], rewards[at, pick])
 
 
 class CppHostChooser:
@@ -76,20 +107,25 @@ class CppHostChooser:
 
     on_host = True
 
-    def __init__(self, config: ChoiceConfig) -> None:
-        steploop = native()
-        c = steploop.ChooserConfig()
-        c.batch, c.k, c.w, c.sample, c.temperature = config.batch, config.k, np.float32(config.w), config.sample, config.temperature
-        # numpy seeds the stream (SeedSequence → PCG64 state); the C++ continues it with the same PCG64.
-        state = np.random.PCG64(config.seed).state["state"]
-        c.state_hi, c.state_lo = int(state["state"]) >> 64, int(state["state"]) & (2**64 - 1)
-        c.inc_hi, c.inc_lo = int(state["inc"]) >> 64, int(state["inc"]) & (2**64 - 1)
-        self.native = steploop.HostChooser(c)
-        self._chosen = Chosen(self.native.tokens, self.native.logits, self.native.rewards)
+    def __init__(self, rows: int) -> None:
+        self.native = native().HostChooser(rows)
 
-    def __call__(self, top: TopK, rewards: np.ndarray) -> Chosen:
-        self.native.choose(top.logits, top.ids, rewards)
-        return self._chosen
+    def seat(self, row: int, config: ChoiceConfig) -> None:
+        # numpy seeds the stream (SeedSequence → PCG64 state); the C++ continues it with the same PCG64.
+        state = np.random.PCG64(config.seed).state["state"] if config.sample else {"state": 0, "inc": 0}
+        s, inc = int(state["state"]), int(state["inc"])
+        self.native.seat(row, config.k, np.float32(config.w), config.sample, config.temperature, (s >> 64, s & MASK64, inc >> 64, inc & MASK64))
+
+    def move(self, source: int, target: int) -> None:
+        self.native.move(source, target)
+
+    def __call__(self, top: TopK, rewards: np.ndarray, rows: range) -> Chosen:
+        n, count = self.native, len(rows)
+        n.choose(top.logits, top.ids, rewards, rows.start, rows.stop)
+        return Chosen(n.tokens[:count], n.logits[:count], n.rewards[:count])
+
+
+MASK64 = 2**64 - 1
 
 
 def choice_settings(w: float, sample: bool, temperature: float) -> dict[str, np.ndarray]:
@@ -104,28 +140,38 @@ def choice_feeds(values: object, ids: object, rewards: object, settings: dict[st
 
 
 class DeviceChooser:
-    """Runs choose.onnx on the models' device; the draws come from the same seeded PCG64 stream as the host's."""
+    """Runs choose.onnx on the models' device; the draws come from each row's own seeded PCG64 stream, as the host's.
+    choose.onnx takes one w, method and temperature for all rows (a call's settings: generate() of one prompt or a
+    batch); rows of other settings choose on the host."""
 
     on_host = False
 
-    def __init__(self, backend: Backend, config: ChoiceConfig) -> None:
-        self.backend, self.sample, self.batch = backend, config.sample, config.batch
-        self.rng = np.random.Generator(np.random.PCG64(config.seed))
+    def __init__(self, backend: Backend, rows: int, config: ChoiceConfig) -> None:
+        self.backend, self.config = backend, config
         self.settings = choice_settings(config.w, config.sample, config.temperature)
-        self.no_draws = np.zeros(config.batch)
+        self.rngs: list[np.random.Generator | None] = [None] * rows
 
-    def __call__(self, top: TopK, rewards: object) -> Chosen:
-        draws = self.rng.random(self.batch) if self.sample else self.no_draws
+    def seat(self, row: int, config: ChoiceConfig) -> None:
+        if config != self.config:
+            raise GenerationError(f"the device chooser runs one setting for all rows ({self.config}); got {config}")
+        self.rngs[row] = np.random.Generator(np.random.PCG64(config.seed)) if config.sample else None
+
+    def move(self, source: int, target: int) -> None:
+        self.rngs[target], self.rngs[source] = self.rngs[source], None
+
+    def __call__(self, top: TopK, rewards: object, rows: range) -> Chosen:
+        draws = np.array([rng.random() if rng is not None else 0.0 for rng in self.rngs[rows.start : rows.stop]])
         out = self.backend.run(choice_feeds(top.engine_logits, top.engine_ids, rewards, self.settings, draws))
         host = self.backend.to_host
         return Chosen(host(out["chosen_ids"]).reshape(-1), host(out["chosen_logits"]).reshape(-1), host(out["chosen_rewards"]).reshape(-1))
 
 
-def make_chooser(config: ChoiceConfig, loop: str, device_backend: Backend | None = None) -> Chooser:
-    """choose.onnx on the device when it has a backend for it, else the host chooser of the active loop."""
-    if device_backend is not None:
-        return DeviceChooser(device_backend, config)
-    return CppHostChooser(config) if loop == "cpp" else HostChooser(config)
+def make_chooser(loop: str, rows: int, device: tuple[Backend, ChoiceConfig] | None = None) -> Chooser:
+    """choose.onnx on the device when given its backend and the one setting it runs, else the host chooser of the
+    active loop."""
+    if device is not None:
+        return DeviceChooser(device[0], rows, device[1])
+    return CppHostChooser(rows) if loop == "cpp" else HostChooser(rows)
 
 
 def open_device_chooser(bundle: Path, manifest: Manifest, options: "RuntimeOptions", backends: tuple[Backend, ...]) -> Backend | None:

@@ -14,9 +14,12 @@ from .dtypes import FLOAT_TYPES, HOST_TYPES
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 6  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`); 6: a fused pass returns its candidates' hidden states and `propose` heads the chosen one
+FORMAT_VERSION = 7  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`); 6: a fused pass returns its candidates' hidden states and `propose` heads the chosen one; 7: a static cache's slot axis is free (`cache_slots`)
 MANIFEST_FILE = "manifest.json"
 CACHE_LAYOUTS = ("dynamic", "static")
+# The static layout's slot axis, left free in the graphs: the runtime allocates the buffers max_context slots wide, or
+# (continuous batching) only as wide as the requests in them need, with the same graph.
+CACHE_SLOTS = "cache_slots"
 # The inputs and outputs the runtime feeds and reads, by role (besides past_key_values.* / present.*, one per layer).
 RUNTIME_IO = {
     "lm": (("input_ids", "position_ids", "attention_mask", "candidate_slots"), ("topk_values", "topk_ids")),
@@ -52,7 +55,7 @@ class GraphSpec:
     vocab_size: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    cache: str = "dynamic"  # "dynamic": the cache grows by concatenation; "static": fixed [B, Hkv, max_context, D] buffers written in place
+    cache: str = "dynamic"  # "dynamic": the cache grows by concatenation; "static": [B, Hkv, cache_slots, D] buffers written in place
     hf_config: dict[str, Any] = field(default_factory=dict)
     # Weight-only quantization (args-export --quantize): {"scheme": "int8" | "int4", "bits", "block_size", ...}, or
     # None for weights in `dtype`. The graph's interface is the same either way.
@@ -264,7 +267,7 @@ def _consistency_problem(m: Manifest) -> str | None:
     if not 1 <= m.max_k <= vocab:
         return f"max_k = {m.max_k} (it must be 1 … the vocabulary size {vocab})"
     for role, spec in (("lm", m.lm), ("fused" if m.fused else "rm", m.rm)):
-        problem = _graph_problem(role, spec, m.max_context)
+        problem = _graph_problem(role, spec)
         if problem:
             return problem
     if m.fused != (m.propose is not None):
@@ -281,7 +284,7 @@ def _consistency_problem(m: Manifest) -> str | None:
     return None
 
 
-def _graph_problem(role: str, spec: GraphSpec, max_context: int) -> str | None:
+def _graph_problem(role: str, spec: GraphSpec) -> str | None:
     if spec.cache not in CACHE_LAYOUTS:
         return f"{role}.cache = {spec.cache!r} (one of {CACHE_LAYOUTS})"
     if spec.dtype not in FLOAT_TYPES:
@@ -301,10 +304,10 @@ def _graph_problem(role: str, spec: GraphSpec, max_context: int) -> str | None:
     present = [t for t in spec.outputs if t.name.startswith("present.")]
     if not len(past) == len(present) == 2 * spec.num_layers:
         return f"the {role} graph has {len(past)} past and {len(present)} present cache tensors for num_layers = {spec.num_layers} (2 each per layer)"
-    slots = max_context if spec.cache == "static" else None
+    static = spec.cache == "static"
     for t in past:
         dims = (t.shape[1], t.shape[3]) if len(t.shape) == 4 else None
-        if len(t.shape) != 4 or dims != (spec.num_kv_heads, spec.head_dim) or (slots and t.shape[2] != slots):
+        if len(t.shape) != 4 or dims != (spec.num_kv_heads, spec.head_dim) or (static and t.shape[2] != CACHE_SLOTS):
             return (f"{role} cache tensor {t.name} has shape {t.shape}, not [batch, num_kv_heads = {spec.num_kv_heads}, "
-                    f"{slots or 'past_sequence_length'}, head_dim = {spec.head_dim}]")
+                    f"{CACHE_SLOTS if static else 'past_sequence_length'}, head_dim = {spec.head_dim}]")
     return None

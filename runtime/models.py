@@ -17,7 +17,7 @@ from .manifest import GraphSpec
 
 
 class Masked(Protocol):
-    """What a model run needs of the prefix: its attention mask (a PrefixState, or a stepper that owns one)."""
+    """What a model run over its own cache needs of the prefix: its attention mask (left-padded rows: runtime/batch.py)."""
 
     attention_mask: np.ndarray
 
@@ -69,7 +69,7 @@ class MaskOnly:
 
 class TopK:
     """The LM's k proposals per row as the engine holds them (the RM and choose.onnx take them from there) and,
-    copied only when asked for, on the host (for a choice made by the host stepper)."""
+    copied only when asked for, on the host (for a choice made on the host)."""
 
     def __init__(self, backend: Backend, logits: object, ids: object, batch: int) -> None:
         self.engine_logits, self.engine_ids, self.batch = logits, ids, batch
@@ -100,10 +100,6 @@ class CachedGraph:
         self.past: dict[str, object] = {}
         self.into: dict[str, object] | None = None
         self._slot_mask = np.zeros((0, max_context), np.int64)
-
-    def on(self, backend: Backend, max_context: int) -> "CachedGraph":
-        """The same model over another session of its graph (runtime/context_width.py's narrow copies)."""
-        return type(self)(backend, self.spec, max_context)
 
     def reset(self, batch: int) -> None:
         if not self.static:
@@ -211,9 +207,6 @@ class FusedModel(RewardModel):
     def __init__(self, backend: Backend, spec: GraphSpec, max_context: int, head: Backend) -> None:
         super().__init__(backend, spec, max_context)
         self.head = head
-
-    def on(self, backend: Backend, max_context: int) -> "FusedModel":
-        return FusedModel(backend, self.spec, max_context, self.head)
 
     def propose(self, prompt_ids: np.ndarray, prompt_positions: np.ndarray, prefix: Masked | CacheRows, k: int) -> TopK:
         """The first pass: the prompt but its last token extends the cache, and that last token, as the one candidate,

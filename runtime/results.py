@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .stepper import EOS, LIMIT, Step
+from .books import EOS, LIMIT, Step
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""generate()'s arguments, checked at the door: every bad value is a GenerationError naming it and the fix, raised
-before any engine work. An unknown keyword is a TypeError, as in any Python call."""
+"""A request's settings, checked at the door: every bad value is a GenerationError naming it and the fix, raised
+before any engine work. An unknown keyword is a TypeError, as in any Python call. One `Settings` value goes from the
+caller (generate()'s keywords, an HTTP body) to the rows that decode it: each row chooses and stops by its own."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,7 +20,7 @@ MIN_TEMPERATURE = 1e-5  # below it softmax(score / T) is the argmax (and score /
 
 @dataclass(frozen=True)
 class Settings:
-    """Checked generation arguments (the keywords of generate() and stream())."""
+    """Checked settings of one request (the keywords of generate(), stream() and ArgsEngine.submit())."""
 
     k: int = 10
     w: float = 1.0
@@ -28,10 +29,12 @@ class Settings:
     temperature: float = 0.7
     seed: int | None = 0
     ignore_eos: bool = False
-    stop: list[str] = field(default_factory=list)
+    stop: tuple[str, ...] = ()
 
-    def choice(self, batch: int) -> ChoiceConfig:
-        return ChoiceConfig(batch, self.k, self.w, self.method == "stochastic", self.temperature, self.seed)
+    @property
+    def choice(self) -> ChoiceConfig:
+        """How a row of this request chooses."""
+        return ChoiceConfig(self.k, self.w, self.method == "stochastic", self.temperature, self.seed)
 
 
 KEYWORDS = tuple(f.name for f in fields(Settings))
@@ -63,7 +66,7 @@ def check_settings(max_k: int, caller: str = "generate", /, **kwargs) -> Setting
     if not isinstance(stops, (list, tuple)) or any(not isinstance(x, str) or not x for x in stops):
         raise SettingError(f"stop={s.stop!r} must be None, a non-empty string, or a list of non-empty strings", "stop")
     return Settings(int(k), float(w), int(s.max_new_tokens), str(s.method), float(temperature),
-                    None if s.seed is None else int(s.seed), bool(s.ignore_eos), [str(x) for x in stops])
+                    None if s.seed is None else int(s.seed), bool(s.ignore_eos), tuple(str(x) for x in stops))
 
 
 def _is_int(value: object) -> bool:

@@ -42,6 +42,15 @@ class Turns:
             self._thread = self._end_stream = None
             self._lock.release()
 
+    def acquire(self) -> None:
+        """Hold the turn until `release` (a holder that spans many calls of its own: a fixed batch in ArgsEngine's thread)."""
+        self._lock.acquire()
+        self._thread, self._end_stream = threading.get_ident(), None
+
+    def release(self) -> None:
+        self._thread = self._end_stream = None
+        self._lock.release()
+
 
 class Stream(Generic[T]):
     """What ArgsGenerator.stream() returns: an iterator over one generation's events. `close()` (or leaving a `with`

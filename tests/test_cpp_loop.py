@@ -15,9 +15,9 @@ import pytest
 from types import SimpleNamespace
 
 from args_runtime import ArgsGenerator
+from args_runtime.books import Books, CppBooks, Seat
 from args_runtime.choice import ChoiceConfig, CppHostChooser, HostChooser
 from args_runtime.selection import args_scores, softmax
-from args_runtime.stepper import CppStepper, PythonStepper, StopConfig
 
 from .conftest import ARCHS, CHAT_PROMPTS, TEXT_PROMPTS
 
@@ -48,65 +48,95 @@ def assert_same(a, b):
         assert (x.timings["loop"], y.timings["loop"]) == ("python", "cpp")
 
 
-# ---------------------------------------------------------------- the stepper alone, on random scores
+# ---------------------------------------------------------------- the chooser and the books alone, on random scores
 
 
-def _run_steppers(choice, stop, logits, candidates, rewards):
-    """The host chooser and the stepper of each loop, side by side on the same scores, step by step."""
-    prompts = [[5] * (3 + i) for i in range(logits.shape[1])]
-    py, cpp = (HostChooser(choice), PythonStepper(prompts, 0, stop)), (CppHostChooser(choice), CppStepper(prompts, 0, stop))
+def _loops_side_by_side(configs, seats, logits, candidates, rewards, eos):
+    """The host chooser and the books of each loop, side by side on the same scores, step by step: rows of their own
+    settings and seats; at step 10 row 0 is released and the last row moves into it (continuous batching's moves)."""
+    rows, context = len(configs), 128
+    py = (HostChooser(rows), Books(rows, context, eos))
+    cpp = (CppHostChooser(rows), CppBooks(rows, context, eos))
+    for chooser, books in (py, cpp):
+        for row, (config, seat) in enumerate(zip(configs, seats)):
+            chooser.seat(row, config)
+            books.seat(row, seat)
+    span = rows
     for t in range(logits.shape[0]):
-        top = SimpleNamespace(logits=logits[t], ids=candidates[t])
-        a = py[1].step(py[0](top, rewards[t]))
-        a_mask = py[1].attention_mask.copy()
-        b = cpp[1].step(cpp[0](top, rewards[t]))
-        assert np.array_equal(a.tokens, b.tokens), (choice, t)
-        assert np.array_equal(a.logits, b.logits) and np.array_equal(a.rewards, b.rewards)
-        assert np.array_equal(a.finish, b.finish) and np.array_equal(a.positions, b.positions)
-        assert np.array_equal(a.next_ids, b.next_ids) and np.array_equal(a_mask, cpp[1].attention_mask)
-        if choice.sample:  # the last row's distribution, to the bit (sum order, exp, division)
-            last = args_scores(logits[t], rewards[t], choice.w)[-1:].astype(np.float64) / choice.temperature
-            assert np.cumsum(softmax(last), axis=-1)[0].tobytes() == cpp[0].native.last_cdf().tobytes()
+        if t == 10:
+            for chooser, books in (py, cpp):
+                books.release(0)
+                chooser.move(rows - 1, 0)
+                books.move(rows - 1, 0)
+            span = rows - 1
+        top = SimpleNamespace(logits=logits[t, :span], ids=candidates[t, :span])
+        a = py[1].step(py[0](top, rewards[t, :span], range(span)), range(span))
+        b = cpp[1].step(cpp[0](top, rewards[t, :span], range(span)), range(span))
+        assert np.array_equal(a.tokens, b.tokens), (configs, t)
+        assert np.array_equal(a.logits, b.logits) and np.array_equal(a.rewards, b.rewards) and np.array_equal(a.finish, b.finish)
+        for name in ("mask", "next_ids", "positions", "columns"):
+            assert np.array_equal(getattr(py[1], name), getattr(cpp[1], name)), (name, t)
+        last = max((row for row in range(span) if py[0].rngs[row] is not None), default=None)
+        if last is not None:  # the last sampled row's distribution, to the bit (sum order, exp, division)
+            k, w, temperature = py[0].k[last], py[0].w[last], py[0].temperature[last]
+            scores = args_scores(logits[t, last : last + 1, :k], rewards[t, last : last + 1, :k], w).astype(np.float64) / temperature
+            assert np.cumsum(softmax(scores), axis=-1)[0].tobytes() == cpp[0].native.last_cdf().tobytes()
     return py, cpp
 
 
 @needs_cpp
-@pytest.mark.parametrize("method,temperature", [("greedy", 0.7), ("stochastic", 0.7), ("stochastic", 1.0), ("stochastic", 0.05), ("stochastic", 5.0)])
+@pytest.mark.parametrize("temperature", [0.05, 0.7, 1.0, 5.0])
 @pytest.mark.parametrize("k", [1, 2, 7, 8, 10, 17, 40, 200])
-def test_stepper_matches_on_random_scores(method, temperature, k):
-    """Many random score matrices (ties included), several seeds: the same picks, the same rng stream."""
+def test_chooser_and_books_match_on_random_scores(temperature, k):
+    """Many random score matrices (ties included), several seeds, rows of different k, w, methods, limits and seats:
+    the same picks, the same books, the same rng streams."""
     for seed in (0, 1, 12345):
         data = np.random.default_rng(seed + 100 * k)
-        steps, batch = 40, 3
-        logits = (data.normal(size=(steps, batch, k)) * 4).astype(np.float32)
-        rewards = data.normal(size=(steps, batch, k)).astype(np.float32)
+        steps, rows = 40, 4
+        logits = (data.normal(size=(steps, rows, k)) * 4).astype(np.float32)
+        rewards = data.normal(size=(steps, rows, k)).astype(np.float32)
         logits[::7, :, : max(1, k // 2)] = 1.0  # tied scores: the first wins
         rewards[::7, :, : max(1, k // 2)] = 0.5
-        candidates = data.integers(0, 49152, size=(steps, batch, k), dtype=np.int64)
-        choice = ChoiceConfig(batch, k, 1.3, method == "stochastic", temperature, seed)
-        stop = StopConfig((int(candidates[5, 0, 0]),), False, (10, 25, 40))
-        py, cpp = _run_steppers(choice, stop, logits, candidates, rewards)
-        if method == "stochastic":  # both consumed exactly one draw per row per step
-            state = py[0].choose.rng.bit_generator.state["state"]
-            hi, lo, inc_hi, inc_lo = cpp[0].native.rng_state()
-            assert (hi << 64 | lo, inc_hi << 64 | inc_lo) == (state["state"], state["inc"])
+        candidates = data.integers(0, 49152, size=(steps, rows, k), dtype=np.int64)
+        configs = [ChoiceConfig(k, 1.3, False, temperature, seed), ChoiceConfig(max(1, k // 3), -0.4, True, temperature, seed),
+                   ChoiceConfig(k, 0.0, True, temperature, seed + 1), ChoiceConfig(max(1, k - 1), 2.5, True, temperature * 2, seed + 2)]
+        seats = [Seat(3, 0, 10, False), Seat(5, 2, 25, True), Seat(1, 60, 40, False), Seat(7, 0, 35, False)]
+        py, cpp = _loops_side_by_side(configs, seats, logits, candidates, rewards, (int(candidates[5, 0, 0]), int(candidates[3, 2, 0])))
+        for row in range(3):  # both consumed exactly one draw per sampled row per step
+            rng = py[0].rngs[row]
+            if rng is not None:
+                state = rng.bit_generator.state["state"]
+                hi, lo, inc_hi, inc_lo = cpp[0].native.rng_state(row)
+                assert (hi << 64 | lo, inc_hi << 64 | inc_lo) == (state["state"], state["inc"])
 
 
 @needs_cpp
-def test_stochastic_stepper_depends_on_the_stream():
+def test_stochastic_chooser_depends_on_the_stream():
     """Guards the guard: near-uniform scores make every pick depend on the draw, so a wrong rng would show."""
     k, steps = 10, 50
     logits = np.zeros((steps, 1, k), np.float32)
     candidates = np.tile(np.arange(k, dtype=np.int64), (steps, 1, 1))
     picks = {}
     for seed in (1, 2):
-        choice = ChoiceConfig(1, k, 0.0, True, 1.0, seed)
         tops = [SimpleNamespace(logits=logits[t], ids=candidates[t]) for t in range(steps)]
-        cpp = CppHostChooser(choice)
-        picks[seed] = [int(cpp(top, top.logits).tokens[0]) for top in tops]
-        py = HostChooser(choice)
-        assert picks[seed] == [int(py(top, top.logits).tokens[0]) for top in tops]
+        cpp, py = CppHostChooser(1), HostChooser(1)
+        cpp.seat(0, ChoiceConfig(k, 0.0, True, 1.0, seed))
+        py.seat(0, ChoiceConfig(k, 0.0, True, 1.0, seed))
+        picks[seed] = [int(cpp(top, top.logits, range(1)).tokens[0]) for top in tops]
+        assert picks[seed] == [int(py(top, top.logits, range(1)).tokens[0]) for top in tops]
     assert picks[1] != picks[2] and len(set(picks[1])) > 5
+
+
+@needs_cpp
+def test_the_books_refuse_what_they_cannot_keep():
+    books = CppBooks(2, 8, ())
+    with pytest.raises(ValueError, match="does not fit"):
+        books.seat(0, Seat(6, 4, 2, False))
+    books.seat(1, Seat(7, 0, 5, True))
+    chosen = SimpleNamespace(tokens=np.array([0, 3]), logits=np.zeros(2, np.float32), rewards=np.zeros(2, np.float32))
+    books.step(chosen, range(2))
+    with pytest.raises(ValueError, match="no cache column left"):
+        books.step(chosen, range(2))
 
 
 # ---------------------------------------------------------------- whole generations on the tiny bundles

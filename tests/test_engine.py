@@ -12,13 +12,11 @@ import pytest
 
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.demo.models import seeded_reward_model
-from args_runtime import ArgsGenerator, BundleError, GenerationError, RequestCancelled
-from args_runtime import context_width
-from args_runtime.context_width import WidthPolicy
+from args_runtime import ArgsGenerator, GenerationError, RequestCancelled
+from args_runtime.books import Books, Seat
 from args_runtime.engine import ArgsEngine, EngineHooks
-from args_runtime.errors import MissingDependencyError
 from args_runtime.loops import available_loops
-from args_runtime.slots import SlotCaches, SlotTable
+from args_runtime.slots import SlotCaches, WidthPolicy
 
 from .conftest import ARCHS, CHAT_PROMPTS, STATIC_CONTEXT, TEXT_PROMPTS
 
@@ -118,8 +116,8 @@ def test_each_slot_has_its_own_context(static_generators):
         assert_same(gen.generate(long_ids, k=5, max_new_tokens=40, ignore_eos=True), crowded.result(timeout=60))
         assert crowded.result().finish_reason == "context" and len(crowded.result().token_ids) == 10
         assert short.result(timeout=60).finish_reason == "length" and len(short.result().token_ids) == 40
-    batched = gen.generate([long_ids, "Hi"], k=5, max_new_tokens=40, ignore_eos=True)  # today's fixed batch, for contrast
-    assert [r.finish_reason for r in batched] == ["context", "context"]
+    batched = gen.generate([long_ids, "Hi"], k=5, max_new_tokens=40, ignore_eos=True)  # a batch of generate() too
+    assert [r.finish_reason for r in batched] == ["context", "length"]
 
 
 def test_a_finished_request_frees_its_slot_for_the_next_step(static_generators):
@@ -204,16 +202,16 @@ def test_handles_work_from_threads_and_event_loops(static_generators, alone):
 def test_a_prefill_writes_only_its_own_slot(static_generators):
     """A new request's prompt goes into its own rows of both caches (bound at their address) and nowhere else."""
     gen = static_generators["llama"]
-    caches, table = SlotCaches((gen.lm, gen.rm), 3), SlotTable(3, STATIC_CONTEXT)
+    caches, books = SlotCaches((gen.lm, gen.rm), 3), Books(3, STATIC_CONTEXT, ())
     assert caches.movable
     for views in caches.host:
         for view in views.values():
             view[...] = 7.0
     before = [{n: v.copy() for n, v in views.items()} for views in caches.host]
     prompt = gen.tokenizer.encode(TEXT_PROMPTS[1])
-    table.place(1, object(), len(prompt))
+    books.seat(1, Seat(len(prompt), 0, 10, False))
     positions = np.arange(len(prompt))[None]
-    lm_rows, rm_rows = caches.rows(1, 2, table.mask[1:2], positions)
+    lm_rows, rm_rows = caches.rows(1, 2, books.mask[1:2], positions)
     top = gen.lm.extend(np.array([prompt]), positions, lm_rows, 5)
     gen.rm.extend_and_score(np.array([prompt]), positions, rm_rows, top)
     for old, views in zip(before, caches.host):
@@ -251,30 +249,37 @@ def test_narrow_caches_give_bit_identical_steps(static_generators):
         assert np.array_equal(a.chosen_logits, b.chosen_logits) and np.array_equal(a.rewards, b.rewards)
 
 
-def test_without_onnx_the_engine_attends_over_every_slot(static_generators, alone, monkeypatch):
-    """Relaxing the graphs needs the onnx package; without it the engine runs at full width, says why, and is exact."""
-    def missing(module, feature, package=None, usable=None):
-        raise MissingDependencyError(f"{feature} needs {module}, which is not usable here; install it: pip install {module}")
+def test_the_runtime_never_needs_onnx(static_bundles, alone):
+    """The graphs' slot axis is free in the bundle itself, so the engine runs narrow caches over the very graphs
+    generate() runs, in a process where the onnx package cannot be imported."""
+    import json
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(context_width, "require", missing)
-    with ArgsEngine(static_generators["llama"], slots=2) as engine:
-        assert engine.info["context_width"].startswith("full: attending over the cache slots in use") and "pip install onnx" in engine.info["context_width"]
-        assert_same(alone["llama"][0], engine.generate(JOBS[0][0], **JOBS[0][1]))
-        assert engine.stats()["width"] == STATIC_CONTEXT and engine.stats()["resizes"] == 0
+    code = (
+        "import sys, json; sys.modules['onnx'] = None\n"
+        "from args_runtime import ArgsEngine\n"
+        f"engine = ArgsEngine.from_bundle({str(static_bundles['llama'])!r}, slots=2)\n"
+        f"r = engine.generate({JOBS[0][0]!r}, **{JOBS[0][1]!r})\n"
+        "print(json.dumps({'ids': r.token_ids, 'width': engine.info['context_width'], 'onnx': 'onnx' in sys.modules and sys.modules['onnx'] is not None}))\n"
+        "engine.close()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {"ids": alone["llama"][0].token_ids, "width": "narrow", "onnx": False}
 
 
-def test_hooks_are_given_the_engines_own_models(static_generators):
-    """What times the generator's model runs (args-serve's metrics) is given the engine's context-free copies too, and
-    nothing when the engine runs the generator's own models."""
+def test_hooks_report_the_queue_the_running_requests_and_each_steps_batch(static_generators):
     gen = static_generators["llama"]
-    seen = []
-    hooks = EngineHooks(model=lambda role, model: seen.append((role, model)))
-    with ArgsEngine(gen, slots=1, hooks=hooks) as engine:
-        assert [model for _, model in seen] == list(engine.models.models) and {role for role, _ in seen} <= {"lm", "rm"}
-        assert not any(model is gen.lm or model is gen.rm for _, model in seen)
-    seen.clear()
-    with ArgsEngine(gen, slots=1, hooks=hooks, width_step=None):
-        assert seen == []
+    seen = {"queue": [], "running": [], "batch": []}
+    hooks = EngineHooks(queue_depth=seen["queue"].append, running=seen["running"].append, batch=seen["batch"].append)
+    with ArgsEngine(gen, slots=2, hooks=hooks) as engine:
+        handles = [engine.submit(p, **s) for p, s in JOBS[:3]]
+        [h.result(timeout=120) for h in handles]
+    assert max(seen["queue"]) >= 1 and seen["queue"][-1] == 0
+    assert max(seen["running"]) == 2 and seen["running"][-1] == 0
+    assert max(seen["batch"]) == 2 and min(seen["batch"]) >= 1
 
 
 def test_resize_keeps_each_rows_used_slots(static_generators):
@@ -297,10 +302,17 @@ def test_resize_keeps_each_rows_used_slots(static_generators):
         caches.resize(64, {0: 65})
 
 
+def test_a_dynamic_bundle_runs_fixed_batches_and_says_how_to_get_continuous_ones(tiny_pairs):
+    gen = ArgsGenerator.from_bundle(tiny_pairs["llama"].bundle)
+    with ArgsEngine(gen, slots=3) as engine:
+        assert not engine.continuous and "--cache static" in engine.batching and engine.info["scheduler"] == "fixed batches"
+        handles = [engine.submit(p, **s) for p, s in JOBS]
+        for (prompt, settings), handle in zip(JOBS, handles):
+            assert_same(gen.generate(prompt, **settings), handle.result(timeout=120))
+
+
 def test_bad_input_fails_clearly(static_generators, tiny_pairs):
     gen = static_generators["llama"]
-    with pytest.raises(BundleError, match="--cache static"):
-        ArgsEngine(ArgsGenerator.from_bundle(tiny_pairs["llama"].bundle))
     with pytest.raises(GenerationError, match="slots=0"):
         ArgsEngine(gen, slots=0)
     with pytest.raises(GenerationError, match="width_step=0"):

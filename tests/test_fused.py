@@ -244,8 +244,6 @@ def test_step_parts_splits_each_token_into_graph_runs_and_host(fused_pairs, tiny
 def test_continuous_batching_runs_a_fused_bundle_one_pass_per_token(fused_pairs):
     """ArgsEngine over a fused bundle: one cache, the LM graph never runs, and requests of mixed k, w, methods and
     lengths joining mid-run each get generate()'s tokens alone (a smaller k's candidates are padded, never read)."""
-    from args_runtime.engine_steps import FusedSteps
-
     from .test_engine import JOBS, assert_same, staggered
 
     gen = ArgsGenerator.from_bundle(fused_pairs["llama"].bundles["static"])
@@ -254,7 +252,7 @@ def test_continuous_batching_runs_a_fused_bundle_one_pass_per_token(fused_pairs)
     inner = gen.lm.backend.run
     gen.lm.backend.run = lambda feeds, into=None: lm_runs.append(1) or inner(feeds, into)
     with ArgsEngine(gen, slots=3) as engine:
-        assert isinstance(engine.models, FusedSteps) and len(engine.caches.models) == 1
+        assert engine.batcher.fused and len(engine.batcher.caches.models) == 1
         results = [h.result(timeout=120) for h in staggered(engine, JOBS)]
     for one, batched in zip(alone, results):
         assert_same(one, batched)

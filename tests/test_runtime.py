@@ -15,7 +15,8 @@ from args_export.bundle import ExportOptions, export_bundle
 from args_export.reference import ReferenceARGS, hf_greedy
 from args_runtime import LOOP_IMPL, ArgsGenerator, BundleError, GenerationError
 from args_runtime.manifest import FORMAT_VERSION
-from args_runtime.models import PrefixState
+from args_runtime.choice import ChoiceConfig, HostChooser
+from args_runtime.models import PrefixState, TopK
 from args_runtime.selection import args_scores, softmax
 
 from .conftest import ARCHS, CHAT_PROMPTS, TEXT_PROMPTS
@@ -100,7 +101,8 @@ def test_stochastic_same_seed_same_tokens_and_matches_reference(tiny_pairs, gene
 
 
 def test_stochastic_frequencies_follow_softmax_of_scores(generators):
-    """One step, many draws: a batch of identical prompts shares one seeded stream, one draw per row."""
+    """One step, many draws: rows of one prompt, each drawing from its own stream (seeds 0 … n-1), pick the candidates
+    as often as softmax(score / T) says; and a sampled row of a batch gets what it gets alone."""
     gen = generators["llama"]
     prompt, k, w, temperature, n = TEXT_PROMPTS[1], 5, 1.0, 2.0, 4000
     ids = gen.tokenizer.encode(prompt)
@@ -111,11 +113,17 @@ def test_stochastic_frequencies_follow_softmax_of_scores(generators):
     logits, candidates = top.logits, top.ids
     rewards = gen.rm.extend_and_score(batch_ids, positions, prefix, top)
     expected = softmax(args_scores(logits, rewards, w)[0].astype(np.float64) / temperature)
-    results = gen.generate([ids] * n, k=k, w=w, max_new_tokens=1, method="stochastic", temperature=temperature, seed=11)
-    first = np.array([r.token_ids[0] for r in results])
+    chooser = HostChooser(n)
+    for row in range(n):
+        chooser.seat(row, ChoiceConfig(k, w, True, temperature, row))
+    many = TopK(gen.lm.backend, np.repeat(logits, n, 0), np.repeat(candidates, n, 0), n)
+    first = chooser(many, np.repeat(rewards, n, 0), range(n)).tokens
     observed = np.array([(first == c).mean() for c in candidates[0]])
     assert observed.sum() == pytest.approx(1.0)
     assert np.abs(observed - expected).max() < 4 * math.sqrt(0.25 / n), (observed, expected)
+    kw = dict(k=k, w=w, max_new_tokens=6, method="stochastic", temperature=temperature, seed=11)
+    batch = gen.generate([ids, TEXT_PROMPTS[0], ids], **kw)
+    assert batch[0].token_ids == batch[2].token_ids == gen.generate(ids, **kw).token_ids  # each row alone, seed 11
     assert expected.max() < 0.9  # the test must be able to fail: the distribution is not degenerate
 
 

@@ -21,8 +21,9 @@ import openai
 import pytest
 
 from args_runtime import ArgsGenerator
-from args_runtime.serve import BatchScheduler, GenerationSettings, Job, ServeConfig, create_app, plan_batches
-from args_runtime.serve.continuous import EngineScheduler
+from args_runtime.engine import ArgsEngine
+from args_runtime.requests import Request
+from args_runtime.serve import ServeConfig, create_app
 
 from .conftest import CHAT_PROMPTS, TEXT_PROMPTS
 from .serve_utils import ThreadServer, free_port, metric, wait_health, wait_idle
@@ -194,7 +195,7 @@ def test_concurrent_greedy_requests_are_batched_and_equal_single_requests(server
 def test_concurrent_requests_with_different_settings_share_steps_and_each_get_their_single_request_tokens(server, aclient, reference):
     """A long greedy stream and a sampled chat request with other k, w, temperature and seed run in the same decode steps
     of the engine, and each gets exactly what generate() gives it alone."""
-    assert isinstance(server.app.state.args.scheduler, EngineScheduler)  # a static bundle: continuous batching
+    assert server.app.state.args.engine.continuous  # a static bundle: continuous batching
     long_kw = dict(k=3, w=2.0, max_new_tokens=300, ignore_eos=True)
     sampled_kw = dict(k=12, w=0.5, max_new_tokens=20, method="stochastic", temperature=0.7, seed=5, ignore_eos=True)
     long_ref = reference.generate(TEXT_PROMPTS[1], **long_kw)
@@ -222,20 +223,32 @@ def test_concurrent_requests_with_different_settings_share_steps_and_each_get_th
     assert metric(server.url, "args_batch_size_sum") - rows > metric(server.url, "args_batch_size_count") - steps  # they shared steps
 
 
-def test_a_dynamic_cache_bundle_is_served_with_fixed_batches(tiny_pairs):
-    """The engine needs the static layout; a dynamic-cache bundle is still served (BatchScheduler), exactly."""
+def test_a_dynamic_cache_bundle_is_served_with_fixed_batches_of_any_settings(tiny_pairs):
+    """A dynamic-cache bundle's rows share one left-padded cache: requests that wait together are decoded together as a
+    fixed batch, streamed or not, greedy or sampled, of any k, each with exactly its single-request tokens; /health
+    says how the server batches."""
     dynamic = tiny_pairs["llama"].bundle
     reference = ArgsGenerator.from_bundle(dynamic, threads=1)
-    with ThreadServer(create_app(ServeConfig(dynamic, k=K, w=W, max_batch=4, threads=1))) as s:
+    settings = [dict(k=K, w=W, max_new_tokens=12), dict(k=3, w=0.5, max_new_tokens=9, method="stochastic", temperature=0.8, seed=3),
+                dict(k=8, w=2.0, max_new_tokens=15), dict(k=K, w=W, max_new_tokens=6, method="stochastic", temperature=1.2, seed=9)]
+    refs = [reference.generate(TEXT_PROMPTS[i % 2], ignore_eos=True, **kw) for i, kw in enumerate(settings)]
+    with ThreadServer(create_app(ServeConfig(dynamic, k=K, w=W, max_batch=4, threads=1, batch_wait_ms=500))) as s:
         s.wait_health()
-        assert isinstance(s.app.state.args.scheduler, BatchScheduler)
-        c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0, timeout=120)
-        for kw in (dict(max_new_tokens=12), dict(max_new_tokens=12, method="stochastic", temperature=0.8, seed=3)):
-            ref = reference.generate(TEXT_PROMPTS[0], k=K, w=W, ignore_eos=True, **kw)
-            args = {"ignore_eos": True, **({"method": "stochastic"} if "seed" in kw else {})}
-            r = c.completions.create(model="llama-bundle", prompt=TEXT_PROMPTS[0], max_tokens=12, seed=kw.get("seed"),
-                                     temperature=kw.get("temperature"), extra_body={"args": args})
-            assert r.choices[0].text == ref.text
+        health = httpx.get(f"{s.url}/health").json()
+        assert not s.app.state.args.engine.continuous and health["batching"].startswith("fixed batches of up to 4 requests")
+        c = openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        async def one(i: int, kw: dict):
+            args = {"k": kw["k"], "w": kw["w"], "ignore_eos": True, "method": kw.get("method", "greedy")}
+            return await c.completions.create(model="llama-bundle", prompt=TEXT_PROMPTS[i % 2], max_tokens=kw["max_new_tokens"],
+                                              seed=kw.get("seed"), temperature=kw.get("temperature"), extra_body={"args": args})
+
+        async def main():
+            return await asyncio.gather(*(one(i, kw) for i, kw in enumerate(settings)))
+
+        answers = asyncio.run(main())
+        assert [a.choices[0].text for a in answers] == [r.text for r in refs]
+        assert metric(s.url, "args_batch_size_sum") > metric(s.url, "args_batch_size_count")  # they ran together
 
 
 # ---------------------------------------------------------------------------------------------- bad input: 400, and serving goes on
@@ -534,18 +547,12 @@ def test_serve_benchmark_quick_run(bundle, tmp_path):
 # ---------------------------------------------------------------------------------------------- the batching rule
 
 
-def job(prompt_len: int, stream: bool = False, method: str = "greedy", k: int = 5, max_new: int = 10) -> Job:
-    seed = 0 if method == "greedy" else 3
-    return Job(list(range(1, prompt_len + 1)), GenerationSettings(k, 1.0, max_new, method, 0.7, seed, (), False), stream)
-
-
-def test_plan_batches_groups_only_what_equals_single_requests():
-    a, b, c = job(5), job(9), job(7)
-    sampled, streamed, other_k = job(5, method="stochastic"), job(5, stream=True), job(5, k=6)
-    assert plan_batches([a, sampled, b, streamed, other_k, c], max_batch=8, max_context=512) == [[a, b, c], [sampled], [streamed], [other_k]]
-    assert plan_batches([a, b, c], max_batch=2, max_context=512) == [[a, b], [c]]
-    # the longest prompt bounds everyone's context: a batch never cuts a row's token budget short
-    long = job(505)
-    assert plan_batches([a, long], max_batch=8, max_context=512) == [[a], [long]]
-    fits = job(502)  # 502 + 10 new tokens = 512
-    assert plan_batches([a, fits], max_batch=8, max_context=512) == [[a, fits]]
+def test_a_fixed_batch_takes_only_requests_whose_context_it_cannot_shorten(tiny_pairs):
+    """The longest prompt of a fixed batch bounds everyone's context: a request joins only when no member would then run
+    out of context sooner than alone (the dynamic bundle's context is 512)."""
+    with ArgsEngine.from_bundle(tiny_pairs["llama"].bundle, slots=8) as engine:
+        settings = engine.bundle.settings(k=5, max_new_tokens=10)
+        job = lambda n: Request(list(range(1, n + 1)), settings)  # noqa: E731
+        a, b, long, fits = job(5), job(9), job(505), job(502)  # 502 + 10 new tokens = 512
+        assert engine.batcher.fits([a], b) and engine.batcher.fits([a], fits)
+        assert not engine.batcher.fits([a], long) and not engine.batcher.fits([long], a)

@@ -13,7 +13,7 @@ from args_export.reference import ReferenceARGS
 from args_runtime.backend import EngineOptions
 from args_runtime.engines.onnxruntime_engine import ort_session_options
 from args_runtime import ArgsGenerator, BundleError
-from args_runtime.manifest import load_manifest
+from args_runtime.manifest import CACHE_SLOTS, load_manifest
 
 from .conftest import ARCHS, CHAT_PROMPTS, STATIC_CONTEXT as CONTEXT, TEXT_PROMPTS
 
@@ -30,7 +30,8 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 @pytest.mark.parametrize("graph", ["lm.onnx", "rm.onnx"])
 def test_every_present_is_written_in_place_into_its_past(static_bundles, tmp_path, graph):
     """present.i.* comes straight out of a ScatterND over past_key_values.i.* (so ORT skips the copy when both are
-    bound to one buffer), also after ONNX Runtime's graph optimizations; and the slot axis is fixed to max context."""
+    bound to one buffer), also after ONNX Runtime's graph optimizations; and the slot axis is left free (cache_slots),
+    so one graph runs over caches of any width."""
     path = static_bundles["llama"] / graph
     options = ort_session_options(ort, EngineOptions())  # ENABLE_ALL, on this process's thread pool
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -43,15 +44,15 @@ def test_every_present_is_written_in_place_into_its_past(static_bundles, tmp_pat
             node = producers[name]
             assert node.op_type == "ScatterND" and node.input[0] == name.replace("present.", "past_key_values."), (name, node.op_type)
         shapes = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output if o.name in presents]
-        assert all(shape[2] == CONTEXT for shape in shapes)
+        assert all(shape[2] == CACHE_SLOTS for shape in shapes)
 
 
 def test_manifest_records_the_layout(static_bundles, tiny_pairs):
     static, dynamic = load_manifest(static_bundles["llama"]), load_manifest(tiny_pairs["llama"].bundle)
     assert (static.lm.cache, static.rm.cache, dynamic.lm.cache) == ("static", "static", "dynamic")
     past = next(t for t in static.rm.inputs if t.name == "past_key_values.0.key")
-    assert past.shape == ["batch_size", 2, CONTEXT, 16]
-    assert [t.shape for t in static.lm.inputs if t.name in ("attention_mask", "cache_position")] == [["batch_size", CONTEXT], ["batch_size", "sequence_length"]]
+    assert past.shape == ["batch_size", 2, CACHE_SLOTS, 16] and static.max_context == CONTEXT
+    assert [t.shape for t in static.lm.inputs if t.name in ("attention_mask", "cache_position")] == [["batch_size", CACHE_SLOTS], ["batch_size", "sequence_length"]]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -93,20 +94,49 @@ def test_generation_fills_the_context_exactly(static_generators):
     assert len(res.token_ids) == 20 and res.finish_reason == "context"
 
 
-def test_buffers_are_allocated_once_and_written_in_place(static_bundles):
+def test_slot_caches_are_written_in_place_and_only_as_wide_as_needed(static_bundles):
+    """generate() on a static bundle runs its request in a slot of caches held outside the models, written in place at
+    the request's own columns and only as wide as it needs (a width congruent to the context modulo 64)."""
+    from args_runtime.batch import Batcher
+    from args_runtime.requests import Request
+
     gen = ArgsGenerator.from_bundle(static_bundles["llama"])
-    gen.generate("Hello there", k=5, w=1.0, max_new_tokens=2, ignore_eos=True)
-    lm_past = dict(gen.lm.past)
-    addresses = {name: value.data_ptr() for name, value in lm_past.items()}
-    size = gen.lm.cache_bytes()
     prompt = gen.tokenizer.encode("Once upon a time")
-    gen.generate(prompt, k=5, w=1.0, max_new_tokens=30, ignore_eos=True)
-    after = {name: value.data_ptr() for name, value in gen.lm.past.items()}
-    assert after == addresses  # same buffers, same batch
-    assert gen.lm.cache_bytes() == size == 2 * 2 * CONTEXT * 16 * 4 * 2  # layers · (k, v) · slots · head_dim · fp32 · kv heads
-    keys = gen.lm.past["past_key_values.0.key"].numpy()
+    batcher = Batcher(gen.bundle, 1)
+    request = Request(prompt, gen.settings(k=5, w=1.0, max_new_tokens=30, ignore_eos=True))
+    handle = request.handle
+    batcher.seat([request])
+    while batcher.busy:
+        batcher.step()
+    assert handle.result().token_ids == gen.generate(prompt, k=5, w=1.0, max_new_tokens=30, ignore_eos=True).token_ids
+    assert batcher.info["context_width"] == "narrow" and batcher.caches.width == CONTEXT - 3 * 64  # 64 slots hold 34
+    keys = batcher.caches.host[0]["past_key_values.0.key"]
     written = len(prompt) + 30 - 1  # the last token is chosen, never fed back
     assert np.abs(keys[0, :, :written]).sum(axis=(0, 2)).min() > 0  # every fed token's slot was written in place
+    assert not np.any(keys[0, :, written:])  # slots past the text were never touched
+    assert gen.lm.cache_bytes() == 0  # the models' own caches were not used
+
+
+def test_fixed_batches_reuse_the_models_own_buffers(static_bundles):
+    """With fixed addresses (what CUDA graphs need) a call runs over the models' own max_context-wide buffers, allocated
+    once per batch size and written in place."""
+    from args_runtime.backend import EngineOptions
+    from args_runtime.engines.onnxruntime_engine import OrtBackend
+
+    gen = ArgsGenerator.from_bundle(static_bundles["llama"])
+    for model, graph in ((gen.lm, "lm.onnx"), (gen.rm, "rm.onnx")):
+        model.backend = OrtBackend(static_bundles["llama"] / graph, "cpu", EngineOptions(fixed_addresses=True))
+    gen.generate("Hello there", k=5, w=1.0, max_new_tokens=2, ignore_eos=True)
+    addresses = {name: value.data_ptr() for name, value in gen.lm.past.items()}
+    size = gen.lm.cache_bytes()
+    prompt = gen.tokenizer.encode("Once upon a time")
+    result = gen.generate(prompt, k=5, w=1.0, max_new_tokens=30, ignore_eos=True)
+    assert result.timings["scheduler"] == "fixed batches"
+    assert {name: value.data_ptr() for name, value in gen.lm.past.items()} == addresses  # same buffers, same batch
+    assert gen.lm.cache_bytes() == size == 2 * 2 * CONTEXT * 16 * 4 * 2  # layers · (k, v) · slots · head_dim · fp32 · kv heads
+    keys = gen.lm.past["past_key_values.0.key"].numpy()
+    written = len(prompt) + 30 - 1
+    assert np.abs(keys[0, :, :written]).sum(axis=(0, 2)).min() > 0
     assert not np.any(keys[0, :, written:])  # slots past the text were never touched (the first call's text was shorter)
 
 

@@ -345,8 +345,7 @@ def test_a_graph_from_another_layout_is_refused_when_it_opens(bundle_copy, stati
     for name in ("lm.onnx", "lm.onnx.data"):
         shutil.copy(static_bundles["llama"] / name, bundle_copy / name)
     _edit_manifest(bundle_copy, lambda m: None, fix_checksums=True)
-    with pytest.raises(BundleError, match=r"lm.onnx is not the lm graph the manifest describes \(unexpected inputs \['cache_position'\]; "
-                                          r"attention_mask: int64 \['batch_size', 256\] where the manifest says int64 \['batch_size', 'total_sequence_length'\]"):
+    with pytest.raises(BundleError, match=r"lm.onnx is not the lm graph the manifest describes \(unexpected inputs \['cache_position'\]\)"):
         ArgsGenerator.from_bundle(bundle_copy)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from args_runtime.errors import ArgsError, ExportError
 from args_runtime.files import write_atomic
-from args_runtime.manifest import MANIFEST_FILE, TensorSpec, load_manifest, sha256_file
+from args_runtime.manifest import CACHE_SLOTS, MANIFEST_FILE, TensorSpec, load_manifest, sha256_file
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 ENGINE_FILES = {"lm": "lm.engine", "rm": "rm.engine", "propose": "propose.engine"}  # propose: fused bundles only
@@ -54,18 +54,20 @@ class Profile:
 
 def dim_ranges(max_batch: int, max_context: int, max_k: int) -> dict[str, dict[str, DimRange]]:
     """[min, opt, max] of every symbolic dim name the exported graphs use, per phase. Decode extends the cache by one
-    token (opt: half-full cache); prefill takes up to the whole context in one pass on an empty cache."""
+    token (opt: half-full cache); prefill takes up to the whole context in one pass on an empty cache. A static
+    cache's free slot axis is fixed at the context: the runtime runs TensorRT engines over full-width buffers."""
     if max_batch < 1 or max_context < 2 or max_k < 1:
         raise ExportError(f"profile limits out of range: max_batch={max_batch} (>= 1), max_context={max_context} (>= 2), max_k={max_k} (>= 1)")
     batch = (1, max(1, max_batch // 2), max_batch)
     cands = (1, max_k, max_k)
     half = max_context // 2
     prompt = min(128, max_context)
+    slots = {CACHE_SLOTS: (max_context, max_context, max_context)}
     return {
         "decode": {"batch_size": batch, "sequence_length": (1, 1, 1), "past_sequence_length": (0, half, max_context - 1),
-                   "total_sequence_length": (1, half + 1, max_context), "num_candidates": cands, "num_proposals": cands},
+                   "total_sequence_length": (1, half + 1, max_context), "num_candidates": cands, "num_proposals": cands, **slots},
         "prefill": {"batch_size": batch, "sequence_length": (1, prompt, max_context), "past_sequence_length": (0, 0, max_context - 1),
-                    "total_sequence_length": (1, prompt, max_context), "num_candidates": cands, "num_proposals": cands},
+                    "total_sequence_length": (1, prompt, max_context), "num_candidates": cands, "num_proposals": cands, **slots},
     }
 
 

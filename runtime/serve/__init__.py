@@ -11,6 +11,5 @@ except ImportError as e:  # pragma: no cover - depends on the install
 
 from .app import create_app
 from .config import ServeConfig
-from .scheduler import BatchScheduler, GenerationSettings, Handle, Job, Scheduler, plan_batches
 
-__all__ = ["BatchScheduler", "GenerationSettings", "Handle", "Job", "Scheduler", "ServeConfig", "create_app", "plan_batches"]
+__all__ = ["ServeConfig", "create_app"]

@@ -31,7 +31,7 @@ from .protocol import (
     prompt_ids,
 )
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter
-from .scheduler import Handle, Job
+from ..requests import Request as ArgsRequest, RequestHandle
 from .state import ServerState
 from .validation import validation_message
 
@@ -45,7 +45,7 @@ class Unavailable(ArgsError):
 
 def create_app(config: ServeConfig, on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
     """The args-serve app for one bundle. Its lifespan loads the bundle (in the background when
-    `config.load_in_background`, so /health says 503 until it is ready) and stops the scheduler at shutdown."""
+    `config.load_in_background`, so /health says 503 until it is ready) and stops the engine at shutdown."""
     app = FastAPI(title="args-serve", version=__version__, lifespan=_lifespan(config, on_load_error),
                   description="OpenAI-compatible ARGS (reward-guided search) decoding. ARGS's settings: `\"args\": {\"k\", \"w\", "
                               "\"method\", \"return_rewards\", \"ignore_eos\"}` in the body (OpenAI SDKs: `extra_body`).")
@@ -55,6 +55,8 @@ def create_app(config: ServeConfig, on_load_error: Callable[[BaseException], Non
     async def health(request: Request) -> JSONResponse:
         state = _state(request)
         body = {"status": state.status, "model": config.served_name, "replica": state.replica}
+        if state.engine is not None:
+            body["batching"] = state.engine.batching
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if state.healthy() else 503)
@@ -122,34 +124,33 @@ def _ready(request: Request) -> ServerState:
 
 
 def _plan(state: ServerState, body: Any, prompt: Any, param: str) -> RequestPlan:
-    """Check a request and turn it into what the scheduler runs (400 naming the field on any bad value)."""
+    """Check a request and turn it into what the engine runs (400 naming the field on any bad value)."""
     limits = state.limits
     check_common(body, limits)
     if body.stream_options is not None and not body.stream:
         raise InvalidRequest("stream_options is only allowed with stream=true", "stream_options")
-    ids = prompt_ids(state.generator, prompt, param)
+    ids = prompt_ids(state.bundle, prompt, param)
     settings = generation_settings(body, len(ids), limits)
     options = body.args
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return RequestPlan(ids, settings, body.stream, include_usage, bool(options and options.return_rewards))
+    return RequestPlan(ArgsRequest(ids, settings, body.stream), include_usage, bool(options and options.return_rewards))
 
 
 async def _answer(request: Request, state: ServerState, plan: RequestPlan, writer: ResponseWriter) -> Response:
     endpoint = request.url.path
-    job = Job(plan.prompt_ids, plan.settings, plan.stream)
-    handle = state.scheduler.submit(job)
+    handle = state.engine.submit(plan.request)
     headers = {"x-args-replica": state.replica}
     if plan.stream:
         events = _sse(state, endpoint, handle, writer, plan.include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
     result = await _result_unless_disconnected(request, handle)
-    state.metrics.finished(endpoint, result, job.submitted_at, handle.first_token_at)
+    state.metrics.finished(endpoint, result, handle.submitted_at, handle.first_token_at)
     return Response(writer.response(result).model_dump_json(), media_type="application/json", headers=headers)
 
 
-async def _result_unless_disconnected(request: Request, handle: Handle):
+async def _result_unless_disconnected(request: Request, handle: RequestHandle):
     """The result, or RequestCancelled as soon as the client disconnects (which also cancels the generation)."""
-    waiter = asyncio.ensure_future(handle.result())
+    waiter = asyncio.ensure_future(handle.wait())
     watcher = asyncio.ensure_future(_disconnect(request))
     try:
         await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -169,7 +170,7 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-def _sse(state: ServerState, endpoint: str, handle: Handle, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
+def _sse(state: ServerState, endpoint: str, handle: RequestHandle, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
     """The OpenAI stream: chunks as Server-Sent Events, then `data: [DONE]`. A client that goes away cancels the
     generator (Starlette cancels the response), which cancels the generation."""
 
@@ -180,11 +181,11 @@ def _sse(state: ServerState, endpoint: str, handle: Handle, writer: ResponseWrit
             async for event in handle:
                 if (chunk := writer.token(event)) is not None:
                     yield _event(chunk)
-            result = await handle.result()
+            result = await handle.wait()
             yield _event(writer.closing(result))
             if include_usage:
                 yield _event(writer.usage(result))
-            state.metrics.finished(endpoint, result, handle.job.submitted_at, handle.first_token_at)
+            state.metrics.finished(endpoint, result, handle.submitted_at, handle.first_token_at)
         except RequestCancelled:
             state.metrics.refused(endpoint, "cancelled")
             return

@@ -16,8 +16,9 @@ Serve ARGS (reward-guided search) decoding of a bundle over the OpenAI API: POST
 /v1/completions (streaming with stream=true), GET /v1/models, /health (503 while loading) and /metrics (Prometheus).
 ARGS's own settings go in the request body as "args": {"k", "w", "method", "return_rewards", "ignore_eos"}
 (OpenAI SDKs: extra_body={"args": {...}}); left out, they take --k and --w.
-A static-cache bundle (args-export --cache static) is served with continuous batching: every request joins the
-running batch between two steps and leaves it when done. Other bundles batch only greedy requests of equal settings.
+A static-cache bundle (args-export's default layout) is served with continuous batching: every request joins the
+running batch between two steps and leaves it when done, whatever its settings. A dynamic-cache bundle (--cache
+dynamic) is served in fixed batches of the requests that wait together. The log and /health say which.
 
   args-serve bundles/smol --port 8000
   args-serve bundles/smol --device cuda --max-batch 16
@@ -38,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w", type=float, default=1.5, help="default reward weight, for requests without args.w (default 1.5)")
     p.add_argument("--max-batch", type=int, default=8,
                    help="most requests decoded together: continuous batching's slots (static-cache bundle), else the largest "
-                        "fixed batch of greedy requests with equal settings (default 8)")
+                        "fixed batch (default 8)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
-                   help="fixed batches only: how long a batchable request waits for others to join its batch (default 10 ms)")
+                   help="fixed batches only: how long the first waiting request waits for others to join its batch (default 10 ms)")
     p.add_argument("--model-name", default="", help="the model id clients send (default: the bundle folder's name)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     ray = p.add_argument_group("Ray Serve (pip install \"args-rt[ray]\")")

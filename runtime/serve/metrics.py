@@ -9,14 +9,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .scheduler import SchedulerHooks
+from ..engine import EngineHooks
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class ServeMetrics:
-    """The server's metrics; `hooks()` feeds the scheduler's, `instrument()` times each model run of a generator."""
+    """The server's metrics; `hooks()` feeds the engine's, `instrument()` times each model run of a bundle."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -38,18 +38,13 @@ class ServeMetrics:
         self.model_step = Histogram("args_model_step_seconds", "One run of a model graph: prefill (the prompt) or decode (one token)",
                                     ["model", "phase"], buckets=STEP_BUCKETS, registry=r)
 
-    def hooks(self) -> SchedulerHooks:
-        return SchedulerHooks(queue_depth=self.queue_depth.set, running=self.running.set, batch=self.batch_size.observe,
-                              model=self.instrument_model)
+    def hooks(self) -> EngineHooks:
+        return EngineHooks(queue_depth=self.queue_depth.set, running=self.running.set, batch=self.batch_size.observe)
 
-    def instrument(self, generator: Any) -> None:
-        """Time every run of the generator's LM and RM graphs (each model's `run` is the one door its work goes through)."""
-        for name, model in (("lm", generator.lm), ("rm", generator.rm)):
-            self.instrument_model(name, model)
-
-    def instrument_model(self, name: str, model: Any) -> None:
-        """Time every run of one model ("lm" or "rm"): the generator's, or the continuous-batching engine's own copy."""
-        model.run = self._timed(model.run, name)
+    def instrument(self, bundle: Any) -> None:
+        """Time every run of the bundle's LM and RM graphs (each model's `run` is the one door its work goes through)."""
+        for name, model in (("lm", bundle.lm), ("rm", bundle.rm)):
+            model.run = self._timed(model.run, name)
 
     def _timed(self, run: Callable[[dict], dict], model: str) -> Callable[[dict], dict]:
         prefill, decode = self.model_step.labels(model, "prefill"), self.model_step.labels(model, "decode")

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import ContextLengthError, GenerationError, SettingError
-from ..settings import check_settings
-from .scheduler import GenerationSettings
+from ..requests import Request
+from ..settings import Settings, check_settings
 
 DEFAULT_TEMPERATURE = 0.7  # the paper's (and the runtime's) sampling temperature, when a stochastic request gives none
 
@@ -155,13 +155,15 @@ class Limits:
 
 @dataclass(frozen=True)
 class RequestPlan:
-    """A checked request: the prompt ids to run, the settings to run them with, and how to answer."""
+    """A checked request: what the engine runs (prompt ids and settings, checked once, here), and how to answer."""
 
-    prompt_ids: list[int]
-    settings: GenerationSettings
-    stream: bool
+    request: Request
     include_usage: bool
     return_rewards: bool
+
+    @property
+    def stream(self) -> bool:
+        return self.request.stream
 
 
 def check_common(req: _Sampling, limits: Limits) -> None:
@@ -216,18 +218,18 @@ FIELDS = {"k": "args.k", "w": "args.w", "method": "args.method", "temperature": 
           "seed": "seed", "stop": "stop", "ignore_eos": "args.ignore_eos"}
 
 
-def prompt_ids(generator: Any, prompt: Any, param: str) -> list[int]:
-    """The prompt as checked token ids, by the runtime's own door (ArgsGenerator.prompt_ids: its forms, chat messages,
-    ids in the vocabulary, room in the context); its error becomes a 400 naming `param`."""
+def prompt_ids(bundle: Any, prompt: Any, param: str) -> list[int]:
+    """The prompt as checked token ids, by the runtime's own door (Bundle.prompt_ids: its forms, chat messages, ids in
+    the vocabulary, room in the context); its error becomes a 400 naming `param`."""
     try:
-        return generator.prompt_ids(prompt, param)
+        return bundle.prompt_ids(prompt, param)
     except ContextLengthError as e:
         raise InvalidRequest(str(e), param, "context_length_exceeded") from e
     except GenerationError as e:
         raise InvalidRequest(str(e), param) from e
 
 
-def generation_settings(req: _Sampling, prompt_tokens: int, limits: Limits) -> GenerationSettings:
+def generation_settings(req: _Sampling, prompt_tokens: int, limits: Limits) -> Settings:
     """The request's fields as the runtime's generate() keywords, checked by the runtime's own check_settings (one home
     for every range), so a bad one gets a 400 naming its field. What is particular to the OpenAI API stays here: the
     server's defaults, temperature 0 .. 2 meaning nothing to a greedy request, max_tokens against the room left."""
@@ -242,7 +244,7 @@ def generation_settings(req: _Sampling, prompt_tokens: int, limits: Limits) -> G
     except SettingError as e:
         field = FIELDS[e.keyword]
         raise InvalidRequest(str(e).replace(f"{e.keyword}=", f"{field}=", 1), field) from e
-    return GenerationSettings(s.k, s.w, s.max_new_tokens, s.method, s.temperature, s.seed, tuple(s.stop), s.ignore_eos)
+    return s
 
 
 def _temperature(value: float | None, method: Any) -> Any:

@@ -1,5 +1,5 @@
-"""The serving state of one process (or one Ray replica): the generator, its scheduler, its metrics, and whether the
-bundle is loading, ready, or failed to load (what /health reports)."""
+"""The serving state of one process (or one Ray replica): the opened bundle, the engine that decodes its requests, its
+metrics, and whether the bundle is loading, ready, or failed to load (what /health reports)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import socket
 import threading
 import time
 
+from ..engine import ArgsEngine
 from ..errors import ArgsError, GenerationError
 from .config import ServeConfig
 from .metrics import ServeMetrics
 from .protocol import Limits
-from .continuous import make_scheduler
-from .scheduler import Scheduler
 
 log = logging.getLogger("args_runtime.serve")
 
@@ -31,15 +30,15 @@ def replica_name() -> str:
 
 
 class ServerState:
-    """Loads the bundle once (`load`, blocking: run it off the event loop), then hands out the scheduler and limits."""
+    """Loads the bundle once (`load`, blocking: run it off the event loop), then hands out the engine and limits."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.metrics = ServeMetrics()
         self.status = "loading"  # "loading" | "ready" | "failed"
         self.error: str | None = None
-        self.generator = None
-        self.scheduler: Scheduler | None = None
+        self.bundle = None
+        self.engine: ArgsEngine | None = None
         self.limits: Limits | None = None
         self.replica = replica_name()
         self.created = int(time.time())
@@ -51,41 +50,40 @@ class ServerState:
         return self.status == "ready"
 
     def load(self) -> None:
-        """Open the bundle, check the server's defaults against it, start the scheduler; on failure keep the reason."""
-        from ..generator import ArgsGenerator
+        """Open the bundle, check the server's defaults against it, start the engine; on failure keep the reason."""
+        from ..bundle import Bundle
 
         c = self.config
         try:
-            gen = ArgsGenerator.from_bundle(c.bundle, device=c.device, threads=c.threads, shared_threads=c.shared_threads)
-            self.limits = _limits(c, gen)
-            self.metrics.instrument(gen)
-            scheduler = make_scheduler(gen, c.max_batch, c.batch_wait_ms / 1e3, self.metrics.hooks())
-            scheduler.start()
+            bundle = Bundle.open(c.bundle, device=c.device, threads=c.threads, shared_threads=c.shared_threads)
+            self.limits = _limits(c, bundle)
+            self.metrics.instrument(bundle)
+            engine = ArgsEngine(bundle, slots=c.max_batch, hooks=self.metrics.hooks(), batch_wait_s=c.batch_wait_ms / 1e3)
         except Exception as e:
             self.status, self.error = "failed", str(e)
             log.error("args-serve: cannot serve %s: %s", c.bundle, e)
             raise
         with self._lock:
-            self.generator, self.scheduler = gen, scheduler
+            self.bundle, self.engine = bundle, engine
             self.status = "ready"
             if self._closed:  # shut down while loading
-                scheduler.stop()
-        log.info("args-serve: %s ready (replica %s)", c.served_name, self.replica)
+                engine.close()
+        log.info("args-serve: %s ready (replica %s): %s", c.served_name, self.replica, engine.batching)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            scheduler = self.scheduler
-        if scheduler is not None:
-            scheduler.stop()
+            engine = self.engine
+        if engine is not None:
+            engine.close()
 
     def healthy(self) -> bool:
-        return self.ready and self.scheduler is not None and self.scheduler.alive()
+        return self.ready and self.engine is not None and self.engine.alive()
 
 
-def _limits(config: ServeConfig, gen) -> Limits:
+def _limits(config: ServeConfig, bundle) -> Limits:
     """The bundle's limits with the server's defaults, refused here if the bundle cannot take them."""
-    m = gen.manifest
+    m = bundle.manifest
     if not 1 <= config.k <= m.max_k:
         raise GenerationError(f"--k {config.k} is out of range for this bundle: it supports 1 <= k <= {m.max_k}")
     if not math.isfinite(config.w):
