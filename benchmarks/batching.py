@@ -338,7 +338,7 @@ def run(args: argparse.Namespace, contenders: dict, requests: list[Request], wor
     manifest = gen.manifest
     models = f"{Path(manifest.lm.source).name} + {Path(manifest.rm.source).name}, {manifest.lm.dtype}, static cache of {manifest.max_context} slots"
     doc = {
-        "machine": info, "device": device, "models": models, "bundle": str(gen.bundle), "loop": gen.loop,
+        "machine": info, "device": device, "models": models, "bundle": str(gen.bundle.path), "loop": gen.loop,
         "settings": {"k": args.k, "w": args.w, "method": "greedy", "ignore_eos": True, "slots": args.slots},
         "continuous": {"width_step": args.width_step or None, "context_width": contenders["engine"].info["context_width"],
                        **{key: value for key, value in contenders["engine"].stats().items() if key in ("steps", "moves", "resizes")}},

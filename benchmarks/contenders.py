@@ -70,7 +70,7 @@ class ArgsContender:
 
     def run(self, prompts: list[list[int]], k: int, w: float, new_tokens: int) -> Run:
         results = self.gen.generate(prompts, k=k, w=w, max_new_tokens=new_tokens, ignore_eos=True)
-        return _from_results(results, self.gen)
+        return _from_results(results)
 
 
 class GreedyContender:
@@ -83,7 +83,7 @@ class GreedyContender:
 
     def run(self, prompts: list[list[int]], k: int, w: float, new_tokens: int) -> Run:
         results = self.gen.greedy(prompts, max_new_tokens=new_tokens, ignore_eos=True)
-        run = _from_results(results, self.gen)
+        run = _from_results(results)
         run.cache_bytes.pop("rm", None)  # the RM did not run
         return run
 
@@ -123,9 +123,10 @@ class FloorContender:
         return Run(by_row, clock[0] * 1e3, _diffs_ms(clock), {"lm": lm.cache_bytes(), "rm": rm.cache_bytes()})
 
 
-def _from_results(results, gen) -> Run:
+def _from_results(results) -> Run:
     first = results[0].timings  # a batch shares its steps: the first row ran them all (EOS is ignored)
-    cache = {"lm": gen.lm.cache_bytes(), "rm": gen.rm.cache_bytes()}
+    held = first["kv_cache_bytes"]  # by model, when the row ended: "lm", "rm", or a fused bundle's one "lm+rm"
+    cache = {"lm": held.get("lm", held.get("lm+rm", 0)), "rm": held.get("rm", 0 if "lm+rm" in held else None)}
     return Run([r.token_ids for r in results], first["time_to_first_token_ms"], list(first["step_ms"]), cache)
 
 

@@ -213,7 +213,7 @@ def compare_tokens(bundles: dict, model: str) -> list[dict]:
 def latency(bundles: dict, model: str, out: Path) -> int:
     """The args-bench harness (--quick --no-memory --no-reference) on both exporters' bundles of both layouts, in one
     interleaved run: each 'cache layout' it races is a layout from one exporter."""
-    from args_runtime.stepper import available_loops
+    from args_runtime.loops import available_loops
 
     from . import latency as bench
 

@@ -164,7 +164,7 @@ def decode_all(bundles: list[Bundle], chats: list, args: argparse.Namespace, ref
             res = b.gen.generate(chat, k=args.k, w=args.w, max_new_tokens=args.new_tokens, ignore_eos=True)
             b.replies.append(res.token_ids)
             b.step_ms += list(res.timings["step_ms"])
-            b.cache_bytes = b.gen.lm.cache_bytes() + b.gen.rm.cache_bytes()
+            b.cache_bytes = sum(res.timings["kv_cache_bytes"].values())
         greedy_ms += list(bundles[0].gen.greedy(chat, max_new_tokens=args.new_tokens, ignore_eos=True).timings["step_ms"])
         if reference is not None and i < args.reference_prompts:
             ms, tokens = reference_run(reference, bundles[0].gen.tokenizer.encode(chat), args)

@@ -224,7 +224,7 @@ class Batcher:
         step: Step = self.books.step(chosen, rows)
         for i, row in enumerate(rows):
             request = self.occupant[row]
-            if request is not None and self.live[row] and request.record(step, i, self.steps):
+            if request is not None and self.live[row] and request.record(step, i, self.steps, self.cache_bytes):
                 self._end(row)
 
     # ------------------------------------------------------------------ cancelling, failing, moving
@@ -297,7 +297,10 @@ class Batcher:
             self.caches.resize(width, used)
             self.resizes += 1
 
-    def cache_bytes(self) -> int:
-        """Bytes held by the caches this batcher runs over (its slots, or the models' own)."""
-        return self.caches.nbytes if self.caches is not None else sum(m.cache_bytes() for m in self.models)
+    def cache_bytes(self) -> dict[str, int]:
+        """Bytes held now by the KV caches this batcher runs over (its slots, or the models' own), by model: "lm", "rm",
+        or a fused bundle's one "lm+rm"."""
+        names = ("lm",) if self.lm_only else ("lm+rm",) if self.fused else ("lm", "rm")
+        each = self.caches.nbytes_each if self.caches is not None else [m.cache_bytes() for m in self.models]
+        return dict(zip(names, each))
 

@@ -175,14 +175,15 @@ class Request:
     def limit(self) -> int:
         return self.row.limit
 
-    def record(self, step: Step, i: int, at_step: int) -> bool:
+    def record(self, step: Step, i: int, at_step: int, cache_bytes: Callable[[], dict[str, int]]) -> bool:
         """Book row i's token of `step` (the decode loop's step `at_step`; 0: the prefills before the first); publish
-        its event (streamed requests), settle the handle when it is the last. True when the request finished."""
+        its event (streamed requests), settle the handle when it is the last, with the KV-cache bytes its batch held
+        then (`cache_bytes()`). True when the request finished."""
         row = self.row
         row.record(step, i, self.settings.stop)
         done = row.finish_reason is not None
         if done:
-            self.info["left_at_step"] = at_step
+            self.info["left_at_step"], self.info["kv_cache_bytes"] = at_step, cache_bytes()
         if self.stream or done:
             event = self.events.next(row, time.perf_counter() - self.handle.submitted_at)
             if self.stream:

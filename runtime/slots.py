@@ -70,8 +70,13 @@ class SlotCaches:
     @property
     def nbytes(self) -> int:
         """Bytes held by both models' buffers."""
-        return sum(len(buffers) * self.slots * m.spec.num_kv_heads * self.width * m.spec.head_dim * ITEMSIZE[m.spec.dtype]
-                   for m, buffers in zip(self.models, self.buffers))
+        return sum(self.nbytes_each)
+
+    @property
+    def nbytes_each(self) -> list[int]:
+        """Bytes held by each model's buffers, in the models' order."""
+        return [len(buffers) * self.slots * m.spec.num_kv_heads * self.width * m.spec.head_dim * ITEMSIZE[m.spec.dtype]
+                for m, buffers in zip(self.models, self.buffers)]
 
     def resize(self, width: int, used: dict[int, int]) -> None:
         """Re-lay the buffers out `width` cache slots wide, keeping the first `used[slot]` slots of each slot listed

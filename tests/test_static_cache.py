@@ -115,6 +115,8 @@ def test_slot_caches_are_written_in_place_and_only_as_wide_as_needed(static_bund
     assert np.abs(keys[0, :, :written]).sum(axis=(0, 2)).min() > 0  # every fed token's slot was written in place
     assert not np.any(keys[0, :, written:])  # slots past the text were never touched
     assert gen.lm.cache_bytes() == 0  # the models' own caches were not used
+    row_bytes = 2 * 2 * 64 * 16 * 4 * 2  # layers · (k, v) · the narrow width · head_dim · fp32 · kv heads
+    assert handle.result().timings["kv_cache_bytes"] == {"lm": row_bytes, "rm": row_bytes}  # what its one slot held
 
 
 def test_fixed_batches_reuse_the_models_own_buffers(static_bundles):
@@ -134,6 +136,7 @@ def test_fixed_batches_reuse_the_models_own_buffers(static_bundles):
     assert result.timings["scheduler"] == "fixed batches"
     assert {name: value.data_ptr() for name, value in gen.lm.past.items()} == addresses  # same buffers, same batch
     assert gen.lm.cache_bytes() == size == 2 * 2 * CONTEXT * 16 * 4 * 2  # layers · (k, v) · slots · head_dim · fp32 · kv heads
+    assert result.timings["kv_cache_bytes"] == {"lm": size, "rm": gen.rm.cache_bytes()}
     keys = gen.lm.past["past_key_values.0.key"].numpy()
     written = len(prompt) + 30 - 1
     assert np.abs(keys[0, :, :written]).sum(axis=(0, 2)).min() > 0
