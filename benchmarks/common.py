@@ -26,3 +26,23 @@ def machine() -> dict:
     label = re.sub(r"[^a-z0-9]+", "-", (gpu or f"{cpu} {cores}-core").lower()).strip("-")
     return {"label": label, "cpu": cpu, "cores": cores, "gpu": gpu, "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "ort_providers": onnxruntime.get_available_providers()}
+
+
+class UsageError(Exception):
+    """Options that do not fit together: the command line's parser reports it as its own error (usage, exit status 2)."""
+
+
+def module_main(module, prog: str, argv: list[str] | None) -> int:
+    """`python -m args_benchmarks.X`: the benchmark module's options on a parser of its own (the same as `args-bench X`),
+    then its run. A module gives add_arguments(parser) and run(args)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog=prog, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return module.run(args)
+    except UsageError as e:
+        p.error(str(e))

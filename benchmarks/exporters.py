@@ -26,7 +26,7 @@ from pathlib import Path
 from args_runtime.backend import EngineOptions
 from args_runtime.engines.onnxruntime_engine import ort_session_options
 
-from .common import RESULTS, machine
+from .common import RESULTS, machine, module_main
 
 EXPORTERS = ("torchscript", "dynamo")
 LAYOUTS = ("dynamic", "static")
@@ -217,7 +217,7 @@ def latency(bundles: dict, model: str, out: Path) -> int:
 
     from . import latency as bench
 
-    args = bench.parse_args(["--quick", "--no-memory", "--no-reference", "--out", str(out), "--name", "exporters_latency"])
+    args = bench.race_options(quick=True, no_memory=True, no_reference=True, out=out, name="exporters_latency")
     args.devices, args.loops = ["cpu"], available_loops()[::-1][:1]  # the default step loop
     plan = bench.Plan(args.k, args.prompt_tokens, args.headline_new_tokens, args.sweep_new_tokens, args.k_values,
                       args.prompt_lengths, args.new_tokens, [1])
@@ -229,7 +229,7 @@ def bench_plan_limits() -> tuple[int, int]:
     """The context and max k `args-bench --quick` exports its bundles with, so the SmolLM2 bundles are the ones it races."""
     from . import latency as bench
 
-    args = bench.parse_args(["--quick"])
+    args = bench.race_options(quick=True)
     plan = bench.Plan(args.k, args.prompt_tokens, args.headline_new_tokens, args.sweep_new_tokens, args.k_values,
                       args.prompt_lengths, args.new_tokens, [1])
     return plan.max_context(), max([plan.k, *plan.ks])
@@ -257,13 +257,19 @@ def summary_lines(records: list[ExportRecord]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m args_benchmarks.exporters", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`python -m args_benchmarks.exporters`: the same as `args-bench exporters`."""
+    return module_main(sys.modules[__name__], "args-bench exporters", argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench exporters`'s options."""
     p.add_argument("--tiny", default=None, help="comma-separated tiny architectures (default: all of tests/conftest.py; '' for none)")
     p.add_argument("--no-smollm2", action="store_true", help="skip SmolLM2-135M (its exports, tokens and latency)")
     p.add_argument("--no-latency", action="store_true", help="skip the args-bench race of the SmolLM2 bundles")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from args_export.demo.models import sentiment_reward_model

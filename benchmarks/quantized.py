@@ -25,7 +25,7 @@ from pathlib import Path
 
 from args_runtime.options import SHARED_THREADS_HELP
 
-from .common import RESULTS, machine
+from .common import RESULTS, UsageError, machine, module_main
 from .report import Target, prefix_agreement, within_tolerance
 
 
@@ -78,27 +78,29 @@ def bundle_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
 
 
-def checked_schemes(p: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> argparse.Namespace:
-    """`args` with its --schemes checked (argparse's error otherwise) and the bookkeeping both races share."""
+def checked_schemes(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """`args` with its --schemes checked (a UsageError otherwise) and the bookkeeping both races share."""
     args.refused = {}
     for entry in args.schemes.split(","):
         scheme, _, only = entry.removeprefix("fused+").partition(":")
         if entry != "fused" and (scheme not in ("int8", "int4") or only not in ("", "lm", "rm")):
-            p.error(f"--schemes: {entry!r} is not 'fused', SCHEME or SCHEME:lm / SCHEME:rm (SCHEME int8 or int4), or one of those after 'fused+'")
+            raise UsageError(f"--schemes: {entry!r} is not 'fused', SCHEME or SCHEME:lm / SCHEME:rm (SCHEME int8 or int4), or one of those after 'fused+'")
     args.name = name
     return args
 
 
-def parse_args(argv: list[str] | None, name: str = "quantized") -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"args-bench {name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser, name: str = "quantized") -> None:
+    """`args-bench quantized`'s options, or (`name` "bundles") the same race with the fused bundle among the defaults."""
     bundle_options(p, name)
     p.add_argument("--prompts", type=int, default=16, help="held-out sentiment prompts to decode (default 16)")
     p.add_argument("--reference-prompts", type=int, default=2, help="of which the reference ARGS decodes the first N (default 2; 0: skip)")
     p.add_argument("--quick", action="store_true", help="2 prompts, 16 tokens, reference on 1 (CI smoke)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.prompts, args.new_tokens, args.reference_prompts = 2, 16, 1
-    return checked_schemes(p, args, name)
+    p.set_defaults(name=name)
+
+
+def add_bundles_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench bundles`: the README's "Choosing a bundle" race (fused, int8, int4, int8 RM only)."""
+    add_arguments(p, "bundles")
 
 
 def export_bundles(args: argparse.Namespace, cache: Path) -> list[Bundle]:
@@ -283,8 +285,16 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None, name: str = "quantized") -> int:
-    args = parse_args(argv, name)
+def main(argv: list[str] | None = None) -> int:
+    """`python -m args_benchmarks.quantized`: the same as `args-bench quantized`."""
+    return module_main(sys.modules[__name__], "args-bench quantized", argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.prompts, args.new_tokens, args.reference_prompts = 2, 16, 1
+    args = checked_schemes(args, args.name)
+    name = args.name
     from args_export.quality.metrics import RewardScorer
     from args_export.rewards.sentiment_pairs import load_prompts
     from args_runtime.errors import ArgsError

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import RESULTS, machine
+from .common import RESULTS, UsageError, machine, module_main
 from .quantized import Bundle, bundle_options, checked_schemes, open_bundles, paired_ci95
 from .report import Target, within_tolerance
 
@@ -43,19 +43,22 @@ class ShiftRow:
     verdict: str  # within / outside / undecided, against ±tolerance
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="args-bench reward-shift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench reward-shift`'s options."""
     bundle_options(p, "reward-shift")
     p.add_argument("--prompts", type=int, default=0, help="decode the first N held-out prompts (default 0: all 800)")
     p.add_argument("--batch", type=int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--tolerance", type=float, default=2.0, help="the reward change, in %%, a verdict is judged against (default 2)")
     p.add_argument("--quick", action="store_true", help="8 prompts, 8 tokens, batches of 4 (CI smoke)")
-    args = p.parse_args(argv)
+
+
+def checked(args: argparse.Namespace) -> argparse.Namespace:
+    """--quick's values, and the options checked (a UsageError otherwise)."""
     if args.quick:
         args.prompts, args.new_tokens, args.batch = 8, 8, 4
     if args.batch < 1 or args.prompts < 0 or args.tolerance <= 0:
-        p.error(f"--batch {args.batch}, --prompts {args.prompts}, --tolerance {args.tolerance}: need a batch >= 1, prompts >= 0 and a tolerance > 0")
-    return checked_schemes(p, args, "reward-shift")
+        raise UsageError(f"--batch {args.batch}, --prompts {args.prompts}, --tolerance {args.tolerance}: need a batch >= 1, prompts >= 0 and a tolerance > 0")
+    return checked_schemes(args, "reward-shift")
 
 
 VERDICTS = {True: "within", False: "outside", None: "undecided"}
@@ -119,7 +122,12 @@ def plot(rows: list[ShiftRow], tolerance: float, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """`python -m args_benchmarks.reward_shift`: the same as `args-bench reward-shift`."""
+    return module_main(sys.modules[__name__], "args-bench reward-shift", argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    args = checked(args)
     from args_export.data import SENTIMENT_HELDOUT
     from args_export.quality.metrics import RewardScorer
     from args_export.rewards.sentiment_data import load_prompts

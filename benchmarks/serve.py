@@ -215,8 +215,8 @@ def print_table(rows: list[Measured]) -> None:
               f"{r.latency_p50_ms:8.0f} {r.latency_p99_ms:8.0f} {r.mean_batch:6.1f} {r.exact:>3}/{r.requests}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench serve`'s options."""
     p.add_argument("--bundle", type=Path, help="bundle to serve (default: the demo bundle, exported on first use)")
     p.add_argument("--requests", type=int, default=32, help="requests per workload (default 32)")
     p.add_argument("--max-tokens", type=int, default=32, help="new tokens per request, EOS ignored (default 32)")
@@ -228,11 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="8 requests × 8 tokens, 1 and 4 clients")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
     p.add_argument("--name", default="serve", help="file name stem of the results (default serve)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`python -m args_benchmarks.serve`: the same as `args-bench serve`."""
+    from args_benchmarks.common import module_main
+
+    return module_main(sys.modules[__name__], "args-bench serve", argv)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.requests, args.max_tokens, args.clients = 8, 8, "1,4"
     from args_benchmarks.common import RESULTS, machine

@@ -15,13 +15,13 @@ import itertools
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
-from args_export.demo.prepare import cache_dir, prepare_bundle
 from args_runtime import ArgsGenerator
 
-from .common import RESULTS, machine
+from .common import RESULTS, machine, module_main
 
 CHATS = [[{"role": "user", "content": "Give me one tip for a calm morning."}],
          [{"role": "user", "content": "Name a planet and say one thing about it."}],
@@ -84,6 +84,8 @@ def window(samples: list[Sample]) -> dict:
 
 
 def soak(args: argparse.Namespace) -> dict:
+    from args_export.demo.prepare import cache_dir, prepare_bundle
+
     gen = ArgsGenerator.from_bundle(prepare_bundle(cache_dir()), threads=args.threads)
     deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
     samples: list[Sample] = []
@@ -112,8 +114,12 @@ def soak(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m args_benchmarks.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`python -m args_benchmarks.soak`: the same as `args-bench soak`."""
+    return module_main(sys.modules[__name__], "args-bench soak", argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench soak`'s options."""
     p.add_argument("--n", type=int, default=1000, help="generations to run (default 1000)")
     p.add_argument("--minutes", type=float, help="stop after this many minutes even if --n is not reached")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model (default 1)")
@@ -122,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=50, help="generations in the start and end windows (default 50)")
     p.add_argument("--progress", type=int, default=100, help="print a line every this many generations (0: never)")
     p.add_argument("--out", help="JSON path (default benchmarks/results/<machine>/soak.json)")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     report = soak(args)
     out = args.out or RESULTS / report["machine"]["label"] / "soak.json"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .common import RESULTS, machine
+from .common import RESULTS, UsageError, machine, module_main
 from .contenders import FloorContender
 
 
@@ -71,7 +71,12 @@ def bundles(args) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m args_benchmarks.step_parts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`python -m args_benchmarks.step_parts`: the same as `args-bench step-parts`."""
+    return module_main(sys.modules[__name__], "args-bench step-parts", argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench step-parts`'s options."""
     p.add_argument("--lm", help="LM folder (default: the demo's SmolLM2-135M-Instruct)")
     p.add_argument("--rm", help="RM folder, a score head on the LM's own backbone (default: the demo's sentiment RM)")
     p.add_argument("--k", type=int, default=10)
@@ -85,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                    "candidate row (default: none)")
     p.add_argument("--name", default="step_parts", help="file stem of the JSON (default step_parts)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     scan_ks = args.k_scan.split(",") if args.k_scan else []
     if not all(k.isdigit() and 1 <= int(k) <= args.k for k in scan_ks) or len(set(scan_ks)) == 1:
-        p.error(f"--k-scan {args.k_scan}: give two or more k values, each 1 <= k <= --k ({args.k}, the bundles' largest)")
+        raise UsageError(f"--k-scan {args.k_scan}: give two or more k values, each 1 <= k <= --k ({args.k}, the bundles' largest)")
     from args_runtime import ArgsGenerator
 
     from args_runtime.errors import ArgsError

@@ -16,19 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from args_export.demo.prepare import cache_dir, prepare_bundle
 from args_runtime import ArgsGenerator
 from args_runtime.books import Seat, make_books
 from args_runtime.choice import ChoiceConfig, make_chooser
 from args_runtime.loops import LOOPS
 
-from .common import RESULTS, machine
+from .common import RESULTS, machine, module_main
 
 PROMPTS = [[{"role": "user", "content": "Give me one tip for a calm morning."}], [{"role": "user", "content": "Name a planet."}],
            [{"role": "user", "content": "Write a haiku about tea, please, with a seasonal word."}], [{"role": "user", "content": "Hi!"}]]
@@ -125,14 +125,23 @@ def end_to_end(gen, prompts, k: int, n: int, method: str) -> tuple[float, float,
     return res[0].timings["decode_ms_per_token"], 1e6 * (total - backend) / n, [r.token_ids for r in res]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    """`python -m args_benchmarks.steploop_overhead`: the same as `args-bench steploop`."""
+    return module_main(sys.modules[__name__], "args-bench steploop", argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`args-bench steploop`'s options."""
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
+
+    from args_export.demo.prepare import cache_dir, prepare_bundle
 
     bundle = prepare_bundle(cache_dir())
     gens = {loop: ArgsGenerator.from_bundle(bundle, loop=loop) for loop in LOOPS}
@@ -168,7 +177,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "steploop_overhead.json").write_text(json.dumps(result, indent=2))
     print(f"written {out / 'steploop_overhead.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

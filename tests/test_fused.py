@@ -192,13 +192,13 @@ def test_no_fuse_on_the_command_line(fused_pairs, tmp_path, capsys):
 def test_args_bench_bundles_races_the_fused_bundle_against_two_graphs(fused_pairs, tmp_path, monkeypatch):
     """`args-bench bundles --quick --schemes fused`: the base (two graphs) and the fused bundle, the fused one with the
     base's tokens and one KV cache instead of two; JSON, CSV and plot written. No speed is asserted."""
-    from args_benchmarks import latency
+    from args_benchmarks import cli
 
     pair = fused_pairs["llama"]
     monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     argv = ["bundles", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--quick", "--schemes", "fused", "--out", str(out)]
-    assert latency.main(argv) == 0
+    assert cli.main(argv) == 0
     result = json.loads((out / "bundles.json").read_text())
     rows = {r["bundle"]: r for r in result["rows"]}
     assert list(rows) == ["fp32", "fused fp32"]

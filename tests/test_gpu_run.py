@@ -23,11 +23,24 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from args_benchmarks.gpu import packing, summary, wheels
+from args_benchmarks.gpu import packing, summary
 from args_benchmarks.gpu.stage import FAILED, PASSED, Context, Stage, StageResult, run_child, run_stages
 from args_export.onnx_export import save_with_one_data_file
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _checkout_tool(path: Path):
+    """A tool that prepares a GPU box from the checkout and is not installed with the package (benchmarks/gpu/wheels.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wheels = _checkout_tool(REPO / "benchmarks" / "gpu" / "wheels.py")
 
 
 def make_wheel(folder: Path, name: str, files: dict[str, bytes], version: str = "0.1", tag: str = "py3-none-any") -> Path:

@@ -129,12 +129,12 @@ def test_cli_quantize_flags(tmp_path):
 def test_args_bench_quantized_races_fp32_int8_and_int4(tiny_pairs, tmp_path, monkeypatch):
     """`args-bench quantized --quick` on the tiny pair: one row per bundle, fp32 first and agreeing with itself, the
     reference's tokens equal to the fp32 bundle's, JSON, CSV and plot written. No speed is asserted."""
-    from args_benchmarks import latency
+    from args_benchmarks import cli
 
     pair = tiny_pairs["llama"]
     monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    assert latency.main(["quantized", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--quick", "--out", str(out)]) == 0
+    assert cli.main(["quantized", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--quick", "--out", str(out)]) == 0
     result = json.loads((out / "quantized.json").read_text())
     rows = {r["bundle"]: r for r in result["rows"]}
     assert list(rows) == ["fp32", "int8 (lm+rm)", "int4 (lm+rm)"]
@@ -148,14 +148,14 @@ def test_args_bench_quantized_races_fp32_int8_and_int4(tiny_pairs, tmp_path, mon
 def test_args_bench_reward_shift_judges_each_bundle_against_the_fp32_base(tiny_pairs, tmp_path, monkeypatch):
     """`args-bench reward-shift` on the tiny pair, 5 prompts in batches of 2 (the last batch holds one): the fp32 base
     agrees with itself and is "within"; every row scored all 5 prompts; JSON, CSV and plot written."""
-    from args_benchmarks import latency
+    from args_benchmarks import cli
 
     pair = tiny_pairs["llama"]
     monkeypatch.setenv("ARGS_RT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     argv = ["reward-shift", "--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--new-tokens", "8", "--prompts", "5", "--batch", "2",
             "--schemes", "int8", "--out", str(out)]
-    assert latency.main(argv) == 0
+    assert cli.main(argv) == 0
     result = json.loads((out / "reward_shift.json").read_text())
     rows = {r["bundle"]: r for r in result["rows"]}
     assert list(rows) == ["fp32", "int8 (lm+rm)"]
@@ -178,7 +178,7 @@ def test_reward_shift_verdict_needs_the_whole_interval_on_one_side_of_the_tolera
 
 
 def test_args_bench_reward_shift_refuses_a_bad_batch():
-    run = subprocess.run([sys.executable, "-m", "args_benchmarks.latency", "reward-shift", "--batch", "0"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "args_benchmarks", "reward-shift", "--batch", "0"], capture_output=True, text=True)
     assert run.returncode == 2 and "--batch 0" in run.stderr
 
 
