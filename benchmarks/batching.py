@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import RESULTS, UsageError, machine, module_main
+from .common import UsageError, machine, module_main, results_folder
 from .latency import FILLER
 from .report import Target
 
@@ -282,7 +282,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--quick", action="store_true", help="6 requests of 8-64 prompt tokens and 4-24 new tokens, 3 slots, 1 round: "
                       "a smoke run (options given still apply)")
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
+    out.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
     out.add_argument("--name", default="batching", help="file stem of the JSON and PNG")
 
 
@@ -369,7 +369,7 @@ def race(args: argparse.Namespace, contenders: dict, requests: list[Request], wo
     print(f"every contender gave every request the same tokens: {identical}")
     for t in targets:
         print(t.line())
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{args.name}.json"]
     written[0].write_text(json.dumps(doc, indent=2))

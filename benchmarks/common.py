@@ -1,4 +1,5 @@
-"""What every benchmark shares: where results go, and the machine they were measured on, named."""
+"""What every benchmark shares: where results go, the machine they were measured on, named, and how a benchmark module
+runs as a command of its own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import re
 import subprocess
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+def results_folder(label: str) -> Path:
+    """Where a run's results go unless --out says: benchmarks/results/<label> when run from a checkout (beside the
+    committed ones), else ./args-bench-results/<label> where the user runs it (never inside the installed package)."""
+    checkout = Path.cwd() / "benchmarks" / "results"
+    return (checkout if checkout.is_dir() else Path.cwd() / "args-bench-results") / label
 
 
 def machine() -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 from args_runtime.backend import EngineOptions
 from args_runtime.engines.onnxruntime_engine import ort_session_options
 
-from .common import RESULTS, machine, module_main
+from .common import machine, module_main, results_folder
 
 EXPORTERS = ("torchscript", "dynamo")
 LAYOUTS = ("dynamic", "static")
@@ -266,7 +266,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", default=None, help="comma-separated tiny architectures (default: all of tests/conftest.py; '' for none)")
     p.add_argument("--no-smollm2", action="store_true", help="skip SmolLM2-135M (its exports, tokens and latency)")
     p.add_argument("--no-latency", action="store_true", help="skip the args-bench race of the SmolLM2 bundles")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     from args_export.demo.prepare import cache_dir, demo_paths, smollm2_folder
 
     info = machine()
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="args-exporters-") as scratch:
         work = Path(scratch)

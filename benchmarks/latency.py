@@ -32,7 +32,7 @@ from pathlib import Path
 
 from args_runtime.options import SHARED_THREADS_HELP
 
-from .common import RESULTS, machine, module_main
+from .common import machine, module_main, results_folder
 from .contenders import ArgsContender, Contender, FloorContender, GreedyContender, ReferenceContender, Run
 from .report import Case, Record, judge_targets, prefix_agreement, print_table, summarise, write_results
 
@@ -349,7 +349,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--no-memory", action="store_true", help="skip the per-contender RSS probes (a process each)")
     what.add_argument("--quick", action="store_true", help="small sweeps and 2 repeats: a smoke run in about a minute")
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    out.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
     out.add_argument("--name", help="file stem of the JSON, CSV and PNG files")
     p.add_argument("--probe", type=int, help=argparse.SUPPRESS)
     p.set_defaults(**DEFAULTS)
@@ -449,7 +449,7 @@ def run_all(args: argparse.Namespace, plan: Plan, bundles: dict[str, Path], on_g
     print()
     for t in targets:
         print(t.line())
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     for path in write_results(out, args.name, meta, records, targets):
         print(f"written {path}")
     return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from args_runtime.options import SHARED_THREADS_HELP
 
-from .common import RESULTS, UsageError, machine, module_main
+from .common import UsageError, machine, module_main, results_folder
 from .report import Target, prefix_agreement, within_tolerance
 
 
@@ -75,7 +75,7 @@ def bundle_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--w", type=float, default=0.5, help="reward weight (default 0.5; the demo decodes with 1.5)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0: ONNX Runtime's default)")
     p.add_argument("--shared-threads", action=argparse.BooleanOptionalAction, default=True, help=SHARED_THREADS_HELP)
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
 
 
 def checked_schemes(args: argparse.Namespace, name: str) -> argparse.Namespace:
@@ -336,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     targets = bundle_targets(rows, bool(ref_tokens) and all(meta["fp32_equals_reference"]))
     for t in targets:
         print(t.line())
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "targets": [asdict(t) for t in targets]}, indent=1))
     with open(out / f"{name}.csv", "w", newline="") as f:

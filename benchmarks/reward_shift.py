@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import RESULTS, UsageError, machine, module_main
+from .common import UsageError, machine, module_main, results_folder
 from .quantized import Bundle, bundle_options, checked_schemes, open_bundles, paired_ci95
 from .report import Target, within_tolerance
 
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label}: refused by the export's check against PyTorch: {why.splitlines()[0]}")
     for t in targets:
         print(t.line())
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     out.mkdir(parents=True, exist_ok=True)
     doc = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": [asdict(t) for t in targets]}
     (out / "reward_shift.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -226,7 +226,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per graph, baseline and server alike")
     p.add_argument("--quick", action="store_true", help="8 requests × 8 tokens, 1 and 4 clients")
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
     p.add_argument("--name", default="serve", help="file name stem of the results (default serve)")
 
 
@@ -240,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.requests, args.max_tokens, args.clients = 8, 8, "1,4"
-    from args_benchmarks.common import RESULTS, machine
+    from args_benchmarks.common import machine, results_folder
 
     info = machine()
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     out.mkdir(parents=True, exist_ok=True)
     bundle = args.bundle
     if bundle is None:

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .common import RESULTS, machine, module_main
+from .common import machine, module_main, results_folder
 from .report import Target
 
 TOPICS = ["the sea", "a rainy morning in a small harbour town where the boats rock", "my first job", "the city at night",
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--w", type=float, default=1.5)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per graph")
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
 
 
 def requests(n: int) -> list[tuple[list[dict], int]]:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
            "max_tokens_each": [n for _, n in jobs], "k": args.k, "w": args.w, "rounds": args.rounds, "seconds": times,
            "median_s": medians, "ratio": round(ratio, 3), "identical_tokens": same, "targets": [target.__dict__],
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_mix.json").write_text(json.dumps(doc, indent=2))
     print(f"{Path(bundle).name}: server batching: {health.get('batching')}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from args_runtime import ArgsGenerator
 
-from .common import RESULTS, machine, module_main
+from .common import machine, module_main, results_folder
 
 CHATS = [[{"role": "user", "content": "Give me one tip for a calm morning."}],
          [{"role": "user", "content": "Name a planet and say one thing about it."}],
@@ -132,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     report = soak(args)
-    out = args.out or RESULTS / report["machine"]["label"] / "soak.json"
+    out = args.out or results_folder(report["machine"]["label"]) / "soak.json"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=1)

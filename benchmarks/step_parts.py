@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .common import RESULTS, UsageError, machine, module_main
+from .common import UsageError, machine, module_main, results_folder
 from .contenders import FloorContender
 
 
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-scan", default="", help="comma-separated k values to decode the fused bundle at, fitting its pass's cost per "
                    "candidate row (default: none)")
     p.add_argument("--name", default="step_parts", help="file stem of the JSON (default step_parts)")
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<machine>)")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fused k={r['k']:<3} {r['ms_per_token']:>8} ms/token: pass {r['pass_ms']}, propose {r['propose_ms']}")
         print(f"fused pass ~ {scan['pass_without_candidates_ms']} + {scan['ms_per_candidate_row']} ms per candidate row (least squares); plain "
               f"greedy {scan['greedy_ms_per_token']} ms/token; the largest k whose fused token is <= 1.3x greedy: {scan['largest_k_within_1_3x_greedy']}")
-    out = args.out or RESULTS / info["label"]
+    out = args.out or results_folder(info["label"])
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": info, "k": args.k, "w": args.w, "new_tokens": args.new_tokens, "repeats": args.repeats,
             "threads": args.threads or "onnxruntime default", "shared_threads": args.shared_threads, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

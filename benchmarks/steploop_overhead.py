@@ -28,7 +28,7 @@ from args_runtime.books import Seat, make_books
 from args_runtime.choice import ChoiceConfig, make_chooser
 from args_runtime.loops import LOOPS
 
-from .common import RESULTS, machine, module_main
+from .common import machine, module_main, results_folder
 
 PROMPTS = [[{"role": "user", "content": "Give me one tip for a calm morning."}], [{"role": "user", "content": "Name a planet."}],
            [{"role": "user", "content": "Write a haiku about tea, please, with a seasonal word."}], [{"role": "user", "content": "Hi!"}]]
@@ -136,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/<machine> in a checkout, else ./args-bench-results/<machine>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
               f"{r['non_backend_us_per_step_python']:10.1f} {r['non_backend_us_per_step_cpp']:10.1f} | "
               f"{r['ms_per_token_python']:7.2f} {r['ms_per_token_cpp']:7.2f} | {r['identical_tokens']}")
     result = {"machine": machine(), "k": args.k, "new_tokens": args.new_tokens, "repeats": args.repeats, "rows": rows}
-    out = args.out or RESULTS / result["machine"]["label"]
+    out = args.out or results_folder(result["machine"]["label"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "steploop_overhead.json").write_text(json.dumps(result, indent=2))
     print(f"written {out / 'steploop_overhead.json'}")

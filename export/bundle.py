@@ -46,7 +46,7 @@ class ExportOptions:
     max_context: int | None = None
     max_k: int = 64
     force: bool = False
-    cache: str = "dynamic"  # "static": fixed in-place KV-cache buffers (CUDA graphs, TensorRT, flat cost per token)
+    cache: str = "static"  # fixed in-place KV-cache buffers (continuous batching, CUDA graphs, TensorRT); "dynamic": grown by concatenation
     exporter: str = "torchscript"  # or "dynamo": torch.onnx's torch.export-based path
     quantize: str | None = None  # "int8" | "int4": weight-only, with ONNX Runtime's MatMulNBits quantizer
     quantize_models: tuple[str, ...] = ("lm", "rm")  # which graphs --quantize applies to

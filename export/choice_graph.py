@@ -1,7 +1,7 @@
 """choose.onnx: ARGS's combine-and-choose step as a graph, so it runs where the LM's top-k and the rewards already
 are (the GPU) and only the chosen ids, logits and rewards cross to the host.
 
-It does the host stepper's arithmetic in the same order: score = logit + w·reward in float32, then either the
+It does the host chooser's arithmetic in the same order: score = logit + w·reward in float32, then either the
 first argmax (greedy) or, to sample, softmax(score / temperature) in float64, its cumulative sum, and the first
 candidate whose cumulative probability exceeds u·total for a uniform draw u the host passes in (one per row, from
 the same seeded stream as the host chooser)."""

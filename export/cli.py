@@ -40,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weights and KV-cache precision: fp32 for CPU (default), fp16/bf16 for GPU")
     p.add_argument("--max-context", type=int, metavar="N", help="longest prompt + generated text the runtime will accept (default: the models' position limit)")
     p.add_argument("--max-k", type=int, default=64, metavar="K", help="largest number of ARGS candidates per step; the LM graph outputs its top-K (default 64)")
-    p.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
-                   help="KV-cache layout: 'dynamic' grows the cache by concatenation (fastest for short texts on CPU); 'static' keeps "
-                   "fixed [batch, heads, max-context, head_dim] buffers written in place (fixed shapes and addresses: CUDA graphs, "
-                   "TensorRT, and a cost per token that stays flat as the text grows; attention always spans --max-context)")
+    p.add_argument("--cache", choices=["dynamic", "static"], default="static",
+                   help="KV-cache layout: 'static' (default) keeps fixed [slots, heads, context, head_dim] buffers written in place: "
+                   "args-serve batches requests continuously over them (each joins and leaves between two steps), and they suit "
+                   "CUDA graphs and TensorRT; 'dynamic' grows the cache by concatenation, the same speed for one stream on a CPU, "
+                   "but a server can only run fixed batches over it (a batch runs to its end)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
                    help="torch.onnx path that traces the graphs: torchscript (default; torch deprecates it, but it exports 7-10x "
                    "faster on CPU) or dynamo (torch.export; same graph interface, checks and tokens, smaller graphs)")

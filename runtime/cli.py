@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime (CPU or CUDA by --device), onnxruntime-trt (ORT's TensorRT provider) or tensorrt (the bundle's engines)")
     p.add_argument("--cuda-graph", action="store_true", help="capture decode steps as CUDA graphs (ONNX Runtime CUDA, static-cache bundles)")
     p.add_argument("--choice", default="auto", choices=["auto", "host", "device"],
-                   help="where logit + w*reward is combined and chosen: the host stepper, the device (choose.onnx), or auto "
+                   help="where logit + w*reward is combined and chosen: the host (numpy or C++), the device (choose.onnx), or auto "
                    "(the device when both models are on one CUDA device)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are chosen")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")

@@ -1,5 +1,5 @@
 """Which implementation of the per-step host work runs: the optional C++ extension (`args_runtime._steploop`, built
-from cpp_ext/) or numpy. Both choose and keep the books bit for bit alike (runtime/choice.py, runtime/stepper.py).
+from cpp_ext/) or numpy. Both choose and keep the books bit for bit alike (runtime/choice.py, runtime/books.py).
 
 The choice is made at import (`LOOP_IMPL`: "cpp" when the extension is built, else "python"); the environment variable
 ARGS_RT_LOOP=python|cpp, or `loop=` on ArgsGenerator.from_bundle, overrides it."""

@@ -100,7 +100,7 @@ class Manifest:
     # candidates and proposes each one's next top-k, so ARGS never runs the LM graph (kept for greedy and sampling).
     fused: bool = False
     propose: GraphSpec | None = None  # a fused bundle's LM head over the chosen candidate (None in two-graph bundles)
-    choice_file: str = ""  # choose.onnx: combine and choose on the device (empty: the host stepper chooses)
+    choice_file: str = ""  # choose.onnx: combine and choose on the device (empty: the host chooses)
     validation: dict[str, Any] = field(default_factory=dict)
     # Optional TensorRT engines, {"lm": {"file", "sha256", "tensorrt_version", "compute_capability", "precision", "max_batch", "profiles"}, ...};
     # absent in bundles without engines.

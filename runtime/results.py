@@ -50,7 +50,7 @@ class Row:
         return self.stop_text if self.finish_reason == "stop" else self.decode(self.ids)
 
     def record(self, step: Step, i: int, stops: list[str]) -> None:
-        """Record row i's token; the stepper flagged EOS and the token limit, stop strings are matched on text here."""
+        """Record row i's token; the books flagged EOS and the token limit, stop strings are matched on text here."""
         finish = step.finish[i]
         self.ids.append(int(step.tokens[i]))
         self.logits.append(float(step.logits[i]))

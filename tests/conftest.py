@@ -108,7 +108,7 @@ def tiny_pairs(tmp_path_factory, smol_tokenizer) -> dict[str, Pair]:
     for name, config in tiny_configs().items():
         lm_dir, rm_dir = save_tiny_pair(name, config, smol_tokenizer, folder)
         bundle = folder / f"{name}-bundle"
-        export_bundle(ExportOptions(lm_dir, rm_dir, bundle, max_k=48), quiet=True)
+        export_bundle(ExportOptions(lm_dir, rm_dir, bundle, max_k=48, cache="dynamic"), quiet=True)
         pairs[name] = Pair(name, lm_dir, rm_dir, bundle, *load_pair_models(lm_dir, rm_dir))
     return pairs
 
@@ -129,10 +129,10 @@ def static_bundles(tiny_pairs, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def static_llama_bundle(tiny_pairs, tmp_path_factory) -> Path:
-    """The tiny llama pair as the server serves it with continuous batching: its bundle, exported with the static cache
-    layout (same context and max k), in a folder named like the dynamic one (the served model's name)."""
+    """The tiny llama pair as the server serves it with continuous batching: its bundle in args-export's default layout
+    (static; same context and max k as the dynamic one), in a folder named like the dynamic one (the served model's name)."""
     bundle = tmp_path_factory.mktemp("serve-static") / "llama-bundle"
-    export_bundle(ExportOptions(tiny_pairs["llama"].lm_dir, tiny_pairs["llama"].rm_dir, bundle, max_k=48, cache="static"), quiet=True)
+    export_bundle(ExportOptions(tiny_pairs["llama"].lm_dir, tiny_pairs["llama"].rm_dir, bundle, max_k=48), quiet=True)
     return bundle
 
 
@@ -140,7 +140,7 @@ def static_llama_bundle(tiny_pairs, tmp_path_factory) -> Path:
 def smollm2_pair(cache_dir, smollm2_dir) -> Pair:
     rm_dir = seeded_reward_model(smollm2_dir, cache_dir / "smollm2-seeded-rm")
     bundle = cache_dir / "smollm2-bundle"
-    export_bundle(ExportOptions(smollm2_dir, rm_dir, bundle, max_context=1024, force=True), quiet=True)
+    export_bundle(ExportOptions(smollm2_dir, rm_dir, bundle, max_context=1024, force=True, cache="dynamic"), quiet=True)
     return Pair("smollm2", smollm2_dir, rm_dir, bundle, *load_pair_models(smollm2_dir, rm_dir))
 
 

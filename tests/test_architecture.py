@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"args_runtime": ROOT / "runtime", "args_export": ROOT / "export"}
+PACKAGES = {"args_runtime": ROOT / "runtime", "args_export": ROOT / "export", "args_benchmarks": ROOT / "benchmarks"}
 MAX_PARAMETERS = 7  # self/cls and a single options object count as one each
 
 
@@ -74,9 +74,54 @@ def test_every_relative_import_names_a_module_of_ours():
     assert not broken, broken
 
 
-def test_the_runtime_never_imports_the_exporter():
-    offenders = {m: sorted(i for i in deps if i.startswith("args_export")) for m, deps in GRAPH.items() if m.startswith("args_runtime")}
+def test_the_runtime_never_imports_the_exporter_or_the_benchmarks():
+    offenders = {m: sorted(i for i in deps if i.startswith(("args_export", "args_benchmarks"))) for m, deps in GRAPH.items()
+                 if m.startswith("args_runtime")}
     assert not {m: d for m, d in offenders.items() if d}
+
+
+def test_benchmarks_share_code_never_another_benchmarks_command_line():
+    """Only cli.py (args-bench) builds on the benchmarks' parsers; a benchmark reuses another's functions, not its options."""
+    command_line = {"add_arguments", "add_bundles_arguments", "parse_args", "build_parser", "main", "run"}
+    found = []
+    for name, path in MODULES.items():
+        if not name.startswith("args_benchmarks") or name in ("args_benchmarks.cli", "args_benchmarks.__main__"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(a.name in command_line for a in node.names):
+                found.append(f"{name}:{node.lineno} imports {[a.name for a in node.names if a.name in command_line]}")
+            if isinstance(node, ast.Attribute) and node.attr in command_line and isinstance(node.value, ast.Name) \
+                    and f"args_benchmarks.{node.value.id}" in MODULES and node.value.id != "module":
+                found.append(f"{name}:{node.lineno} calls {node.value.id}.{node.attr}")
+    assert not found, found
+
+
+def _sections(text: str) -> dict[str, str]:
+    """ARCHITECTURE.md's text under each package's heading (`## runtime/ …`), up to the next package's."""
+    folders = {folder.name: package for package, folder in PACKAGES.items()}
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            folder = line[3:].split("/")[0].strip()
+            current = folders.get(folder, current if folder not in ("cpp_ext",) else None)
+        if current:
+            sections[current] = sections.get(current, "") + line + "\n"
+    return sections
+
+
+def test_architecture_md_names_every_module():
+    """Each module of the three packages is named in ARCHITECTURE.md, in its package's section, by its path inside the
+    package (`serve/app.py`, `batch.py`): a new module without a line there fails here."""
+    sections = _sections((ROOT / "ARCHITECTURE.md").read_text())
+    missing = []
+    for name, path in MODULES.items():
+        package = name.split(".")[0]
+        relative = path.relative_to(PACKAGES[package]).as_posix()
+        if path.name == "__init__.py":
+            continue
+        if f"`{relative}`" not in sections.get(package, ""):
+            missing.append(f"{package}: {relative}")
+    assert not missing, "not in ARCHITECTURE.md: " + ", ".join(missing)
 
 
 def test_the_import_graph_has_no_cycle():
@@ -122,9 +167,12 @@ def test_no_function_takes_more_than_seven_parameters():
 
 @pytest.mark.parametrize("kind", ["ValueError", "SystemExit"])
 def test_library_code_raises_typed_errors(kind):
-    """User input gets an ArgsError subclass; only a main() exits (argparse's own exits happen there too)."""
+    """User input gets an ArgsError subclass; only a main() exits (argparse's own exits happen there too). The library
+    packages only: a benchmark is a command line of its own."""
     found = []
     for module, path in MODULES.items():
+        if module.startswith("args_benchmarks"):
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and node.exc is not None:
                 raised = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
@@ -136,7 +184,8 @@ def test_library_code_raises_typed_errors(kind):
 @pytest.mark.parametrize("pattern, homes", [
     ("tempfile.mkdtemp", {"args_runtime.files"}),  # atomic writes
     ("tempfile.mkstemp", {"args_runtime.files"}),
-    ("importlib.import_module(", {"args_runtime.optional", "args_runtime.engines"}),  # optional-dependency probes, the engine registry
+    # optional-dependency probes, the engine registry, and the GPU box's report of every package's version
+    ("importlib.import_module(", {"args_runtime.optional", "args_runtime.engines", "args_benchmarks.gpu.prepare"}),
     ("__version__ = ", {"args_runtime"}),
     ("torch.float16: ", set()),  # dtype names: args_runtime.dtypes (and torch's in args_export.loading), no other table
     ('"tensor(float)"', {"args_runtime.dtypes"}),

@@ -156,20 +156,48 @@ def test_one_bundle_per_layout_is_raced(tiny_pairs, static_bundles):
     from args_runtime.errors import BundleError
 
     dynamic, static = tiny_pairs["llama"].bundle, static_bundles["llama"]
-    args = latency.parse_args(["--bundle", str(dynamic), "--bundle", str(static)])
+    args = latency.race_options(bundle=[dynamic, static])
     assert latency.ensure_bundles(args, None) == {"dynamic": dynamic, "static": static}
-    args = latency.parse_args(["--bundle", str(dynamic), "--bundle", str(tiny_pairs["qwen2"].bundle)])
+    args = latency.race_options(bundle=[dynamic, tiny_pairs["qwen2"].bundle])
     with pytest.raises(BundleError, match="both have the dynamic cache layout"):
         latency.ensure_bundles(args, None)
 
 
 def test_contenders_on_one_engine_share_one_generator(static_bundles):
     """A 7B pair's weights must be on the device once per engine, not once per contender."""
-    args = latency.parse_args(["--bundle", str(static_bundles["llama"]), "--kinds", "args,greedy,floor"])
+    args = latency.race_options(bundle=[static_bundles["llama"]], kinds=["args", "greedy", "floor"])
     args.devices, args.loops = ["cpu"], ["python"]  # as main() resolves them
     entries = latency.contender_entries(args, {"static": static_bundles["llama"]})
     contenders = [entry.make() for entry in entries]
     assert [e.kind for e in entries] == ["args", "greedy", "floor"]
     assert len({id(c.gen) for c in contenders}) == 1
-    with pytest.raises(SystemExit):
-        latency.parse_args(["--kinds", "greedy,floor"])  # args-rt ARGS is what the harness measures
+
+
+def test_args_bench_has_a_subcommand_per_benchmark_each_with_its_help(capsys):
+    """`args-bench COMMAND`: argparse subparsers, `--help` for each; no command, or options that do not fit, exit 2."""
+    from args_benchmarks import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    listing = capsys.readouterr().out
+    assert done.value.code == 0 and all(name in listing for name in cli.COMMANDS)
+    for name, (module, _, _) in cli.COMMANDS.items():
+        with pytest.raises(SystemExit) as done:
+            cli.main([name, "--help"])
+        text = capsys.readouterr().out
+        assert done.value.code == 0 and text.startswith(f"usage: args-bench {name}") and module.__doc__.split()[0] in text, name
+    for argv in ([], ["step-parts", "--k-scan", "3"], ["latency", "--kinds", "floor"]):
+        with pytest.raises(SystemExit) as done:
+            cli.main(argv)
+        assert done.value.code == 2, argv
+    assert "args-bench step-parts: error: --k-scan 3" in capsys.readouterr().err
+
+
+def test_results_go_beside_the_committed_ones_in_a_checkout_else_where_the_user_runs(tmp_path, monkeypatch):
+    """Never inside the installed package (issue 31: `args-bench --quick` wrote into site-packages)."""
+    from args_benchmarks.common import results_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert results_folder("m") == tmp_path / "args-bench-results" / "m"
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    assert results_folder("m") == tmp_path / "benchmarks" / "results" / "m"

@@ -86,20 +86,22 @@ def test_graphs_use_only_standard_onnx_ops(tiny_pairs):
         assert "TopK" in {n.op_type for n in model.graph.node} or name == "rm.onnx"
 
 
-def test_parity_check_catches_a_wrong_graph(tmp_path, tiny_pairs, monkeypatch):
-    """Let candidates see each other: the export must fail its PyTorch check and leave nothing behind."""
-    original = graphs.tree_mask
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_parity_check_catches_a_wrong_graph(tmp_path, tiny_pairs, monkeypatch, cache):
+    """Let candidates see each other (in either layout's mask): the export must fail its PyTorch check and leave
+    nothing behind."""
+    original = graphs.with_candidates
 
-    def leaky_mask(attention_mask, num_new, num_candidates):
-        allowed = original(attention_mask, num_new, num_candidates).clone()
-        allowed[:, num_new:, -num_candidates:] = True
+    def leaky(new_rows, attention_mask, num_candidates):
+        allowed = original(new_rows, attention_mask, num_candidates).clone()
+        allowed[:, new_rows.shape[1]:, -num_candidates:] = True
         return allowed
 
-    monkeypatch.setattr(graphs, "tree_mask", leaky_mask)
+    monkeypatch.setattr(graphs, "with_candidates", leaky)
     pair = tiny_pairs["llama"]
     out = tmp_path / "bad"
     with pytest.raises(ExportError, match="disagree with PyTorch"):
-        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, out), quiet=True)
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, out, cache=cache), quiet=True)
     assert list(tmp_path.iterdir()) == []
 
 

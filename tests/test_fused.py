@@ -41,7 +41,8 @@ class FusedPair:
         self.lm_dir = lm_dir
         self.rm_dir = seeded_reward_model(lm_dir, root / "rm", init_std=0.5)  # rewards large enough to overrule logits
         self.bundles = {}
-        for name, options in (("dynamic", {}), ("static", dict(cache="static", max_context=STATIC_CONTEXT)), ("two-graph", dict(fuse=False))):
+        for name, options in (("dynamic", dict(cache="dynamic")), ("static", dict(cache="static", max_context=STATIC_CONTEXT)),
+                              ("two-graph", dict(fuse=False, cache="dynamic"))):
             self.bundles[name] = root / name
             export_bundle(ExportOptions(lm_dir, self.rm_dir, self.bundles[name], max_k=48, **options), quiet=True)
         lm, rm = load_pair_models(lm_dir, self.rm_dir)

@@ -223,6 +223,20 @@ def test_concurrent_requests_with_different_settings_share_steps_and_each_get_th
     assert metric(server.url, "args_batch_size_sum") - rows > metric(server.url, "args_batch_size_count") - steps  # they shared steps
 
 
+def test_args_exports_default_layout_is_served_with_continuous_batching(tiny_pairs, tmp_path):
+    """What a user gets from `args-export --lm … --rm … --out B` then `args-serve B`: the static layout, whose requests
+    join and leave a running batch (issue 28: the default server batched nothing)."""
+    from args_export.cli import main as export_main
+
+    pair, out = tiny_pairs["llama"], tmp_path / "default-bundle"
+    assert export_main(["--lm", str(pair.lm_dir), "--rm", str(pair.rm_dir), "--out", str(out), "--max-k", "8", "--max-context", "96"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["lm"]["cache"] == "static"
+    with ThreadServer(create_app(ServeConfig(out, k=K, w=W, max_batch=4, threads=1))) as s:
+        s.wait_health()
+        assert s.app.state.args.engine.continuous
+        assert httpx.get(f"{s.url}/health").json()["batching"] == "continuous batching, 4 slots"
+
+
 def test_a_dynamic_cache_bundle_is_served_with_fixed_batches_of_any_settings(tiny_pairs):
     """A dynamic-cache bundle's rows share one left-padded cache: requests that wait together are decoded together as a
     fixed batch, streamed or not, greedy or sampled, of any k, each with exactly its single-request tokens; /health

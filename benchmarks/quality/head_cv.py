@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from args_export.rewards.sentiment_data import make_pairs
     from args_export.rewards.train import encode_side, split_by_prompt
 
-    from args_benchmarks.common import RESULTS, machine
+    from args_benchmarks.common import machine, results_folder
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, help="the recipe's work folder (default: <args-rt cache>/sentiment-recipe)")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {k: round(a / n, 4) for k, (a, n) in right.items()} | {"validation_pairs": sum(n for _, n in right.values())}
         print(f"{name:<44} sentiment {results[name]['sentiment']:.3f}  negatives {results[name]['negative']:.3f}", flush=True)
     host = machine()
-    out = (args.out or RESULTS / host["label"] / "quality") / "head_cv.json"
+    out = (args.out or results_folder(host["label"]) / "quality") / "head_cv.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": host, "folds": args.folds, "training_prompts": len(prompts), "results": results}, indent=1) + "\n")
     print(f"wrote {out}")

@@ -189,10 +189,10 @@ def main() -> int:
         print(f"{row['method']:<32} reward {row['reward']:+.3f}  diversity {row['diversity']:.3f}  coherence {row['coherence']:.3f}  "
               f"sentiment {row['sentiment']:+.3f}  {ms:.1f} ms/token", file=sys.stderr)
 
-    from args_benchmarks.common import RESULTS, machine
+    from args_benchmarks.common import machine, results_folder
 
     info = machine()
-    args.out = args.out or RESULTS / info["label"] / "quality"
+    args.out = args.out or results_folder(info["label"]) / "quality"
     args.out.mkdir(parents=True, exist_ok=True)
     targets = judge_targets(rows)
     weights = {"lm": gen.manifest.lm.weights, "rm": gen.manifest.rm.weights, "fused": gen.manifest.fused}

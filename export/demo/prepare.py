@@ -38,10 +38,13 @@ def smollm2_folder(cache: Path) -> Path:
 
 
 def _current(bundle: Path) -> bool:
-    """A cached bundle this args-rt reads (an older format is re-exported, not refused)."""
+    """A cached bundle this args-rt reads, in the default layout (an older one is re-exported, not refused)."""
+    from ..bundle import ExportOptions
+
     try:
-        return json.loads((bundle / "manifest.json").read_text()).get("format_version") == FORMAT_VERSION
-    except (OSError, ValueError):
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        return manifest.get("format_version") == FORMAT_VERSION and manifest["lm"].get("cache") == ExportOptions.cache
+    except (OSError, ValueError, KeyError):
         return False
 
 
