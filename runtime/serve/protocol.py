@@ -20,6 +20,7 @@ from ..requests import Request
 from ..settings import Settings, check_settings
 
 DEFAULT_TEMPERATURE = 0.7  # the paper's (and the runtime's) sampling temperature, when a stochastic request gives none
+MAX_STOP = 4  # stop strings per request, as the OpenAI API allows
 
 
 class InvalidRequest(GenerationError):
@@ -146,11 +147,12 @@ UNHONOURED: dict[str, tuple[tuple[Any, ...], str]] = {
 class Limits:
     """What the translation needs to know of the served bundle and the server's defaults."""
 
-    model_name: str
+    model_name: str  # the name responses carry
     max_context: int
     max_k: int
     default_k: int
     default_w: float
+    model_names: tuple[str, ...] = ()  # every name a request may give as `model` (default: model_name only)
 
 
 @dataclass(frozen=True)
@@ -167,10 +169,16 @@ class RequestPlan:
 
 
 def check_common(req: _Sampling, limits: Limits) -> None:
-    """Refuse what this server cannot do exactly: another model, n > 1, fields that would change the result."""
-    if req.model is not None and req.model != limits.model_name:
-        raise InvalidRequest(f"model {req.model!r} is not served here: this server serves {limits.model_name!r} (see GET /v1/models)",
-                             "model", "model_not_found")
+    """Refuse what this server cannot do exactly, or will not take: another model, more than MAX_STOP stop strings,
+    n > 1, fields that would change the result."""
+    names = limits.model_names or (limits.model_name,)
+    if req.model is not None and req.model not in names:
+        raise InvalidRequest(f"model {req.model!r} is not served here: this server serves {' or '.join(map(repr, names))} "
+                             "(see GET /v1/models)", "model", "model_not_found")
+    stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
+    if len(stops) > MAX_STOP:
+        raise InvalidRequest(f"stop holds {len(stops)} strings: at most {MAX_STOP} are allowed (as in the OpenAI API); "
+                             "keep the ones that matter", "stop", "too_many_stop_sequences")
     if req.n is not None and req.n != 1:
         raise InvalidRequest(f"n={req.n} is not supported: args-serve returns one choice per request; send {req.n} requests "
                              "(with different seeds and args.method='stochastic' for different samples)", "n")

@@ -90,4 +90,4 @@ def _limits(config: ServeConfig, bundle) -> Limits:
         raise GenerationError(f"--w {config.w} must be a finite number")
     if config.max_batch < 1:
         raise ArgsError(f"--max-batch {config.max_batch} must be >= 1")
-    return Limits(config.served_name, m.max_context, m.max_k, config.k, float(config.w))
+    return Limits(config.served_name, m.max_context, m.max_k, config.k, float(config.w), config.model_names)
