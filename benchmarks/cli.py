@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import batching, exporters, latency, quantized, reward_shift, serve, serve_mix, soak, step_parts, steploop_overhead
+from . import batching, exporters, families, latency, quantized, reward_shift, serve, serve_mix, soak, step_parts, steploop_overhead
 from .common import UsageError
 
 # subcommand: (module, its add_arguments, what it measures)
@@ -23,6 +23,8 @@ COMMANDS = {
     "step-parts": (step_parts, "add_arguments", "where a decode step's time goes: each graph's runs and the host time around them"),
     "steploop": (steploop_overhead, "add_arguments", "host overhead per step of the Python loop vs the C++ step loop"),
     "soak": (soak, "add_arguments", "many generations in one process: RSS growth and ms/token drift"),
+    "families": (families, "add_arguments", "what a model family costs: ms/token of every family's stack against Llama's on equal "
+                 "shapes, and its lines"),
     "exporters": (exporters, "add_arguments", "torch.onnx's two export paths (dynamo, TorchScript) side by side: time, graphs, tokens"),
 }
 

@@ -23,7 +23,6 @@ from args_runtime.errors import ExportError
 from args_runtime.files import atomic_folder
 from args_runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, TokenizerSpec, sha256_file
 
-from .architectures import context_limit
 from .choice_graph import CHOICE_FILE, write_choice_graph
 from .loading import ModelPair, PairSpec
 from .fusion import Fusion, check_fusion
@@ -153,7 +152,6 @@ def _check_device(dtype: str) -> Device:
 def _max_context(requested: int | None, spec: PairSpec) -> int:
     configs = (spec.lm.config, spec.rm.config)
     limits = [getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) for c in configs]
-    limits += [context_limit(c) for c in configs]
     model_limit = min(x for x in limits if x)
     if requested is None:
         return model_limit

@@ -17,7 +17,8 @@ When the RM is a score head on the LM's own backbone (its decoder tensors hash t
 one pass per token scores the k candidates and proposes each one's next top-k, so ARGS costs about one LM
 step per token instead of an LM step and an RM step (--no-fuse keeps two graphs).
 
-Supported architectures: Llama, Mistral, Qwen2 (SmolLM2 is Llama), OPT, GPT-2."""
+Supported model types: llama (SmolLM2), mistral, qwen2, qwen3, olmo2, phi3, gemma2, gemma3_text, gpt_neox (Pythia),
+opt, gpt2 (docs/model-families.md)."""
 
 EPILOG = """\
 examples:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import KV, ConcatCache, DecoderStack, StaticCache, reshape
+from .stacks.base import KV, ConcatCache, DecoderStack, Masks, StaticCache, reshape
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Boolean [B,S,T] → additive float mask [B,1,S,T] (0 where allowed, a large negative elsewhere)."""
@@ -98,7 +98,8 @@ class LMStep(nn.Module):
             candidate_slots, *past = rest
             bias = additive_mask(prefix_mask(attention_mask, num_new))
             cache = ConcatCache(num_new)
-        hidden, presents = self.stack(input_ids, position_ids, bias, unflatten_past(tuple(past)), cache)
+        masks = Masks(bias, attention_mask, position_ids)
+        hidden, presents = self.stack(input_ids, position_ids, masks, unflatten_past(tuple(past)), cache)
         logits = self.lm_head(hidden[:, -1, :]).float()
         values, ids = torch.topk(logits, self.max_k, dim=-1)  # a constant k (TensorRT wants one); sliced to the asked k
         k = candidate_slots.shape[0]  # k is a shape, not a value: the slice is set up on the host without reading the device
@@ -127,7 +128,8 @@ class RMScorer(nn.Module):
         cand_positions = (position_ids[:, -1:] + 1).expand(-1, num_cands)
         tokens = torch.cat([input_ids, candidate_ids], dim=1)
         positions = torch.cat([position_ids, cand_positions], dim=1)
-        hidden, presents = self.stack(tokens, positions, bias, unflatten_past(tuple(past)), cache)
+        masks = Masks(bias, attention_mask, positions, cand_positions)
+        hidden, presents = self.stack(tokens, positions, masks, unflatten_past(tuple(past)), cache)
         rewards = self.score(hidden[:, num_new:, :]).squeeze(-1).float()
         return (rewards, *flatten_presents(presents))
 
@@ -160,7 +162,8 @@ class FusedStep(nn.Module):
         cand_positions = attention_mask.sum(dim=1, keepdim=True).expand(-1, candidate_ids.shape[1])
         tokens = torch.cat([input_ids, candidate_ids], dim=1)
         positions = torch.cat([position_ids, cand_positions], dim=1)
-        hidden, presents = self.stack(tokens, positions, bias, unflatten_past(tuple(past)), cache)
+        masks = Masks(bias, attention_mask, positions, cand_positions)
+        hidden, presents = self.stack(tokens, positions, masks, unflatten_past(tuple(past)), cache)
         candidates = hidden[:, num_new:, :]
         rewards = self.score(candidates).squeeze(-1).float()
         return (rewards, candidates, *flatten_presents(presents))

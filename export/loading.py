@@ -12,7 +12,8 @@ from torch import nn
 from args_runtime.dtypes import element_type
 from args_runtime.errors import ExportError, TokenizerMismatchError, UnsupportedModelError
 
-from .architectures import DecoderStack, Family, family_of
+from .architectures import Family, family_of
+from .stacks.base import DecoderStack
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -127,7 +128,14 @@ class LoadedModel:
 
     @property
     def head(self) -> nn.Module:
-        return getattr(self.model, self.head_attr)
+        """The head as the graphs run it: an LM's output embeddings (soft-capped where the family caps its logits),
+        an RM's score layer."""
+        if self.head_attr == self.family.score_attr:
+            return getattr(self.model, self.head_attr)
+        head = getattr(self.model, self.head_attr, None)
+        if head is None:  # GPT-NeoX's head was `embed_out` in earlier transformers versions
+            head = self.model.get_output_embeddings()
+        return self.family.lm_head(head, self.config)
 
     def stack(self) -> DecoderStack:
         """The export-ready decoder stack over this model's own layers."""

@@ -22,7 +22,7 @@ import torch
 from args_runtime.errors import ExportError
 from args_runtime.manifest import CACHE_SLOTS, GraphSpec, TensorSpec
 
-from .architectures import DecoderStack
+from .stacks.base import DecoderStack
 from .graphs import FusedStep, LMStep, ProposalHead, RMScorer
 from .loading import LoadedModel
 from .plan import GraphPlan

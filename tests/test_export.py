@@ -140,7 +140,7 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path, smol_tokeni
 
     BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "bert")
     smol_tokenizer.save_pretrained(tmp_path / "bert")
-    with pytest.raises(UnsupportedModelError, match=r"'bert' is not supported.*gpt2, llama, mistral, opt, qwen2"):
+    with pytest.raises(UnsupportedModelError, match=r"'bert' is not supported.*gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, olmo2, opt, phi3, qwen2, qwen3"):
         export_bundle(ExportOptions(tmp_path / "bert", tmp_path / "bert", tmp_path / "out"), quiet=True)
 
 

@@ -1,16 +1,15 @@
-"""Decoder stacks per architecture family, written for export: explicit additive masks, KV caches as
-tensors, standard ONNX ops only. They reuse the Hugging Face model's own leaf layers (linears, norms,
-embeddings, rotary tables) so the numbers match transformers, and own only the wiring."""
+"""The pieces every export-ready decoder stack is built from: attention over grouped KV heads with an additive mask
+(and a sliding window where a layer has one), the two cache layouts' updates, rotary positions, and a Reshape that
+computes no shape. A family's module (export/stacks/<family>.py) only wires its Hugging Face model's own leaf layers
+(linears, norms, embeddings, rotary tables) with these, so the numbers match transformers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from args_runtime.errors import UnsupportedModelError
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,16 +45,20 @@ def reshape(x: torch.Tensor, *dims: int) -> torch.Tensor:
     return _Reshape.apply(x, tuple(int(d) for d in dims))
 
 
-def attend(q: torch.Tensor, blocks: list[KV], bias: torch.Tensor, scale: float) -> torch.Tensor:
+def attend(q: torch.Tensor, blocks: list[KV], bias: torch.Tensor, scale: float, softcap: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over one or more key/value blocks (the cache, then the RM's candidates),
     with q [B,H,S,D], each block's k/v [B,Hkv,T_i,D] (grouped heads) and bias [B,1,S,sum T_i]. Query heads are
     grouped onto their KV head instead of repeating the cache, and the cache is never cast or copied: the
-    products run in the model's dtype, the scores and softmax in float32, as transformers' eager attention does."""
+    products run in the model's dtype, the scores and softmax in float32, as transformers' eager attention does.
+    `softcap` (Gemma 2): the scores become tanh(scores / cap) * cap before the mask, as transformers does."""
     heads, d = int(q.shape[1]), int(q.shape[3])  # fixed by the model
     kv_heads = int(blocks[0][0].shape[1])
     q = reshape(q, 0, kv_heads, heads // kv_heads, -1, d)  # head h reads KV head h // groups
     scores = [_float(torch.matmul(q, k.unsqueeze(2).transpose(-1, -2))) for k, _ in blocks]  # [B,Hkv,G,S,T_i]
-    scores = (scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)) * scale + bias.unsqueeze(2)
+    scores = (scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores + bias.unsqueeze(2)
     probs = torch.softmax(scores, dim=-1)
     out, start = None, 0
     for _, v in blocks:
@@ -139,18 +142,55 @@ class StaticCache:
 CacheUpdate = ConcatCache | StaticCache
 
 
+class Masks:
+    """The additive attention biases of one pass. `full` [B,1,S,T] (causal, padding, the RM's candidate tree) is built
+    by the graph; `local(window)` is the same with every key `window` or more positions behind its query masked too,
+    what transformers' sliding-window layers see. Positions are counted in real tokens (a key's position is the number
+    of real keys before it), so a padded row, a cache slot and an RM candidate all sit where transformers puts them,
+    and the window holds beyond it in both layouts. Built only when a layer asks: other families' graphs are unchanged.
+    """
+
+    def __init__(self, full: torch.Tensor, attention_mask: torch.Tensor, query_positions: torch.Tensor,
+                 candidate_positions: torch.Tensor | None = None) -> None:
+        self.full, self.attention_mask = full, attention_mask
+        self.query_positions, self.candidate_positions = query_positions, candidate_positions
+        self._local: dict[int, torch.Tensor] = {}
+
+    def local(self, window: int | None) -> torch.Tensor:
+        """The bias of a layer with this sliding window (None: the full one)."""
+        if not window:
+            return self.full
+        if window not in self._local:
+            keys = torch.cumsum(self.attention_mask, dim=1) - 1  # [B,T]: each real key's position
+            if self.candidate_positions is not None:
+                keys = torch.cat([keys, self.candidate_positions], dim=1)
+            far = (self.query_positions.unsqueeze(-1) - keys.unsqueeze(1)) >= window  # [B,S,T]
+            lowest = torch.full((), torch.finfo(self.full.dtype).min, dtype=self.full.dtype)
+            self._local[window] = torch.where(far.unsqueeze(1), lowest, self.full)  # never -inf: a pad row stays finite
+        return self._local[window]
+
+
+def layer_windows(config, num_layers: int) -> list[int | None]:
+    """Each layer's sliding window as transformers applies it: `layer_types` marks the sliding layers (Gemma 2/3,
+    Qwen 3), and a `sliding_window` without them slides every layer (Mistral, Phi-3)."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return [None] * num_layers
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return [int(window)] * num_layers
+    return [int(window) if t == "sliding_attention" else None for t in types]
+
+
 class DecoderStack(nn.Module):
-    """Embeddings → blocks → final norm, with caches in and presents out. Subclasses per family."""
+    """Embeddings → blocks → final norm, with caches in and presents out. One subclass per family."""
 
     shape: StackShape
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor, past: list[KV], cache: CacheUpdate
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, masks: Masks, past: list[KV], cache: CacheUpdate
     ) -> tuple[torch.Tensor, list[KV]]:
         raise NotImplementedError
-
-
-# ---------------------------------------------------------------- Llama family (Llama, Mistral, Qwen2)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -158,173 +198,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-class LlamaStack(DecoderStack):
-    """Pre-norm RMSNorm blocks, rotary positions, grouped-query attention, SwiGLU MLP."""
-
-    def __init__(self, backbone: nn.Module, config) -> None:
-        super().__init__()
-        self.embed = backbone.embed_tokens
-        self.layers = backbone.layers
-        self.norm = backbone.norm
-        self.rotary = backbone.rotary_emb
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.scale = self.head_dim**-0.5
-        self.shape = StackShape(len(self.layers), self.kv_heads, self.head_dim, config.hidden_size, config.max_position_embeddings)
-
-    def forward(self, input_ids, position_ids, bias, past, cache):
-        x = self.embed(input_ids)
-        cos, sin = self.rotary(x, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        presents = []
-        for layer, layer_past in zip(self.layers, past):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = split_heads(attn.q_proj(h), self.heads, self.head_dim)
-            k = split_heads(attn.k_proj(h), self.kv_heads, self.head_dim)
-            v = split_heads(attn.v_proj(h), self.kv_heads, self.head_dim)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            blocks, present = cache.update(layer_past, k, v)
-            presents.append(present)
-            x = x + attn.o_proj(merge_heads(attend(q, blocks, bias, self.scale)))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.norm(x), presents
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary positions on the first cos.shape[-1] dims of each head, the rest passed through (partial rotary: Phi-3's
+    partial_rotary_factor, GPT-NeoX's rotary_pct); cos/sin are [B,1,S,R]."""
+    rotated = int(cos.shape[-1])
+    if rotated == int(x.shape[-1]):
+        return x * cos + rotate_half(x) * sin
+    part, rest = x[..., :rotated], x[..., rotated:]
+    return torch.cat([part * cos + rotate_half(part) * sin, rest], dim=-1)
 
 
-# ---------------------------------------------------------------- OPT
-
-
-class OptStack(DecoderStack):
-    """Learned positions (offset 2), pre- or post-LayerNorm blocks, ReLU MLP, optional in/out projections."""
-
-    POSITION_OFFSET = 2
-
-    def __init__(self, backbone: nn.Module, config) -> None:
-        super().__init__()
-        decoder = backbone.decoder
-        self.embed = decoder.embed_tokens
-        self.positions = decoder.embed_positions
-        self.project_in = decoder.project_in
-        self.project_out = decoder.project_out
-        self.final_norm = decoder.final_layer_norm
-        self.layers = decoder.layers
-        self.pre_norm = config.do_layer_norm_before
-        self.heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.heads
-        self.shape = StackShape(len(self.layers), self.heads, self.head_dim, config.hidden_size, config.max_position_embeddings)
-
-    def forward(self, input_ids, position_ids, bias, past, cache):
-        x = self.embed(input_ids)
-        if self.project_in is not None:
-            x = self.project_in(x)
-        x = x + nn.functional.embedding(position_ids + self.POSITION_OFFSET, self.positions.weight)
-        presents = []
-        for layer, layer_past in zip(self.layers, past):
-            attn = layer.self_attn
-            h = layer.self_attn_layer_norm(x) if self.pre_norm else x
-            q = split_heads(attn.q_proj(h), self.heads, self.head_dim)
-            k = split_heads(attn.k_proj(h), self.heads, self.head_dim)
-            v = split_heads(attn.v_proj(h), self.heads, self.head_dim)
-            blocks, present = cache.update(layer_past, k, v)
-            presents.append(present)
-            x = x + attn.out_proj(merge_heads(attend(q, blocks, bias, self.head_dim**-0.5)))
-            if not self.pre_norm:
-                x = layer.self_attn_layer_norm(x)
-            h = layer.final_layer_norm(x) if self.pre_norm else x
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-            if not self.pre_norm:
-                x = layer.final_layer_norm(x)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        if self.project_out is not None:
-            x = self.project_out(x)
-        return x, presents
-
-
-# ---------------------------------------------------------------- GPT-2
-
-
-class Gpt2Stack(DecoderStack):
-    """Learned absolute positions, pre-LayerNorm blocks with fused QKV (Conv1D), GELU MLP."""
-
-    def __init__(self, backbone: nn.Module, config) -> None:
-        super().__init__()
-        if getattr(config, "scale_attn_by_inverse_layer_idx", False):
-            raise UnsupportedModelError("GPT-2 with scale_attn_by_inverse_layer_idx=True is not supported; use a standard GPT-2 config")
-        self.wte, self.wpe, self.blocks, self.ln_f = backbone.wte, backbone.wpe, backbone.h, backbone.ln_f
-        self.heads = config.n_head
-        self.head_dim = config.n_embd // self.heads
-        self.scale = self.head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
-        self.shape = StackShape(len(self.blocks), self.heads, self.head_dim, config.n_embd, config.n_positions)
-
-    def forward(self, input_ids, position_ids, bias, past, cache):
-        x = self.wte(input_ids) + self.wpe(position_ids)
-        presents = []
-        for block, layer_past in zip(self.blocks, past):
-            q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.heads * self.head_dim, dim=2)
-            q, k, v = (split_heads(t, self.heads, self.head_dim) for t in (q, k, v))
-            blocks, present = cache.update(layer_past, k, v)
-            presents.append(present)
-            x = x + block.attn.c_proj(merge_heads(attend(q, blocks, bias, self.scale)))
-            x = x + block.mlp(block.ln_2(x))
-        return self.ln_f(x), presents
-
-
-# ---------------------------------------------------------------- registry
-
-
-@dataclass
-class Family:
-    """How to find the backbone and heads of one architecture family's HF models."""
-
-    name: str
-    stack: Callable[[nn.Module, object], DecoderStack]
-    backbone_attr: str
-    lm_head_attr: str = "lm_head"
-    score_attr: str = "score"
-    check: Callable[[object], None] = lambda config: None
-
-
-FAMILIES: dict[str, Family] = {}
-
-
-def register(*model_types: str, **kwargs) -> None:
-    for model_type in model_types:
-        FAMILIES[model_type] = Family(name=model_type, **kwargs)
-
-
-def _check_llama(config) -> None:
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    if rope_type == "dynamic":
-        raise UnsupportedModelError("dynamic NTK rope scaling changes with sequence length and cannot be exported; use a static rope type")
-    if getattr(config, "model_type", "") == "qwen2" and getattr(config, "use_sliding_window", False):
-        raise UnsupportedModelError("Qwen2 with use_sliding_window=True is not supported; set use_sliding_window=False")
-
-
-register("llama", "mistral", "qwen2", stack=LlamaStack, backbone_attr="model", check=_check_llama)
-register("opt", stack=OptStack, backbone_attr="model")
-register("gpt2", stack=Gpt2Stack, backbone_attr="transformer")
-
-
-def family_of(config) -> Family:
-    """The registered family of an HF config, or UnsupportedModelError listing what is supported."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in FAMILIES:
-        supported = ", ".join(sorted(FAMILIES))
-        raise UnsupportedModelError(
-            f"architecture {model_type!r} is not supported by args-export; supported model_type values: {supported}"
-        )
-    family = FAMILIES[model_type]
-    family.check(config)
-    return family
-
-
-def context_limit(config) -> int | None:
-    """A limit the architecture puts on the context beyond its position table (Mistral's sliding window)."""
-    window = getattr(config, "sliding_window", None)
-    if getattr(config, "model_type", "") == "mistral" and window:
-        return int(window)
-    return None
