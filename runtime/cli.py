@@ -10,6 +10,7 @@ from dataclasses import asdict
 from .engines import ENGINES
 from .errors import ArgsError
 from .options import SHARED_THREADS_HELP
+from .settings import PAPER_W
 
 DESCRIPTION = """\
 Generate text with ARGS (reward-guided search): at each step the LM proposes its top-k tokens, the reward
@@ -24,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="raw text prompt (no chat template)")
     src.add_argument("--chat", help="a user message; the bundle's chat template is applied")
     p.add_argument("--k", type=int, default=10, help="candidates per step (the LM's top-k), default 10")
-    p.add_argument("--w", type=float, default=1.0, help="reward weight w in logit + w*reward, default 1.0 (0 = plain greedy)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--method", choices=["greedy", "stochastic"], default="greedy")
+    p.add_argument("--w", type=float, default=PAPER_W, help=f"reward weight w in logit + w*reward, default {PAPER_W:g} (the paper's; 0 = plain greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="most new tokens to generate, default 128 (fewer on EOS, a stop string or the context's end)")
+    p.add_argument("--method", choices=["greedy", "stochastic"], default="greedy",
+                   help="greedy: the argmax of logit + w*reward (deterministic); stochastic: a sample of softmax(score / temperature)")
     p.add_argument("--temperature", type=float, default=0.7, help="for --method stochastic")
     p.add_argument("--seed", type=int, default=0, help="for --method stochastic")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")

@@ -15,6 +15,7 @@ from .errors import SettingError
 
 METHODS = ("greedy", "stochastic")
 MAX_ABS_W = 1e6  # scores are float32 (logit + w·reward): ARGS's useful weights are O(1), and 1e39 is not a float32
+PAPER_W = 1.5  # the reward weight of the paper (and of the demo, chosen on its RM's held-out training prompts): every default w
 MIN_TEMPERATURE = 1e-5  # below it softmax(score / T) is the argmax (and score / T can overflow): that is method="greedy"
 
 
@@ -23,7 +24,7 @@ class Settings:
     """Checked settings of one request (the keywords of generate(), stream() and ArgsEngine.submit())."""
 
     k: int = 10
-    w: float = 1.0
+    w: float = PAPER_W
     max_new_tokens: int = 128
     method: str = "greedy"
     temperature: float = 0.7

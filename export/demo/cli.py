@@ -9,11 +9,11 @@ import argparse
 import sys
 
 from args_runtime.errors import ArgsError
+from args_runtime.settings import PAPER_W as DEFAULT_W  # also chosen on the demo RM's held-out training prompts
 
 from .prepare import cache_dir, prepare_bundle
 
 DEFAULT_PROMPT = "Give me one tip for a calm morning."
-DEFAULT_W = 1.5  # the paper's; chosen on the RM's held-out training prompts (README: Reward model), not on the eval prompts
 
 
 def _vader():
@@ -28,7 +28,7 @@ def _vader():
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="args-demo", description=__doc__)
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="user message (the chat template is applied)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="candidates per step (the LM's top-k), default 10")
     p.add_argument("--w", type=float, default=DEFAULT_W, help=f"reward weight (default {DEFAULT_W:g}; the RM's rewards are standardized: one unit is one standard deviation of "
                         "its rewards on held-out replies, so w weighs a typical spread of rewards against the LM's logits; the paper used 1.5)")
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ArgsError, MissingDependencyError
 from ..options import SHARED_THREADS_HELP
+from ..settings import PAPER_W
 
 MIB = 1 << 20  # config.MIB (imported from there only once the serve extra is known to be installed)
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=SHARED_THREADS_HELP + "; with several Ray replicas on one machine, --no-shared-threads keeps them from "
                                               "spinning against each other")
     p.add_argument("--k", type=int, default=10, help="default candidates per step, for requests without args.k (default 10)")
-    p.add_argument("--w", type=float, default=1.5, help="default reward weight, for requests without args.w (default 1.5)")
+    p.add_argument("--w", type=float, default=PAPER_W, help=f"default reward weight, for requests without args.w (default {PAPER_W:g}, the paper's)")
     p.add_argument("--max-batch", type=int, default=8,
                    help="most requests decoded together: continuous batching's slots (static-cache bundle), else the largest "
                         "fixed batch (default 8)")
