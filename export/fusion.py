@@ -15,7 +15,8 @@ from .loading import LoadedModel, ModelPair
 HEAD_KEYS = {"architectures", "id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "_name_or_path",
              "transformers_version", "torch_dtype", "dtype", "pad_token_id", "bos_token_id", "eos_token_id",
              "tie_word_embeddings", "use_cache", "return_dict", "output_hidden_states", "output_attentions",
-             "reward_pooling", "reward_scale"}  # args-train-rm: how the head judges a whole reply, what it was divided by
+             "reward_pooling", "reward_scale",  # args-train-rm: how the head judges a whole reply, what it was divided by
+             "quantization_config"}  # how the loader read the weights (a GGUF's dequantization): the tensors, hashed, decide
 
 
 @dataclass(frozen=True)
@@ -52,5 +53,6 @@ def check_fusion(pair: ModelPair) -> Fusion:
         return Fusion(False, f"the backbone configs differ in {', '.join(differ[:5])}")
     (lm_hash, count), (rm_hash, _) = backbone_digest(lm), backbone_digest(rm)
     if lm_hash != rm_hash:
-        return Fusion(False, "the RM's decoder weights differ from the LM's")
+        return Fusion(False, "the RM's decoder weights differ from the LM's (two passes per token: a fused bundle needs the RM's "
+                             "decoder to be the LM's own)")
     return Fusion(True, f"the RM's decoder weights equal the LM's ({count} tensors, sha256 {lm_hash[:12]})")

@@ -67,10 +67,12 @@ def test_export_fuses_only_a_head_on_the_lms_own_backbone(fused_pairs, tiny_pair
     models.rm.model.config.reward_pooling = "mean"  # args-train-rm's notes on the head: not the backbone
     models.rm.model.config.reward_scale = {"mean": 1.0, "std": 2.0}
     assert check_fusion(models) == verdict
+    models.lm.model.config.quantization_config = {"quant_method": "gguf"}  # an LM read from a GGUF: its tensors decide
+    assert check_fusion(models) == verdict
     with torch.no_grad():  # one weight of one layer, one ulp away: judged by content, not by names
         weight = models.rm.backbone.layers[1].mlp.down_proj.weight
         weight[0, 0] = torch.nextafter(weight[0, 0], torch.tensor(1.0))
-    assert check_fusion(models) == type(verdict)(False, "the RM's decoder weights differ from the LM's")
+    assert check_fusion(models).reason.startswith("the RM's decoder weights differ from the LM's")
     models.rm.model.config.rms_norm_eps = 1e-3
     assert "rms_norm_eps" in check_fusion(models).reason
 
@@ -351,3 +353,12 @@ def test_the_command_line_tools_share_one_pool_unless_told_not_to(fused_pairs):
         run = subprocess.run(cmd + ([flag] if flag else []), capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
         assert f"'threads': '{expect}'" in run.stderr
+
+
+def test_a_gguf_lm_fuses_with_a_head_on_its_own_weights(smollm2_pair):
+    """The README's GGUF export: SmolLM2's GGUF as the LM, an RM folder on the same weights. The loader marks the GGUF's
+    config with a quantization_config (how it dequantized); the tensors, hashed, decide (issue 31: it gave two graphs)."""
+    from args_export.demo.models import smollm2_gguf
+
+    verdict = check_fusion(ModelPair.load(PairSpec.read(smollm2_gguf(), smollm2_pair.rm_dir), "fp32"))
+    assert verdict.fused, verdict.reason
