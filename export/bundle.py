@@ -80,6 +80,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     with log.stage("reading configs and tokenizers"):
         spec = PairSpec.read(opts.lm, opts.rm)
         max_context = _max_context(opts.max_context, spec)
+        log.say(f"    {spec.rm_input}")
     with log.stage(f"loading the LM and the RM ({opts.dtype})"):
         pair = ModelPair.load(spec, opts.dtype)
         if not 1 <= opts.max_k <= pair.vocab:

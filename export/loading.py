@@ -165,18 +165,27 @@ def load_rm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
     return LoadedModel(spec, model.eval(), spec.family.score_attr)
 
 
-def check_same_tokenizer(lm_tok, rm_tok, lm_name: str, rm_name: str) -> None:
-    """ARGS scores the LM's token ids with the RM: both must map every token to the same id."""
+def rm_reads_lm_ids(lm_tok, rm_tok, lm_name: str, rm_name: str) -> str:
+    """Whether the RM can read the LM's token ids as they are: every LM token has the same id in the RM's vocabulary
+    (identical vocabularies, or the RM's only adds tokens, as Skywork's reward models add a pad). Returns why, for the
+    export log; raises TokenizerMismatchError naming what differs otherwise."""
     lm_vocab, rm_vocab = lm_tok.get_vocab(), rm_tok.get_vocab()
     if lm_vocab == rm_vocab:
-        return
+        return f"the RM reads the LM's token ids: the two vocabularies are the same ({len(lm_vocab)} tokens)"
     only_lm = len(lm_vocab.keys() - rm_vocab.keys())
     only_rm = len(rm_vocab.keys() - lm_vocab.keys())
     moved = sum(1 for t, i in lm_vocab.items() if t in rm_vocab and rm_vocab[t] != i)
+    if only_lm == 0 and moved == 0:
+        added = sorted(rm_vocab.keys() - lm_vocab.keys(), key=rm_vocab.get)
+        shown = ", ".join(repr(t) for t in added[:3]) + (", …" if len(added) > 3 else "")
+        return (f"the RM reads the LM's token ids: its vocabulary is the LM's ({len(lm_vocab)} tokens, same ids) plus {only_rm} "
+                f"token{'s' if only_rm != 1 else ''} of its own ({shown}), which the LM never proposes")
     raise TokenizerMismatchError(
         f"the LM ({lm_name}, {len(lm_vocab)} tokens) and the RM ({rm_name}, {len(rm_vocab)} tokens) do not share a tokenizer: "
         f"{only_lm} tokens only in the LM, {only_rm} only in the RM, {moved} with different ids. "
-        "ARGS feeds the LM's token ids to the RM, so use a reward model trained on the LM's tokenizer"
+        "ARGS feeds the LM's token ids to the RM, so the RM's vocabulary must hold every LM token at the same id (it may add "
+        "tokens of its own); use a reward model trained on the LM's tokenizer (args-train-rm trains a head on the LM's own "
+        "backbone). An RM with a tokenizer of its own (re-tokenizing the text) is not supported yet"
     )
 
 
@@ -186,14 +195,15 @@ class PairSpec:
 
     lm: ModelSpec
     rm: ModelSpec
-    tokenizer: object  # the LM's transformers tokenizer (the RM's maps every token to the same id)
+    tokenizer: object  # the LM's transformers tokenizer (the RM's maps every LM token to the same id)
+    rm_input: str = ""  # how the RM reads the LM's tokens, and why (the export log says it)
 
     @staticmethod
     def read(lm_path: str | Path, rm_path: str | Path) -> "PairSpec":
         lm, rm = ModelSpec.read(lm_path, "LM"), ModelSpec.read(rm_path, "RM")
         tokenizer = load_tokenizer(lm)
-        check_same_tokenizer(tokenizer, load_tokenizer(rm), lm.source.name, rm.source.name)
-        return PairSpec(lm, rm, tokenizer)
+        rm_input = rm_reads_lm_ids(tokenizer, load_tokenizer(rm), lm.source.name, rm.source.name)
+        return PairSpec(lm, rm, tokenizer, rm_input)
 
 
 @dataclass

@@ -135,6 +135,28 @@ def test_tokenizer_mismatch_is_refused_before_any_work(tmp_path, tiny_pairs, smo
     assert not (tmp_path / "out").exists()
 
 
+def test_an_rm_whose_vocabulary_only_adds_tokens_reads_the_lms_ids(tmp_path, tiny_pairs, capsys):
+    """Skywork's shape: the RM's tokenizer is the LM's plus a [PAD] (its embedding one row longer). Every LM id means the
+    same token to it, so it reads the LM's ids as they are, the log says so, and the tokens are the reference's."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from args_runtime import ArgsGenerator
+
+    pair = tiny_pairs["llama"]
+    tok = AutoTokenizer.from_pretrained(pair.rm_dir)
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    rm = AutoModelForSequenceClassification.from_pretrained(pair.rm_dir).eval()
+    rm.resize_token_embeddings(len(tok), mean_resizing=False)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(tmp_path / "rm-pad")
+    tok.save_pretrained(tmp_path / "rm-pad")
+    export_bundle(ExportOptions(pair.lm_dir, tmp_path / "rm-pad", tmp_path / "b", max_k=16, cache="dynamic"))
+    assert "plus 1 token of its own ('[PAD]')" in capsys.readouterr().err
+    prompt = [5, 17, 300, 2, 41]
+    expected = ReferenceARGS(pair.lm, rm, pair.rm_family).generate(prompt, 5, 1.0, 16)
+    assert ArgsGenerator.from_bundle(tmp_path / "b").generate(prompt, k=5, w=1.0, max_new_tokens=16, ignore_eos=True).token_ids == expected
+
+
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path, smol_tokenizer):
     from transformers import BertConfig, BertForMaskedLM
 
