@@ -23,7 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from args_benchmarks.gpu import packing, summary
+from args_benchmarks.gpu import box, packing, summary
 from args_benchmarks.gpu.stage import FAILED, PASSED, Context, Stage, StageResult, run_child, run_stages
 from args_export.onnx_export import save_with_one_data_file
 
@@ -220,9 +220,24 @@ def test_the_7b_targets_are_judged_from_the_records(tmp_path, gpu, ms, met):
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory, smol_tokenizer):
-    """The whole run on the CPU: a wheel folder packed as for the box (a small wheel and SmolLM2's tokenizer; a required
-    pack with a corrupt part, so the install stage fails), then every stage with tiny models, quick."""
+def lane(tmp_path_factory) -> Path:
+    """The CI lane: a venv with the GPU box's exact package versions (benchmarks/gpu/box_versions.txt) over this
+    interpreter's other packages (torch, args-rt). PyPI must be reachable (CI's is): a failed install fails the tests."""
+    return box.make_lane(tmp_path_factory.mktemp("box-lane") / "venv")
+
+
+def test_the_lane_has_exactly_the_box_versions(lane):
+    """What the dry run runs under: each pinned package at the box's version, args-rt from this checkout."""
+    probe = "import importlib.metadata as m, json, args_runtime; print(json.dumps({n: m.version(n) for n in %r}))" % sorted(box.pins())
+    found = json.loads(subprocess.run([str(lane), "-c", probe], check=True, capture_output=True, text=True, timeout=120).stdout)
+    assert found == box.pins()
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory, smol_tokenizer, lane):
+    """The whole run on the CPU, under the lane's versions: a wheel folder packed as for the box (a small wheel and
+    SmolLM2's tokenizer; a required pack with a corrupt part, so the install stage fails), then every stage with tiny
+    models, quick."""
     root = tmp_path_factory.mktemp("gpu-dry-run")
     staging, wheels_dir = root / "staging", root / "wheels"
     staging.mkdir()
@@ -237,8 +252,9 @@ def dry_run(tmp_path_factory, smol_tokenizer):
     for part in optional.parts:  # not brought this time
         (wheels_dir / part).unlink()
     out, work, back = root / "out", root / "work", root / "return"
-    env = {k: v for k, v in os.environ.items() if k not in ("ARGS_RT_TOKENIZER_DIR", "ARGS_RT_CACHE")}
-    env["PYTHON"] = sys.executable  # the box runs run.sh with its python3; here, this interpreter
+    env = {k: v for k, v in os.environ.items() if k not in ("ARGS_RT_TOKENIZER_DIR",)}
+    env["ARGS_RT_CACHE"] = str(root / "args-rt-cache")  # never the user's ~/.cache/args-rt (issue 31: 2.3 GB landed there)
+    env["PYTHON"] = str(lane)  # the box runs run.sh with its python3; here, the lane's
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu" / "run.sh"), "--dry-run", "--quick", "--wheels", str(wheels_dir), "--out", str(out),
                            "--work", str(work), "--return", str(back)], capture_output=True, text=True, env=env, timeout=1500)
     return done, out, work, back
@@ -248,7 +264,7 @@ def test_dry_run_reports_every_stage_and_goes_on_after_a_failed_one(dry_run):
     done, out, work, _ = dry_run
     doc = json.loads((out / "summary.json").read_text())
     stages = {s["name"]: s for s in doc["stages"]}
-    assert list(stages) == ["install", "gpu-tests", "smollm2", "random-7b"], done.stdout[-3000:]
+    assert list(stages) == ["install", "gpu-tests", "smollm2", "batching", "random-7b"], done.stdout[-3000:]
     assert done.returncode == 1  # the install stage failed
     assert stages["install"]["status"] == FAILED and "is corrupt" in stages["install"]["detail"]
     assert "pack smollm2 not here" in stages["install"]["detail"]
@@ -265,6 +281,10 @@ def test_dry_run_reports_every_stage_and_goes_on_after_a_failed_one(dry_run):
     engines = {r["engine"] for r in stages["smollm2"]["data"]["bench"]["records"] if r["kind"] == "args"}
     assert {e.split(", ")[1] for e in engines} == {"dynamic cache", "static cache"}
     assert (out / "random-7b" / "latency.json").is_file() and (out / "gpu-tests" / "junit.xml").is_file()
+    # Continuous batching ran through ArgsEngine on the smollm2 stage's static bundle, every request its own tokens.
+    assert stages["batching"]["status"] == PASSED, stages["batching"]["detail"]
+    [run] = stages["batching"]["data"]["runs"].values()
+    assert run["identical_tokens"] and run["summary"]["continuous"]["tokens_per_s"] > 0 and (out / "batching" / "batching-8.json").is_file()
     # The big pair's two graphs were exported side by side and assembled into one bundle, every graph checked.
     export = stages["random-7b"]["data"]["export"]
     assert export["split"] and (out / "random-7b" / "export-static-lm.log").is_file()
@@ -277,8 +297,10 @@ def test_dry_run_summary_judges_every_target_and_fits_what_a_session_brings_back
     _, out, _, back = dry_run
     text = (out / "summary.md").read_text()
     assert "DRY RUN" in text and "| install | failed |" in text and "| random-7b | passed |" in text
+    assert f"pinned versions (box_versions.txt): all {len(box.pins())} as pinned" in text  # the lane's, found by the run
     targets = json.loads((out / "summary.json").read_text())["targets"]
-    assert len(targets) == 8 and all(t["met"] is None for t in targets)  # a dry run judges nothing
+    assert len(targets) == 9 and all(t["met"] is None for t in targets)  # a dry run judges nothing
+    assert "8 requests:" in next(t for t in targets if t["target"].startswith("continuous batching"))["measured"]
     latency = next(t for t in targets if t["target"].startswith("7B-shaped fp16"))
     assert "ms/token" in latency["measured"] and "dry run" in latency["measured"]
     files = sorted(p.name for p in back.iterdir())

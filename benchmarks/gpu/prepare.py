@@ -111,6 +111,9 @@ def versions(work: Path) -> dict:
     doc["memory_gib"] = _meminfo()
     doc["disk_free_gib"] = {str(p): round(shutil.disk_usage(p).free / 2**30, 1) for p in (work, Path("/dev/shm")) if p.exists()}
     doc["smollm2_gguf"] = _smollm2_gguf()
+    from .box import against
+
+    doc["pins"] = against(doc)  # box_versions.txt's packages: expected (the box's, as the lane runs them) and found
     return doc
 
 

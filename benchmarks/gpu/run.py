@@ -34,6 +34,7 @@ STAGES = {
     "install": (120, install.run),
     "gpu-tests": (150, stages.gpu_tests),
     "smollm2": (200, stages.smollm2_figures),
+    "batching": (60, stages.batching_figures),
     "random-7b": (10_000, stages.random_figures),  # whatever is left
 }
 BENCH_RESERVE_S = {"gpu": 150, "dry": 120}  # kept after the background export for the 7B bench (sessions, reference, runs)

@@ -119,6 +119,34 @@ def smollm2_figures(ctx: Context, stage: Stage) -> StageResult:
     return finish_figures(ctx, stage, work, child, deadline)
 
 
+def batching_figures(ctx: Context, stage: Stage) -> StageResult:
+    """Continuous batching through ArgsEngine on the device (its raw-address row binding had never run on CUDA): the
+    smollm2 stage's static bundle, a Poisson stream of 8 requests in 8 slots, then 32 in 32 (not with --quick), each
+    served continuously, in fixed batches and one at a time (args-bench batching --quick's sizes), tokens compared."""
+    if (missing := _cuda_missing(ctx)) is not None:
+        return missing
+    bundle = _read_json(ctx.out / "smollm2" / "export.json").get("bundles", {}).get("static")
+    if not bundle:
+        return StageResult(stage.name, SKIPPED, "no static bundle: the smollm2 stage did not export one")
+    folder, deadline, runs = ctx.out / stage.name, time.monotonic() + stage.budget_s, {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in (8,) if ctx.quick else (8, 32):
+        argv = [ctx.python, "-m", "args_benchmarks.batching", "--bundle", bundle, "--device", _device(ctx), "--quick",
+                "--requests", str(n), "--slots", str(n), "--out", str(folder), "--name", f"batching-{n}"]
+        status, seconds = run_child(ctx, argv, folder / f"batching-{n}.log", max(1.0, deadline - time.monotonic()))
+        doc = _read_json(folder / f"batching-{n}.json")
+        runs[str(n)] = {"exit_status": status, "seconds": round(seconds, 1), "summary": doc.get("summary"),
+                        "identical_tokens": doc.get("identical_tokens"), "continuous": doc.get("continuous"), "targets": doc.get("targets")}
+        if status is None:
+            return StageResult(stage.name, TIMED_OUT, f"{n} requests: killed at the budget after {seconds:.0f} s", data={"runs": runs})
+        if status != 0 or not doc.get("identical_tokens"):
+            return StageResult(stage.name, FAILED, f"{n} requests: exit {status}, same tokens {doc.get('identical_tokens')} "
+                               f"(see {stage.name}/batching-{n}.log)", data={"runs": runs})
+    detail = "; ".join(f"{n} requests: continuous {r['summary']['continuous']['tokens_per_s']:.1f} tokens/s, fixed "
+                       f"{r['summary']['fixed batches']['tokens_per_s']:.1f}, same tokens" for n, r in runs.items())
+    return StageResult(stage.name, PASSED, detail, data={"runs": runs})
+
+
 def start_random_export(ctx: Context, stage_name: str, budget_s: float) -> Child | None:
     """The 7B-shaped pair's build and export, started in the background right after the install: exporting 13 GB
     graphs is CPU work that takes minutes, so it runs while the GPU stages before it measure."""
@@ -144,9 +172,11 @@ def random_figures(ctx: Context, stage: Stage) -> StageResult:
 
 
 def start_bundle(ctx: Context, name: str, work: Workload, deadline: float, threads: int | None = None) -> Child:
+    """The stage's models and bundles, in folders of its own: in the dry run two stages export the same tiny pair, and the
+    background export of one raced the other's into one folder."""
     folder = ctx.out / name
     argv = [ctx.python, "-m", "args_benchmarks.gpu.prepare", "bundle", work.models, "--dtype", "fp16", "--layouts", work.layouts,
-            "--max-context", "256", "--max-k", "16", "--cache", str(ctx.work / "models" / name), "--out", str(ctx.work / "bundles"),
+            "--max-context", "256", "--max-k", "16", "--cache", str(ctx.work / "models" / name), "--out", str(ctx.work / "bundles" / name),
             "--report", str(folder / "export.json"), *(["--split"] if work.split else [])]
     env = dict(ctx.env)
     if threads:  # beside the GPU stages, leave most cores to them

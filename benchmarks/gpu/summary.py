@@ -30,7 +30,17 @@ def judge(ctx: Context, results: list[StageResult]) -> list[Verdict]:
     out += _latency(big, dry, ctx.facts.get("gpu") or "")
     for name in ("smollm2", "random-7b"):
         out.append(_agreement(by_name.get(name), name))
+    out.append(_batching(by_name.get("batching")))
     return out
+
+
+def _batching(stage: StageResult | None) -> Verdict:
+    """Continuous batching's throughput on the device, reported (the 1.5x target is the CPU benchmark's)."""
+    runs = stage.data.get("runs", {}) if stage else {}
+    measured = "; ".join(f"{n} requests: {r['summary']['continuous']['tokens_per_s']:.1f} tokens/s continuous vs "
+                         f"{r['summary']['fixed batches']['tokens_per_s']:.1f} fixed, same tokens {r['identical_tokens']}"
+                         for n, r in runs.items() if r.get("summary"))
+    return Verdict("continuous batching through ArgsEngine at 8 and 32 requests (reported, no threshold)", measured or "not measured", None)
 
 
 def _cuda_runs(ctx: Context, install: StageResult | None) -> Verdict:
@@ -131,6 +141,15 @@ def _tarball(folder: Path, path: Path) -> None:
     tmp.replace(path)
 
 
+def _pins_line(pins: dict) -> str:
+    """The found versions against box_versions.txt (what the CI lane runs): all equal, or each one that differs."""
+    if not pins:
+        return "pinned versions (box_versions.txt): not recorded"
+    differ = [f"{name} {p['found']} (pinned {p['expected']})" for name, p in sorted(pins.items()) if not p["match"]]
+    return ("pinned versions (box_versions.txt): all " + str(len(pins)) + " as pinned" if not differ
+            else "pinned versions (box_versions.txt) differ: " + ", ".join(differ) + " — update the file or the box")
+
+
 def render(ctx: Context, results: list[StageResult], verdicts: list[Verdict]) -> str:
     v = ctx.facts.get("versions", {})
 
@@ -143,7 +162,7 @@ def render(ctx: Context, results: list[StageResult], verdicts: list[Verdict]) ->
              f"CPU: {v.get('cpu', {}).get('model', '?')} × {v.get('cpu', {}).get('cores', '?')}",
              f"python {v.get('python', '?')}, torch {ver('torch')} (CUDA {v.get('torch', {}).get('cuda')}), transformers {ver('transformers')}, "
              f"onnx {ver('onnx')}, onnxruntime {ver('onnxruntime')} (built for CUDA {v.get('onnxruntime', {}).get('built_for_cuda')}), "
-             f"args-rt step loop: {v.get('args_runtime', {}).get('loop', '?')}", "",
+             f"args-rt step loop: {v.get('args_runtime', {}).get('loop', '?')}", _pins_line(v.get("pins", {})), "",
              "| stage | result | s / budget | detail |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} / {r.budget_s:.0f} | {_short(r.detail, 150)} |")
