@@ -13,6 +13,8 @@ import torch
 from args_export.architectures import family_of
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.demo.models import convert_gguf, seeded_reward_model, smollm2_gguf
+from args_export.reference import ReferenceARGS
+from args_benchmarks.families import family_configs as configs
 
 VOCAB = 49152  # SmolLM2's tokenizer: real merges, real chat template with pad == eos inside prompts
 
@@ -150,3 +152,52 @@ CHAT_PROMPTS = [
      {"role": "user", "content": "What is two plus two?"}],
 ]
 TEXT_PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away, there lived"]
+
+
+# ---------------------------------------------------------------- the families beyond the first five (tests/test_families.py, test_gpu.py)
+
+WINDOW = 6  # every prompt and reply below runs past it
+CONTEXT = 128
+PROMPTS = [list(range(200, 211)), [7, 300, 2, 41]]  # 11 tokens (past the window at once) and 4 (it crosses it later); 2 is pad == eos
+
+
+def family_configs():
+    """One tiny config per family beyond the first five (the benchmark's builder at hidden size 64, 2 layers, a window
+    of 6; Llama, its baseline, is tested with the first five)."""
+    tiny = configs(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4), WINDOW)
+    return {name: config for name, config in tiny.items() if name != "llama"}
+
+
+LAYOUTS = {"dynamic": dict(cache="dynamic"), "static": dict(cache="static", max_context=CONTEXT)}
+
+
+@dataclass
+class FamilyPair:
+    """A tiny LM, an RM with its own backbone (two graphs) and one on the LM's backbone (fused), their bundles in both
+    layouts, and the transformers reference of each."""
+
+    lm_dir: Path
+    bundles: dict[tuple[str, str], Path]  # (two-graph | fused, layout) → bundle
+    references: dict[str, ReferenceARGS]
+    lm: object
+    rm: object
+
+
+@pytest.fixture(scope="session")
+def family_pairs(smol_tokenizer, tmp_path_factory) -> dict[str, FamilyPair]:
+    root = tmp_path_factory.mktemp("families")
+    pairs = {}
+    for name, config in family_configs().items():
+        lm_dir, rm_dir = save_tiny_pair(name, config, smol_tokenizer, root)
+        fused_rm = seeded_reward_model(lm_dir, root / f"{name}-fused-rm", init_std=0.5)
+        bundles, references = {}, {}
+        for kind, rm in (("two-graph", rm_dir), ("fused", fused_rm)):
+            lm, rm_model = load_pair_models(lm_dir, rm)
+            references[kind] = ReferenceARGS(lm, rm_model, family_of(rm_model.config))
+            for layout, options in LAYOUTS.items():
+                bundles[kind, layout] = root / f"{name}-{kind}-{layout}"
+                export_bundle(ExportOptions(lm_dir, rm, bundles[kind, layout], max_k=16, **options), quiet=True)
+        pairs[name] = FamilyPair(lm_dir, bundles, references, *load_pair_models(lm_dir, rm_dir))
+    return pairs
+
+

@@ -4,8 +4,6 @@ Tiny seeded models from transformers' own config classes, with every feature of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,62 +12,16 @@ import torch
 
 from args_export.architectures import FAMILIES, family_of
 from args_export.bundle import ExportOptions, export_bundle
-from args_export.demo.models import seeded_reward_model
-from args_export.reference import ReferenceARGS, hf_rewards
+from args_export.reference import hf_rewards
 from args_runtime import ArgsGenerator
 from args_runtime.engines.onnxruntime_engine import OrtBackend
 from args_runtime.errors import UnsupportedModelError
 from args_runtime.manifest import load_manifest
 from args_runtime.models import PrefixState, RewardModel
-from args_benchmarks.families import family_configs as configs
 
-from .conftest import load_pair_models, save_tiny_pair
+from .conftest import LAYOUTS, PROMPTS, family_configs
 
-WINDOW = 6  # every prompt and reply below runs past it
-CONTEXT = 128
 K, W, NEW = 6, 1.5, 20
-PROMPTS = [list(range(200, 211)), [7, 300, 2, 41]]  # 11 tokens (past the window at once) and 4 (it crosses it later); 2 is pad == eos
-
-
-def family_configs():
-    """One tiny config per family beyond the first five (the benchmark's builder at hidden size 64, 2 layers, a window
-    of 6; Llama, its baseline, is tested with the first five)."""
-    tiny = configs(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4), WINDOW)
-    return {name: config for name, config in tiny.items() if name != "llama"}
-
-
-LAYOUTS = {"dynamic": dict(cache="dynamic"), "static": dict(cache="static", max_context=CONTEXT)}
-
-
-@dataclass
-class FamilyPair:
-    """A tiny LM, an RM with its own backbone (two graphs) and one on the LM's backbone (fused), their bundles in both
-    layouts, and the transformers reference of each."""
-
-    lm_dir: Path
-    bundles: dict[tuple[str, str], Path]  # (two-graph | fused, layout) → bundle
-    references: dict[str, ReferenceARGS]
-    lm: object
-    rm: object
-
-
-@pytest.fixture(scope="module")
-def family_pairs(smol_tokenizer, tmp_path_factory) -> dict[str, FamilyPair]:
-    root = tmp_path_factory.mktemp("families")
-    pairs = {}
-    for name, config in family_configs().items():
-        lm_dir, rm_dir = save_tiny_pair(name, config, smol_tokenizer, root)
-        fused_rm = seeded_reward_model(lm_dir, root / f"{name}-fused-rm", init_std=0.5)
-        bundles, references = {}, {}
-        for kind, rm in (("two-graph", rm_dir), ("fused", fused_rm)):
-            lm, rm_model = load_pair_models(lm_dir, rm)
-            references[kind] = ReferenceARGS(lm, rm_model, family_of(rm_model.config))
-            for layout, options in LAYOUTS.items():
-                bundles[kind, layout] = root / f"{name}-{kind}-{layout}"
-                export_bundle(ExportOptions(lm_dir, rm, bundles[kind, layout], max_k=16, **options), quiet=True)
-        pairs[name] = FamilyPair(lm_dir, bundles, references, *load_pair_models(lm_dir, rm_dir))
-    return pairs
-
 
 FAMILY_NAMES = list(family_configs())
 BUNDLES = [(kind, layout) for kind in ("two-graph", "fused") for layout in LAYOUTS]

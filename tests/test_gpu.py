@@ -97,3 +97,29 @@ def test_lm_and_rm_on_different_devices(bundles):
     split = ArgsGenerator.from_bundle(bundles["static"], lm_device="cuda", rm_device="cpu")
     cpu = ArgsGenerator.from_bundle(bundles["static"])
     assert split.generate("Hi", k=10, w=1.0, max_new_tokens=16).token_ids == cpu.generate("Hi", k=10, w=1.0, max_new_tokens=16).token_ids
+
+
+def test_int8_bundle_on_cuda_decodes_with_the_cpu_tokens(tiny_pairs, tmp_path):
+    """MatMulNBits on ORT's CUDA provider: an int8 bundle runs and, on this tiny pair, chooses the CPU's int8 tokens
+    (both dequantize the same blocks; a difference is reported by the assertion)."""
+    pair = tiny_pairs["llama"]
+    export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "int8", max_k=16, max_context=256, quantize="int8"), quiet=True)
+    cpu, cuda = ArgsGenerator.from_bundle(tmp_path / "int8"), ArgsGenerator.from_bundle(tmp_path / "int8", device="cuda")
+    for prompt in (CHAT_PROMPTS[0], TEXT_PROMPTS[1]):
+        assert cuda.generate(prompt, k=10, w=1.5, max_new_tokens=24, ignore_eos=True).token_ids == \
+            cpu.generate(prompt, k=10, w=1.5, max_new_tokens=24, ignore_eos=True).token_ids
+
+
+def test_every_new_family_on_cuda_gives_the_cpu_tokens(family_pairs):
+    """The families of tests/test_families.py (sliding windows, soft caps, q/k norms) on CUDA, fused and two-graph,
+    static layout (CUDA graphs too): the CPU's tokens."""
+    from .conftest import PROMPTS
+
+    for family, pair in family_pairs.items():
+        for kind in ("two-graph", "fused"):
+            bundle = pair.bundles[kind, "static"]
+            expected = [ArgsGenerator.from_bundle(bundle).generate(p, k=6, w=1.5, max_new_tokens=20, ignore_eos=True).token_ids for p in PROMPTS]
+            for options in ({}, {"cuda_graph": True}):
+                cuda = ArgsGenerator.from_bundle(bundle, device="cuda", **options)
+                got = [cuda.generate(p, k=6, w=1.5, max_new_tokens=20, ignore_eos=True).token_ids for p in PROMPTS]
+                assert got == expected, (family, kind, options)
