@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import batching, exporters, families, latency, quantized, reward_shift, serve, serve_mix, soak, step_parts, steploop_overhead
+from . import (batching, exporters, families, latency, quantized, results_pages, reward_shift, serve, serve_mix, soak, step_parts,
+               steploop_overhead)
 from .common import UsageError
 
 # subcommand: (module, its add_arguments, what it measures)
@@ -25,6 +26,7 @@ COMMANDS = {
     "soak": (soak, "add_arguments", "many generations in one process: RSS growth and ms/token drift"),
     "families": (families, "add_arguments", "what a model family costs: ms/token of every family's stack against Llama's on equal "
                  "shapes, and its lines"),
+    "pages": (results_pages, "add_arguments", "the docs' results pages (docs/results/) from the committed JSON under benchmarks/results/"),
     "exporters": (exporters, "add_arguments", "torch.onnx's two export paths (dynamo, TorchScript) side by side: time, graphs, tokens"),
 }
 
