@@ -38,7 +38,7 @@ import numpy as np
 
 from .common import UsageError, machine, module_main, results_folder
 from .latency import FILLER
-from .report import Target
+from .report import Target, legend_outside
 
 CONTENDERS = ("one at a time", "fixed batches", "continuous")
 
@@ -243,10 +243,10 @@ def plot(path: Path, outcomes: list[Outcome], requests: list[Request], title: st
     left.set_ylabel("tokens/s (all requests)")
     right.set_xlabel("arrival (s)")
     right.set_ylabel("latency: answer - arrival (s)")
-    right.legend()
+    legend_outside(right)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -188,6 +188,29 @@ def write_results(out: Path, stem: str, meta: dict[str, Any], records: list[Reco
     return written
 
 
+def line_styles():
+    """(colour, marker, dash) for line i: ten colours, then other markers and dash patterns, so that no two lines of one
+    plot look alike (the first latency plots drew two contenders in one colour), in colour or in grey."""
+    markers, dashes = "osD^vP*Xh<>", ["-", "--", "-.", ":"]
+    i = 0
+    while True:
+        yield {"color": f"C{i % 10}", "marker": markers[i % len(markers)], "linestyle": dashes[(i // 10) % len(dashes)]}
+        i += 1
+
+
+def legend_outside(ax, fontsize: int = 7, where: str = "right"):
+    """The legend beside the axes ("right") or under them ("below", for axes side by side), never over the data; save
+    with bbox_inches="tight" to keep it in the picture."""
+    if where == "below":
+        return ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0.0, frameon=False, ncol=2)
+    return ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def machine_footer(fig, machine_label: str) -> None:
+    """Every plot names the machine it was measured on."""
+    fig.text(0.01, 0.005, f"measured on {machine_label or 'an unnamed machine'}", fontsize=7, color="0.4", ha="left", va="bottom")
+
+
 PLOTS = {"k": ("k", "candidates k"), "prompt": ("prompt_tokens", "prompt tokens (context)"),
          "new_tokens": ("new_tokens", "new tokens"), "batch": ("batch", "batch size")}
 
@@ -207,10 +230,10 @@ def plot(out: Path, stem: str, records: list[Record], machine_label: str) -> lis
         mine = [r for r in records if r.sweep == sweep]
         if len({getattr(r, attr) for r in mine}) < 2:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for line in sorted({(r.contender, r.engine) for r in mine}):
+        fig, ax = plt.subplots(figsize=(8.4, 4.4))
+        for line, style in zip(sorted({(r.contender, r.engine) for r in mine}), line_styles()):
             points = sorted((getattr(r, attr), r.ms_per_token) for r in mine if (r.contender, r.engine) == line)
-            ax.plot(*zip(*points), marker="o", label=f"{line[0]} ({line[1]})")
+            ax.plot(*zip(*points), label=f"{line[0]} ({line[1]})", **style)
         ax.set_xscale("log", base=2)
         ticks = sorted({getattr(r, attr) for r in mine})
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -218,12 +241,12 @@ def plot(out: Path, stem: str, records: list[Record], machine_label: str) -> lis
         ax.set_ylim(bottom=0)
         ax.set_xlabel(label)
         ax.set_ylabel("ms per token (median)")
-        ax.set_title(f"ms/token vs {label}\n{machine_label}", fontsize=10)
+        ax.set_title(f"ms/token vs {label}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        legend_outside(ax)
+        machine_footer(fig, machine_label)
         path = out / f"{stem}_vs_{sweep}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written

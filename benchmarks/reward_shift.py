@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .common import UsageError, machine, module_main, results_folder
 from .quantized import Bundle, bundle_options, checked_schemes, open_bundles, paired_ci95
-from .report import Target, within_tolerance
+from .report import Target, legend_outside, within_tolerance
 
 
 @dataclass
@@ -116,9 +116,9 @@ def plot(rows: list[ShiftRow], tolerance: float, path: Path) -> None:
     ax.set_yticks(range(len(rows)), [f"{r.bundle} ({r.verdict})" for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel(f"mean reward change vs fp32, % (95 % CI, {rows[0].prompts} prompts paired)")
-    ax.legend(loc="lower right", fontsize=8)
+    legend_outside(ax, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,6 +179,8 @@ def plot(rows: list[Measured], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .report import legend_outside
+
     base = rows[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for stream, style, color in ((False, "o-", "C0"), (True, "s--", "C1")):
@@ -199,10 +201,10 @@ def plot(rows: list[Measured], path: Path, title: str) -> None:
         ax.set_xticks(sorted({r.clients for r in rows[1:]}), labels=[str(c) for c in sorted({r.clients for r in rows[1:]})])
         ax.set_xlabel("concurrent clients")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        legend_outside(ax, where="below")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def print_table(rows: list[Measured]) -> None:

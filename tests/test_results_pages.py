@@ -49,3 +49,30 @@ def test_the_committed_pages_are_current(tmp_path):
     assert tree(out) == tree(committed)
     differ = [name for name in sorted(tree(out)) if not filecmp.cmp(out / name, committed / name, shallow=False)]
     assert differ == [], f"stale: {differ}; run args-bench pages"
+
+
+def test_plots_tell_every_line_apart_and_keep_the_legend_off_the_data(tmp_path):
+    """Eleven lines (the old latency_vs_k.png's count): eleven different styles, the legend outside the axes, the
+    machine named; report.plot writes a PNG per sweep from records."""
+    import dataclasses
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from args_benchmarks.report import Record, legend_outside, line_styles, plot
+
+    styles = [tuple(s.values()) for s, _ in zip(line_styles(), range(11))]
+    assert len(set(styles)) == 11 and len({s[0] for s in styles}) == 10
+    fig, ax = plt.subplots()
+    for i, style in zip(range(11), line_styles()):
+        ax.plot([1, 2, 4], [i, i + 1, i + 2], label=f"line {i}", **style)
+    fig.canvas.draw()
+    legend = legend_outside(ax).get_window_extent(fig.canvas.get_renderer())
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the data, not over it
+    plt.close(fig)
+    doc = json.loads((RESULTS / "amd-epyc-2-core" / "latency.json").read_text())
+    fields = {f.name for f in dataclasses.fields(Record)}
+    records = [Record(**{k: v for k, v in r.items() if k in fields}) for r in doc["records"]]
+    assert [p.name for p in plot(tmp_path, "latency", records, "a-machine")] == ["latency_vs_k.png", "latency_vs_prompt.png", "latency_vs_new_tokens.png"]
