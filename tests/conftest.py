@@ -16,7 +16,39 @@ from args_export.demo.models import convert_gguf, seeded_reward_model, smollm2_g
 from args_export.reference import ReferenceARGS
 from args_benchmarks.families import family_configs as configs
 
-VOCAB = 49152  # SmolLM2's tokenizer: real merges, real chat template with pad == eos inside prompts
+VOCAB = 49152
+
+# ---------------------------------------------------------------- the user's cache stays untouched
+
+USER_CACHE = Path.home() / ".cache" / "args-rt"  # args-rt's default cache (export/demo/prepare.py cache_dir)
+
+
+def _listing(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def pytest_sessionstart(session) -> None:
+    """Tests keep to the cache they are given: $ARGS_RT_CACHE, else a temporary one for the whole session (every process
+    a test starts inherits it). The user's default cache is listed now and checked at the end (issue 31: a run wrote
+    2.3 GB into ~/.cache/args-rt while ARGS_RT_CACHE pointed elsewhere)."""
+    import tempfile
+
+    if not os.environ.get("ARGS_RT_CACHE"):
+        os.environ["ARGS_RT_CACHE"] = tempfile.mkdtemp(prefix="args-rt-test-cache-")
+    session.config.stash[_USER_CACHE_KEY] = _listing(USER_CACHE)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    before = session.config.stash.get(_USER_CACHE_KEY, None)
+    if before is None or Path(os.environ["ARGS_RT_CACHE"]).resolve() == USER_CACHE.resolve():
+        return
+    new = sorted(_listing(USER_CACHE) - before)
+    if new:
+        session.config.get_terminal_writer().line(f"tests wrote into the user's cache {USER_CACHE}: {new}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_USER_CACHE_KEY = pytest.StashKey[set]()  # SmolLM2's tokenizer: real merges, real chat template with pad == eos inside prompts
 
 
 def tiny_configs():
