@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the device when both models are on one CUDA device)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are chosen")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--return-rewards", action="store_true",
+                   help="after the text, a table of each chosen token: its text, the LM logit and the reward the RM gave it")
     p.add_argument("--verbose", action="store_true", help="print which loop and backend run, and timings, on stderr")
     return p
 
@@ -78,11 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nargs-generate: interrupted", file=sys.stderr)
         return 130
+    if args.return_rewards and result is not None and not args.json:
+        print(rewards_table(gen, result))
     if args.verbose and result is not None:
         t = result.timings
         print(f"{len(result.token_ids)} tokens ({result.finish_reason}); first token {t['time_to_first_token_ms']:.0f} ms; "
               f"{t['decode_ms_per_token']:.1f} ms/token", file=sys.stderr)
     return 0
+
+
+def rewards_table(gen, result) -> str:
+    """One line per chosen token: step, id, its text, the LM logit and the RM's reward (what ARGS weighed)."""
+    lines = [f"{'step':>4}  {'id':>6}  {'token':<16} {'logit':>9} {'reward':>9}"]
+    for step, (token, logit, reward) in enumerate(zip(result.token_ids, result.chosen_logits, result.rewards)):
+        text = repr(gen.tokenizer.decode([token]))[1:-1][:16]
+        lines.append(f"{step:>4}  {token:>6}  {text:<16} {logit:>9.3f} {reward:>9.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,13 @@ def test_generate_cli_json_and_errors(tiny_pairs):
     assert len(out["token_ids"]) == 5 and out["finish_reason"] == "length" and out["timings"]["loop"] == LOOP_IMPL
     bad = subprocess.run([sys.executable, "-m", "args_runtime.cli", bundle, "--prompt", "Hi", "--k", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "args-generate: error: k=0 is out of range" in bad.stderr and "Traceback" not in bad.stderr
+    table = subprocess.run([sys.executable, "-m", "args_runtime.cli", bundle, "--prompt", "Hi", "--k", "3", "--max-new-tokens", "4",
+                            "--ignore-eos", "--return-rewards"], capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()[-4:]  # one per chosen token: step, id, text, logit, reward (the --json result's)
+    expected = ArgsGenerator.from_bundle(bundle).generate("Hi", k=3, max_new_tokens=4, ignore_eos=True)
+    assert [int(r.split()[1]) for r in rows] == expected.token_ids
+    assert [float(r.split()[-1]) for r in rows] == pytest.approx(expected.rewards, abs=1e-3)
 
 
 def test_reward_changes_the_choice(generators):
