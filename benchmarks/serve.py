@@ -179,7 +179,7 @@ def plot(rows: list[Measured], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import legend_outside
+    from args_benchmarks.report import legend_outside  # absolute: this file also runs as a script (python benchmarks/serve.py)
 
     base = rows[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
