@@ -226,6 +226,28 @@ def lane(tmp_path_factory) -> Path:
     return box.make_lane(tmp_path_factory.mktemp("box-lane") / "venv")
 
 
+def test_a_lane_pip_cannot_install_fails_with_pips_own_words(tmp_path):
+    """No package index (CI without PyPI, a pinned version gone): the lane is not built and the error says what pip said,
+    so the dry-run tests fail with the cause rather than run under other versions or skip."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}  # no local wheel folders or extra indexes
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0", PIP_TIMEOUT="2")
+    with pytest.raises(box.LaneError, match=r"(?s)pip could not install box_versions.txt's versions.*No matching distribution found for"):
+        box.make_lane(tmp_path / "venv", timeout=120, env=env)
+
+
+def test_the_stages_before_the_7b_bench_leave_it_its_time(tmp_path):
+    """A slow stage before random-7b must not eat the time its bench needs after the background export (kept_s)."""
+    ctx = _context(tmp_path, budget=100)
+    budgets = {}
+
+    def note(ctx, stage):
+        budgets[stage.name] = stage.budget_s
+        return StageResult(stage.name, PASSED)
+
+    run_stages(ctx, [Stage("first", 90, note), Stage("second", 90, note), Stage("big", 10_000, note, kept_s=60)], lambda r: None)
+    assert 35 <= budgets["first"] <= 40 and 35 <= budgets["second"] <= 40 and budgets["big"] > 95
+
+
 def test_the_lane_has_exactly_the_box_versions(lane):
     """What the dry run runs under: each pinned package at the box's version, args-rt from this checkout."""
     probe = "import importlib.metadata as m, json, args_runtime; print(json.dumps({n: m.version(n) for n in %r}))" % sorted(box.pins())
@@ -264,7 +286,7 @@ def test_dry_run_reports_every_stage_and_goes_on_after_a_failed_one(dry_run):
     done, out, work, _ = dry_run
     doc = json.loads((out / "summary.json").read_text())
     stages = {s["name"]: s for s in doc["stages"]}
-    assert list(stages) == ["install", "gpu-tests", "smollm2", "batching", "random-7b"], done.stdout[-3000:]
+    assert list(stages) == ["install", "gpu-tests", "smollm2", "batching", "bundles", "random-7b"], done.stdout[-3000:]
     assert done.returncode == 1  # the install stage failed
     assert stages["install"]["status"] == FAILED and "is corrupt" in stages["install"]["detail"]
     assert "pack smollm2 not here" in stages["install"]["detail"]
@@ -285,6 +307,17 @@ def test_dry_run_reports_every_stage_and_goes_on_after_a_failed_one(dry_run):
     assert stages["batching"]["status"] == PASSED, stages["batching"]["detail"]
     [run] = stages["batching"]["data"]["runs"].values()
     assert run["identical_tokens"] and run["summary"]["continuous"]["tokens_per_s"] > 0 and (out / "batching" / "batching-8.json").is_file()
+    # SmolLM2's static bundle (fused) against the same pair as two graphs and with int8 weights, exported in the background
+    # after smollm2's and each checked; the fused bundle chooses the two-graph bundle's tokens (fp16 on the CPU).
+    assert stages["bundles"]["status"] == PASSED, stages["bundles"]["detail"]
+    variants = stages["bundles"]["data"]["export"]
+    assert set(variants["bundles"]) == {"static two-graph", "static int8"} and variants["lm"] == stages["smollm2"]["data"]["export"]["lm"]
+    assert all(check["ok"] for layout in variants["validation"].values() for check in layout["checks"].values())
+    rows = {r["bundle"]: r for r in stages["bundles"]["data"]["compare"]["rows"]}
+    assert list(rows) == ["two-graph float16", "fused float16", "fused int8"]
+    assert rows["fused float16"]["token_agreement"] == 1.0 and 0 < rows["fused int8"]["token_agreement"] <= 1.0
+    assert all(r["ms_per_token"] > 0 and r["greedy_ms_per_token"] > 0 for r in rows.values())
+    assert "exporting SmolLM2's two-graph and int8 bundles in the background" in (out / "run.log").read_text()
     # The big pair's two graphs were exported side by side and assembled into one bundle, every graph checked.
     export = stages["random-7b"]["data"]["export"]
     assert export["split"] and (out / "random-7b" / "export-static-lm.log").is_file()
@@ -299,8 +332,10 @@ def test_dry_run_summary_judges_every_target_and_fits_what_a_session_brings_back
     assert "DRY RUN" in text and "| install | failed |" in text and "| random-7b | passed |" in text
     assert f"pinned versions (box_versions.txt): all {len(box.pins())} as pinned" in text  # the lane's, found by the run
     targets = json.loads((out / "summary.json").read_text())["targets"]
-    assert len(targets) == 9 and all(t["met"] is None for t in targets)  # a dry run judges nothing
+    assert len(targets) == 10 and all(t["met"] is None for t in targets)  # a dry run judges nothing
     assert "8 requests:" in next(t for t in targets if t["target"].startswith("continuous batching"))["measured"]
+    variants = next(t for t in targets if t["target"].startswith("SmolLM2 fp16 bundles"))["measured"]
+    assert "fused float16" in variants and "fused int8" in variants and "| SmolLM2 bundle | ARGS ms/token |" in text
     latency = next(t for t in targets if t["target"].startswith("7B-shaped fp16"))
     assert "ms/token" in latency["measured"] and "dry run" in latency["measured"]
     files = sorted(p.name for p in back.iterdir())

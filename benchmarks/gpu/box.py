@@ -48,17 +48,26 @@ def against(versions: dict) -> dict[str, dict]:
                    "match": (versions.get(name) or {}).get("version") == want} for name, want in pins().items()}
 
 
-def make_lane(folder: Path, timeout: float = 600) -> Path:
+class LaneError(RuntimeError):
+    """The lane could not be built; the message carries pip's own words (an unreachable index, a missing version)."""
+
+
+def make_lane(folder: Path, timeout: float = 600, env: dict[str, str] | None = None) -> Path:
     """A venv in `folder` with box_versions.txt's versions, seeing this interpreter's other packages after its own (a
-    .pth file; `--system-site-packages` would see the base Python's, not a venv's). Returns its python."""
+    .pth file; `--system-site-packages` would see the base Python's, not a venv's). Returns its python. `env`: pip's
+    environment (default this one's)."""
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=timeout)
     python = folder / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
                           capture_output=True, text=True, timeout=timeout).stdout.strip()
     parent = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "zz_outer_packages.pth").write_text("".join(f"{p}\n" for p in sorted(parent)))
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(PINS_FILE)], check=True,
-                   capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(PINS_FILE)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        said = "\n".join((done.stderr + done.stdout).strip().splitlines()[-15:])
+        raise LaneError(f"pip could not install {PINS_FILE.name}'s versions into {folder} (exit {done.returncode}; CI needs the package "
+                        f"index):\n{said}")
     return python
 
 

@@ -140,6 +140,10 @@ def model_pair(models: str, dtype: str, cache: Path, positions: int) -> tuple[Pa
     return random_pair(models, dtype, cache, positions)
 
 
+# What each --variants entry changes in args-export's defaults (a fused bundle when the RM is a head on the LM's backbone).
+VARIANTS = {"default": {}, "two-graph": {"fuse": False}, "int8": {"quantize": "int8"}}
+
+
 def make_bundle(args: argparse.Namespace) -> dict:
     """Models (cached) → an exported, checked bundle; the report says how long each step took."""
     import time
@@ -152,18 +156,20 @@ def make_bundle(args: argparse.Namespace) -> dict:
     report.update(lm=str(lm), rm=str(rm), models_s=round(time.perf_counter() - started, 1))
     _write(args.report, report)
     for layout in args.layouts.split(","):
-        out = args.out / f"{args.models}-{args.dtype}-{layout}"
-        started = time.perf_counter()
-        if args.split:
-            manifest = split_export(args, lm, rm, layout, out)
-        else:
-            manifest = export_bundle(ExportOptions(lm, rm, out, dtype=args.dtype, max_context=args.max_context, max_k=args.max_k,
-                                                   force=True, cache=layout))
-        report["exports_s"][layout] = round(time.perf_counter() - started, 1)
-        report["bundles"][layout] = str(out)
-        report.setdefault("validation", {})[layout] = manifest.validation
-        report.setdefault("bundle_bytes", {})[layout] = sum(f.stat().st_size for f in out.iterdir())
-        _write(args.report, report)
+        for variant in args.variants.split(","):
+            key, out = (layout, "") if variant == "default" else (f"{layout} {variant}", f"-{variant}")
+            out = args.out / f"{args.models}-{args.dtype}-{layout}{out}"
+            started = time.perf_counter()
+            if args.split:
+                manifest = split_export(args, lm, rm, layout, out)
+            else:
+                manifest = export_bundle(ExportOptions(lm, rm, out, dtype=args.dtype, max_context=args.max_context, max_k=args.max_k,
+                                                       force=True, cache=layout, **VARIANTS[variant]))
+            report["exports_s"][key] = round(time.perf_counter() - started, 1)
+            report["bundles"][key] = str(out)
+            report.setdefault("validation", {})[key] = manifest.validation
+            report.setdefault("bundle_bytes", {})[key] = sum(f.stat().st_size for f in out.iterdir())
+            _write(args.report, report)
     return report
 
 
@@ -256,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, required=True, help="folder for the bundles")
     b.add_argument("--report", type=Path, required=True, help="JSON report, rewritten after each step")
     b.add_argument("--split", action="store_true", help="export the LM and the RM graphs side by side in two processes (big pairs)")
+    b.add_argument("--variants", default="default", help=f"comma-separated bundles per layout: {', '.join(VARIANTS)} (int8: weight-only, "
+                   "fused when the pair fuses; the report names a variant's bundle 'LAYOUT VARIANT')")
     args = p.parse_args(argv)
+    if unknown := sorted(set(getattr(args, "variants", "default").split(",")) - set(VARIANTS)):
+        p.error(f"--variants: {', '.join(unknown)} unknown; choose among {', '.join(VARIANTS)}")
     from args_runtime.errors import ArgsError
 
     try:

@@ -12,6 +12,9 @@ command limit is 600 s); a stage that fails or runs out of time is reported and 
     gpu-tests   pytest -m gpu (tests/test_gpu.py), log and JUnit XML kept
     smollm2     SmolLM2-135M + the demo RM, fp16, dynamic and static bundles exported (timed, checked); args-bench:
                 reference vs args-rt dynamic, static, static + CUDA graphs; k=10, 128 new tokens, batch 1 and 4
+    batching    continuous batching through ArgsEngine on smollm2's static bundle, 8 and 32 requests, tokens compared
+    bundles     smollm2's static bundle (fused) against the same pair as two graphs and with int8 weights (exported in
+                the background after smollm2's): ms/token, plain greedy's, tokens against the two-graph bundle's
     random-7b   a seeded LLaMA-7B-shaped LM + RM, fp16, static bundle exported on the box (its CPU-bound export starts
                 in the background right after the install); args-bench: reference vs args-rt with CUDA graphs
 
@@ -35,6 +38,7 @@ STAGES = {
     "gpu-tests": (150, stages.gpu_tests),
     "smollm2": (200, stages.smollm2_figures),
     "batching": (60, stages.batching_figures),
+    "bundles": (90, stages.bundle_variants),
     "random-7b": (10_000, stages.random_figures),  # whatever is left
 }
 BENCH_RESERVE_S = {"gpu": 150, "dry": 120}  # kept after the background export for the 7B bench (sessions, reference, runs)
@@ -74,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(REPO, args.out.resolve(), work.resolve(), args.wheels.resolve() if args.wheels else None, args.dry_run, args.quick,
                   deadline=time.monotonic() + args.budget)
-    plan = [Stage(name, args.overrides.get(name, STAGES[name][0]), STAGES[name][1]) for name in args.stages]
+    kept = {"random-7b": BENCH_RESERVE_S["dry" if args.dry_run else "gpu"]}  # the stages before it leave the 7B bench its time
+    plan = [Stage(name, args.overrides.get(name, STAGES[name][0]), STAGES[name][1], kept_s=kept.get(name, 0.0)) for name in args.stages]
+    ctx.facts["stages"] = args.stages
     ctx.say(f"GPU acceptance run{' (dry run)' if args.dry_run else ''}: stages {', '.join(args.stages)}; budget {args.budget:.0f} s; "
             f"out {ctx.out}; work {ctx.work}")
 

@@ -120,21 +120,22 @@ class Stage:
     budget_s: float
     run: Callable[[Context, "Stage"], StageResult]
     why: str = ""  # one line for --help and the summary
+    kept_s: float = 0.0  # seconds the stages before it leave to it (the 7B bench after its background export)
 
 
 def run_stages(ctx: Context, stages: list[Stage], after_each: Callable[[list[StageResult]], None]) -> list[StageResult]:
     """Every stage in order, each within its budget and the run's deadline; a stage that fails or raises is reported
     and the next one runs. `after_each` writes the results so far (the summary) after every stage."""
     results: list[StageResult] = []
-    for stage in stages:
-        budget = min(stage.budget_s, max(0.0, ctx.left()))
+    for index, stage in enumerate(stages):
+        budget = min(stage.budget_s, max(0.0, ctx.left() - sum(later.kept_s for later in stages[index + 1:])))
         ctx.say(f"stage {stage.name}: starting (budget {budget:.0f} s, {ctx.left():.0f} s left in the run)")
         started = time.monotonic()
         if budget < 5:
             result = StageResult(stage.name, SKIPPED, "no time left in the run's budget")
         else:
             try:
-                result = stage.run(ctx, Stage(stage.name, budget, stage.run, stage.why))
+                result = stage.run(ctx, Stage(stage.name, budget, stage.run, stage.why, stage.kept_s))
             except Exception as e:  # a bug in one stage must not stop the others
                 result = StageResult(stage.name, FAILED, f"{type(e).__name__}: {e}")
         result.name, result.budget_s = stage.name, round(budget, 1)

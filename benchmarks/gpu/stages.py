@@ -1,5 +1,6 @@
-"""Stages 2-4 of the acceptance run: the `gpu` tests, the SmolLM2 figures, the 7B-shaped figures. Each runs its
-work in child processes (benchmarks/gpu/prepare.py, args-bench, pytest) with logs under its own folder in --out."""
+"""The acceptance run's stages after the install: the `gpu` tests, the SmolLM2 figures, continuous batching, SmolLM2's
+bundle variants, the 7B-shaped figures. Each runs its work in child processes (benchmarks/gpu/prepare.py,
+compare.py, args-bench, pytest) with logs under its own folder in --out."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class Workload:
     batches: str
     repeats: int
     split: bool = False  # export the LM and RM graphs side by side (prepare.py split_export): a 7B graph takes minutes
+    variants: str = "default"  # prepare.py's --variants: args-export's defaults, two-graph, int8
+    models_of: str = ""  # the stage whose model folders (in --work) it reuses; "": its own
 
 
 # Peak disk of a pair's build and split export in --work: the HF folders (the RM links the LM's backbone), both graphs'
@@ -116,7 +119,7 @@ def smollm2_figures(ctx: Context, stage: Stage) -> StageResult:
     work = smollm2_workload(ctx)
     deadline = time.monotonic() + stage.budget_s
     child = start_bundle(ctx, stage.name, work, deadline)
-    return finish_figures(ctx, stage, work, child, deadline)
+    return finish_figures(ctx, stage, work, child, deadline, lambda: start_variant_export(ctx, stage.name))
 
 
 def batching_figures(ctx: Context, stage: Stage) -> StageResult:
@@ -145,6 +148,60 @@ def batching_figures(ctx: Context, stage: Stage) -> StageResult:
     detail = "; ".join(f"{n} requests: continuous {r['summary']['continuous']['tokens_per_s']:.1f} tokens/s, fixed "
                        f"{r['summary']['fixed batches']['tokens_per_s']:.1f}, same tokens" for n, r in runs.items())
     return StageResult(stage.name, PASSED, detail, data={"runs": runs})
+
+
+VARIANTS_STAGE = "bundles"
+VARIANT_EXPORT_S = 300  # the background export of the two variants stops here at the latest (SmolLM2: ~1 min each on the box)
+
+
+def variants_workload(ctx: Context) -> Workload:
+    """SmolLM2's static bundle again, as two graphs (--no-fuse) and with int8 weights; the smollm2 stage's model folders."""
+    base = smollm2_workload(ctx)
+    return Workload(base.models, "static", (), 16 if ctx.quick else 64, "1", 1, variants="two-graph,int8", models_of="smollm2")
+
+
+def start_variant_export(ctx: Context, after: str) -> None:
+    """The bundles stage's two exports, started in the background (4 CPU threads) once the `after` stage has its own
+    bundles: the CPU exports while the smollm2 and batching stages measure on the GPU."""
+    if VARIANTS_STAGE in ctx.facts.get("stages", ()) and VARIANTS_STAGE not in ctx.background:
+        deadline = time.monotonic() + min(VARIANT_EXPORT_S, max(1.0, ctx.left()))
+        ctx.background[VARIANTS_STAGE] = start_bundle(ctx, VARIANTS_STAGE, variants_workload(ctx), deadline, threads=4)
+        ctx.facts["overlap_note"] = " ".join(filter(None, [ctx.facts.get("overlap_note"), f"SmolLM2's two-graph and int8 bundles were "
+                                             f"exported in the background (4 CPU threads) from the end of {after}'s export on."]))
+        ctx.say(f"{VARIANTS_STAGE}: exporting SmolLM2's two-graph and int8 bundles in the background, after {after}'s")
+
+
+def bundle_variants(ctx: Context, stage: Stage) -> StageResult:
+    """SmolLM2 fp16's static bundle as args-export writes it (fused: the RM is a head on the LM's backbone) against the
+    same pair as two graphs and with int8 weights, on the device: ARGS-greedy ms/token, plain greedy's, and each
+    bundle's tokens against the two-graph one's (compare.py). The two exports started in the background after smollm2's."""
+    if (missing := _cuda_missing(ctx)) is not None:
+        return missing
+    fused = _read_json(ctx.out / "smollm2" / "export.json").get("bundles", {}).get("static")
+    if not fused:
+        return StageResult(stage.name, SKIPPED, "no static bundle: the smollm2 stage did not export one")
+    work, folder, deadline = variants_workload(ctx), ctx.out / stage.name, time.monotonic() + stage.budget_s
+    child = ctx.background.pop(stage.name, None) or start_bundle(ctx, stage.name, work, deadline)
+    status = child.wait(until=deadline)
+    report = _read_json(folder / "export.json")
+    data = {"export": report}
+    exports = ", ".join(f"{name} {s:.0f} s" for name, s in report.get("exports_s", {}).items()) or "none done"
+    if status is None:
+        return StageResult(stage.name, TIMED_OUT, f"exports not done after {child.seconds:.0f} s ({exports}; see {stage.name}/export.log)", data=data)
+    bundles = report.get("bundles", {})
+    if status != 0 or not {"static two-graph", "static int8"} <= set(bundles):
+        return StageResult(stage.name, FAILED, f"export failed (exit {status}; {exports}): {child.tail(3)}", data=data)
+    argv = [ctx.python, "-m", "args_benchmarks.gpu.compare", "--bundle", bundles["static two-graph"], "--bundle", fused,
+            "--bundle", bundles["static int8"], "--device", _device(ctx), "--prompts", "2" if ctx.quick else "4",
+            "--new-tokens", str(work.new_tokens), "--out", str(folder / "compare.json")]
+    status, seconds = run_child(ctx, argv, folder / "compare.log", max(1.0, deadline - time.monotonic()))
+    data["compare"] = _read_json(folder / "compare.json")
+    if status is None:
+        return StageResult(stage.name, TIMED_OUT, f"exports done ({exports}); compare killed at the budget after {seconds:.0f} s", data=data)
+    if status != 0 or not data["compare"]:
+        return StageResult(stage.name, FAILED, f"exports done ({exports}); compare exit {status}: see {stage.name}/compare.log", data=data)
+    rows = "; ".join(f"{r['bundle']} {r['ms_per_token']:.2f} ms/token, tokens {r['token_agreement']:.2f}" for r in data["compare"]["rows"])
+    return StageResult(stage.name, PASSED, f"exports {exports}; {rows} (agreement with the two-graph bundle's)", data=data)
 
 
 def start_random_export(ctx: Context, stage_name: str, budget_s: float) -> Child | None:
@@ -176,17 +233,18 @@ def start_bundle(ctx: Context, name: str, work: Workload, deadline: float, threa
     background export of one raced the other's into one folder."""
     folder = ctx.out / name
     argv = [ctx.python, "-m", "args_benchmarks.gpu.prepare", "bundle", work.models, "--dtype", "fp16", "--layouts", work.layouts,
-            "--max-context", "256", "--max-k", "16", "--cache", str(ctx.work / "models" / name), "--out", str(ctx.work / "bundles" / name),
-            "--report", str(folder / "export.json"), *(["--split"] if work.split else [])]
+            "--max-context", "256", "--max-k", "16", "--cache", str(ctx.work / "models" / (work.models_of or name)),
+            "--out", str(ctx.work / "bundles" / name), "--report", str(folder / "export.json"), "--variants", work.variants,
+            *(["--split"] if work.split else [])]
     env = dict(ctx.env)
     if threads:  # beside the GPU stages, leave most cores to them
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return Child(argv, folder / "export.log", deadline).start(env, ctx.repo)
 
 
-def finish_figures(ctx: Context, stage: Stage, work: Workload, child: Child, deadline: float) -> StageResult:
-    """Wait for the bundles, then race them with args-bench; the stage's data holds the export report and the bench's
-    JSON (records and targets)."""
+def finish_figures(ctx: Context, stage: Stage, work: Workload, child: Child, deadline: float, exported=None) -> StageResult:
+    """Wait for the bundles, then (after `exported()`, when given) race them with args-bench; the stage's data holds the
+    export report and the bench's JSON (records and targets)."""
     folder = ctx.out / stage.name
     status = child.wait(until=deadline)
     report = _read_json(folder / "export.json")
@@ -197,6 +255,8 @@ def finish_figures(ctx: Context, stage: Stage, work: Workload, child: Child, dea
                            f"models {report.get('models_s', '?')} s; see {stage.name}/export.log)", data=data)
     if status != 0 or len(report.get("bundles", {})) < len(work.layouts.split(",")):
         return StageResult(stage.name, FAILED, f"export failed (exit {status}): {child.tail(3)}", data=data)
+    if exported is not None:
+        exported()
     loop = ctx.facts.get("versions", {}).get("args_runtime", {}).get("loop") or "python"
     argv = [ctx.python, "-m", "args_benchmarks.latency", *[a for b in report["bundles"].values() for a in ("--bundle", b)],
             "--devices", _device(ctx), "--dtype", "fp16", "--k", "10", "--headline-new-tokens", str(work.new_tokens),

@@ -31,7 +31,18 @@ def judge(ctx: Context, results: list[StageResult]) -> list[Verdict]:
     for name in ("smollm2", "random-7b"):
         out.append(_agreement(by_name.get(name), name))
     out.append(_batching(by_name.get("batching")))
+    out.append(_variants(by_name.get("bundles")))
     return out
+
+
+def _variants(stage: StageResult | None) -> Verdict:
+    """SmolLM2's bundle variants on the device, reported: each one's ARGS ms/token, its cost over plain greedy, and how
+    many of its tokens equal the two-graph bundle's (fp16 kernels differ between the layouts, so no threshold)."""
+    rows = (stage.data.get("compare") or {}).get("rows", []) if stage else []
+    measured = "; ".join(f"{r['bundle']} {r['ms_per_token']:.2f} ms/token ({r['cost_vs_greedy']:.2f}× greedy)"
+                         + ("" if i == 0 else f", tokens {r['token_agreement']:.2f}") for i, r in enumerate(rows))
+    return Verdict("SmolLM2 fp16 bundles: fused and int8 against two graphs, tokens and ms/token (reported, no threshold)",
+                   measured or "not measured", None)
 
 
 def _batching(stage: StageResult | None) -> Verdict:
@@ -182,6 +193,12 @@ def render(ctx: Context, results: list[StageResult], verdicts: list[Verdict]) ->
             seen.add(key)
             agree = "" if r.get("agreement_with_reference") is None else f"{r['agreement_with_reference']:.2f}"
             lines.append(f"| {name} | {r['contender']} | {r['engine']} | {r['batch']} | {r['ms_per_token']:.2f} | {r['tokens_per_s']:.0f} | {agree} |")
+    rows = next((r.data.get("compare", {}).get("rows", []) for r in results if r.name == "bundles"), [])
+    if rows:
+        lines += ["", "| SmolLM2 bundle | ARGS ms/token | greedy ms/token | × greedy | tokens as two-graph's | exact replies |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['bundle']} | {r['ms_per_token']:.2f} | {r['greedy_ms_per_token']:.2f} | {r['cost_vs_greedy']:.2f} | "
+                  f"{r['token_agreement']:.2f} | {r['exact_replies']:.2f} |" for r in rows]
     if ctx.facts.get("overlap_note"):
         lines += ["", ctx.facts["overlap_note"]]
     return "\n".join(lines) + "\n"

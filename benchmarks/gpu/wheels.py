@@ -31,15 +31,17 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the sibling modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from benchmarks.gpu import packing
+    from benchmarks.gpu import box, packing
     from benchmarks.gpu.packing import MIB, Pack, pack, read_index, write_index
 else:
-    from . import packing
+    from . import box, packing
     from .packing import MIB, Pack, pack, read_index, write_index
 
 CALL_BYTES = 64 * MIB  # what one device call carries: the checkout plus its carried paths
 CALL_MARGIN = 256 * 1024
-ORT_VERSION = "1.31.1"  # CUDA 13 build on PyPI; >= 1.30 for CUDA graphs (runtime/backend.py: cuda_graph_blocker)
+# The box's onnxruntime-gpu is box_versions.txt's onnxruntime (the CI lane runs its CPU build): 1.31.1, a CUDA 13 build on
+# PyPI, >= 1.30 for CUDA graphs (runtime/backend.py: cuda_graph_blocker). Change the version there, not here.
+ORT_VERSION = box.pins()["onnxruntime"]
 PYTHON = "3.12"
 PLATFORM = "manylinux_2_28_x86_64"
 CUDA_MAJOR = 13
