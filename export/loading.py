@@ -87,6 +87,12 @@ def align_special_tokens(tokenizer, config):
     return tokenizer
 
 
+# The graphs mirror transformers' eager attention, and export checks them against the models run that way: other
+# implementations are not always the same model (transformers 5.17 ran Gemma 2 through SDPA, which drops its attention
+# soft cap).
+EAGER = "eager"
+
+
 @dataclass
 class ModelSpec:
     """A model before its weights load: where it is, its config (read once) and its architecture family."""
@@ -147,6 +153,7 @@ def load_lm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(spec.source.folder, config=spec.config, dtype=torch_dtype(dtype), trust_remote_code=False,
+                                                 attn_implementation=EAGER,
                                                  **spec.source.kwargs())
     return LoadedModel(spec, model.eval(), spec.family.lm_head_attr)
 
@@ -161,6 +168,7 @@ def load_rm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
             f"reward model {spec.source.name} has num_labels={labels}; ARGS needs a scalar reward (num_labels=1): retrain or re-head it"
         )
     model = AutoModelForSequenceClassification.from_pretrained(spec.source.folder, config=spec.config, dtype=torch_dtype(dtype),
+                                                               attn_implementation=EAGER,
                                                                trust_remote_code=False, **spec.source.kwargs())
     return LoadedModel(spec, model.eval(), spec.family.score_attr)
 

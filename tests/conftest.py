@@ -132,7 +132,10 @@ def save_tiny_pair(name: str, config, tokenizer, folder: Path, seed: int = 0) ->
 def load_pair_models(lm_dir: Path, rm_dir: Path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    return AutoModelForCausalLM.from_pretrained(lm_dir).eval(), AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    from args_export.loading import EAGER  # the reference runs the models as export checks them
+
+    return (AutoModelForCausalLM.from_pretrained(lm_dir, attn_implementation=EAGER).eval(),
+            AutoModelForSequenceClassification.from_pretrained(rm_dir, attn_implementation=EAGER).eval())
 
 
 @pytest.fixture(scope="session")
