@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import batching, exporters, families, latency, quantized, reward_shift, serve, serve_mix, soak, step_parts, steploop_overhead
+from . import (batching, exporters, families, latency, quantized, results_pages, reward_shift, serve, serve_mix, soak, step_parts,
+               steploop_overhead)
 from .common import UsageError
 
 # subcommand: (module, its add_arguments, what it measures)
@@ -26,6 +27,7 @@ COMMANDS = {
     "families": (families, "add_arguments", "what a model family costs: ms/token of every family's stack against Llama's on equal "
                  "shapes, and its lines"),
     "exporters": (exporters, "add_arguments", "torch.onnx's two export paths (dynamo, TorchScript) side by side: time, graphs, tokens"),
+    "pages": (results_pages, "add_arguments", "the docs' results pages (docs/results/) made from the committed JSON; --check, --replot"),
 }
 
 
