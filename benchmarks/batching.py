@@ -38,7 +38,8 @@ import numpy as np
 
 from .common import UsageError, machine, module_main, results_folder
 from .latency import FILLER
-from .report import Target, legend_outside
+from . import report
+from .report import Target
 
 CONTENDERS = ("one at a time", "fixed batches", "continuous")
 
@@ -221,34 +222,43 @@ def summarise(outcomes: list[Outcome]) -> dict[str, dict[str, float]]:
             for name in CONTENDERS}
 
 
-def plot(path: Path, outcomes: list[Outcome], requests: list[Request], title: str) -> Path | None:
-    """Tokens/s per contender (each round a point, the median a bar), and each request's latency against its arrival."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'args-rt[bench]')", file=sys.stderr)
-        return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 2]})
-    colors = dict(zip(CONTENDERS, ("tab:gray", "tab:orange", "tab:blue")))
+def draw(outcomes: list[Outcome], arrivals_s: list[float], title: str, machine_label: str):
+    """The figure: tokens/s per contender (each round a point, the median a bar), and each request's latency against
+    its arrival (the median over rounds)."""
+    fig, (left, right) = report.figure(title, machine_label, panels=2, size=(12.0, 5.0))
+    styles = report.line_styles((name, "") for name in CONTENDERS)
     for x, name in enumerate(CONTENDERS):
         mine = [o for o in outcomes if o.contender == name]
-        left.bar(x, statistics.median(o.tokens_per_s for o in mine), color=colors[name], alpha=0.75)
+        if not mine:
+            continue
+        style = styles[(name, "")]
+        left.bar(x, statistics.median(o.tokens_per_s for o in mine), color=style["color"], alpha=0.75)
         left.scatter([x] * len(mine), [o.tokens_per_s for o in mine], color="black", s=12, zorder=3)
         latencies = np.median([o.latencies_s for o in mine], axis=0)
-        right.plot([r.arrival_s for r in requests], latencies, marker="o", color=colors[name], label=name)
+        right.plot(arrivals_s[:len(latencies)], latencies, label=f"({chr(97 + x)}) {name}", markersize=5, **style)
     left.set_xticks(range(len(CONTENDERS)), [f"({chr(97 + i)}) {n}" for i, n in enumerate(CONTENDERS)], fontsize=8)
-    left.set_ylabel("tokens/s (all requests)")
-    right.set_xlabel("arrival (s)")
+    left.set_ylabel("tokens/s, all requests (bar: median; dots: rounds)")
+    right.set_xlabel("arrival of the request (s after the stream's start)")
     right.set_ylabel("latency: answer - arrival (s)")
-    legend_outside(right)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    right.grid(alpha=0.3)
+    return report.finish(fig)
+
+
+def plot(path: Path, outcomes: list[Outcome], requests: list[Request], title: str, machine_label: str) -> Path | None:
+    """draw()'s figure as a PNG at `path` (None without matplotlib)."""
+    if not report.have_matplotlib():
+        return None
+    draw(outcomes, [r.arrival_s for r in requests], title, machine_label).savefig(path, dpi=110)
     return path
+
+
+def replot(doc: dict) -> dict[str, object]:
+    """The figure of a committed batching result, from its JSON (outcomes and the workload's arrivals)."""
+    outcomes = [Outcome(**{**o, "tokens": []}) for o in doc["outcomes"]]
+    w, s = doc["workload"], doc["settings"]
+    title = (f"{doc['models']}: {w['requests']} requests, Poisson {w['rate_per_s']}/s, k={s['k']}, {s['slots']} slots, "
+             f"{doc['device']}")
+    return {"": draw(outcomes, w["arrivals_s"], title, report.machine_name(doc["machine"]))}
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -373,8 +383,8 @@ def race(args: argparse.Namespace, contenders: dict, requests: list[Request], wo
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{args.name}.json"]
     written[0].write_text(json.dumps(doc, indent=2))
-    title = f"{models}\n{info['label']} ({device}): {len(requests)} requests, Poisson {args.rate}/s, k={args.k}, {args.slots} slots"
-    written += [p for p in [plot(out / f"{args.name}.png", outcomes, requests, title)] if p]
+    title = f"{models}: {len(requests)} requests, Poisson {args.rate}/s, k={args.k}, {args.slots} slots, {device}"
+    written += [p for p in [plot(out / f"{args.name}.png", outcomes, requests, title, report.machine_name(info))] if p]
     for path in written:
         print(f"written {path}")
     return 0 if identical else 1

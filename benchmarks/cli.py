@@ -26,8 +26,8 @@ COMMANDS = {
     "soak": (soak, "add_arguments", "many generations in one process: RSS growth and ms/token drift"),
     "families": (families, "add_arguments", "what a model family costs: ms/token of every family's stack against Llama's on equal "
                  "shapes, and its lines"),
-    "pages": (results_pages, "add_arguments", "the docs' results pages (docs/results/) from the committed JSON under benchmarks/results/"),
     "exporters": (exporters, "add_arguments", "torch.onnx's two export paths (dynamo, TorchScript) side by side: time, graphs, tokens"),
+    "pages": (results_pages, "add_arguments", "the docs' results pages (docs/results/) made from the committed JSON; --check, --replot"),
 }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from args_runtime.options import SHARED_THREADS_HELP
 
 from .common import UsageError, machine, module_main, results_folder
+from . import report
 from .report import Target, prefix_agreement, within_tolerance
 
 
@@ -261,28 +262,46 @@ def weight_bytes(bundle: Path) -> int:
     return sum(f.stat().st_size for f in bundle.iterdir() if f.name.startswith(("lm.onnx", "rm.onnx", "propose.onnx")))
 
 
-def plot(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+def draw(rows, machine_label: str, title: str):
+    """The figure: each bundle's ms/token, token agreement with the fp32 base, and mean reward with the 95 % interval of
+    its change; a bundle keeps its colour in every plot (report.KEYED)."""
+    fig, axes = report.figure(title, machine_label, panels=3, size=(13.0, 4.8))
     names = [r.bundle for r in rows]
-    for ax, attr, title in zip(axes, ("ms_per_token", "token_agreement", "mean_reward"),
-                               ("ms/token (ARGS-greedy)", "token agreement with the fp32 base", "mean reward (fp32 RM), 95 % CI of Δ")):
-        values = [getattr(r, attr) for r in rows]
+    styles = report.line_styles((name, "") for name in names)
+    for ax, attr, label in zip(axes, ("ms_per_token", "token_agreement", "mean_reward"),
+                               ("ms per token (ARGS-greedy)", "token agreement with fp32 (share of positions)",
+                                "mean reward (fp32 RM, bar: 95 % CI of the change)")):
         errors = None
         if attr == "mean_reward":  # the paired interval of each change, in reward units, around the bundle's mean
             base = abs(rows[0].mean_reward) / 100
-            errors = [(r.reward_change_ci95_pct or 0.0) * base for r in rows]
-        ax.bar(names, values, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(rows))])
-        ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", rotation=30)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+            errors = [(getattr(r, "reward_change_ci95_pct", None) or 0.0) * base for r in rows]
+        for i, r in enumerate(rows):
+            ax.bar(i, getattr(r, attr), yerr=None if errors is None else errors[i], capsize=3, color=styles[(r.bundle, "")]["color"],
+                   label=r.bundle)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    return report.finish(fig)
+
+
+def plot_title(meta: dict) -> str:
+    """A bundles plot's title, from the result's meta: the pair and the settings."""
+    pair = f"{Path(str(meta['lm'])).name} + {Path(str(meta['rm'])).name}"
+    return f"bundles of {pair}: k={meta['k']}, w={meta['w']}, {meta['prompts']} prompts"
+
+
+def plot(rows: list[Row], path: Path, meta: dict) -> None:
+    """draw()'s figure as a PNG at `path`, titled from the result's `meta` (its machine included)."""
+    if report.have_matplotlib():
+        draw(rows, report.machine_name(meta["machine"]), plot_title(meta)).savefig(path, dpi=110)
+
+
+def replot(doc: dict) -> dict[str, object]:
+    """The figure of a committed bundles / quantized result, from its JSON rows."""
+    from types import SimpleNamespace
+
+    meta = doc["meta"]
+    return {"": draw([SimpleNamespace(**r) for r in doc["rows"]], report.machine_name(meta["machine"]), plot_title(meta))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
-    plot(rows, out / f"{name}.png")
+    plot(rows, out / f"{name}.png", meta)
     print(f"written {out / f'{name}.json'}, {name}.csv, {name}.png")
     return 0
 

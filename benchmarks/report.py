@@ -184,69 +184,144 @@ def write_results(out: Path, stem: str, meta: dict[str, Any], records: list[Reco
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "notes": "; ".join(row["notes"])})
-    written += plot(out, stem, records, meta.get("machine", {}).get("label", ""))
+    written += plot(out, stem, records, machine_name(meta.get("machine", {})))
     return written
 
 
-def line_styles():
-    """(colour, marker, dash) for line i: ten colours, then other markers and dash patterns, so that no two lines of one
-    plot look alike (the first latency plots drew two contenders in one colour), in colour or in grey."""
-    markers, dashes = "osD^vP*Xh<>", ["-", "--", "-.", ":"]
-    i = 0
-    while True:
-        yield {"color": f"C{i % 10}", "marker": markers[i % len(markers)], "linestyle": dashes[(i // 10) % len(dashes)]}
-        i += 1
+# ---------------------------------------------------------------------------------------------- plots
+
+# One style for every plot of the benchmarks: a contender (or bundle, or workload) keeps its colour in every plot;
+# the variants of one contender (engines, loops, cache layouts) get shades of it and their own marker and line style;
+# the legend sits outside the axes; the title names the machine.
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
+LINESTYLES = ("-", "--", ":", "-.")
+KEYED = {
+    "args-rt ARGS": 0, "args-rt plain greedy": 2, "reference ARGS": 3, "two-model floor": 7,  # latency, step parts
+    "continuous": 0, "fixed batches": 1, "one at a time": 7,  # batching
+    "fp32": 7, "fused fp32": 0, "int8 (lm+rm)": 1, "int4 (lm)": 2, "fused int8 (lm+rm)": 9, "int8 (rm)": 4, "int4 (lm+rm)": 5,
+    "plain (batched)": 0, "streamed": 1,  # serve
+}
 
 
-def legend_outside(ax, fontsize: int = 7, where: str = "right"):
-    """The legend beside the axes ("right") or under them ("below", for axes side by side), never over the data; save
-    with bbox_inches="tight" to keep it in the picture."""
-    if where == "below":
-        return ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0.0, frameon=False, ncol=2)
-    return ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+def _shade(colour: str, t: float) -> tuple[float, float, float]:
+    """`colour` mixed towards black (t < 0) or white (t > 0) by |t|."""
+    rgb = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    target = 1.0 if t > 0 else 0.0
+    return tuple(round(c + (target - c) * abs(t), 4) for c in rgb)
 
 
-def machine_footer(fig, machine_label: str) -> None:
-    """Every plot names the machine it was measured on."""
-    fig.text(0.01, 0.005, f"measured on {machine_label or 'an unnamed machine'}", fontsize=7, color="0.4", ha="left", va="bottom")
+def line_styles(lines) -> dict[tuple[str, str], dict[str, Any]]:
+    """(key, variant) -> plot keywords (color, marker, linestyle), every line of `lines` distinct: a known key keeps its
+    colour of KEYED in every plot, others take the first colours no key of this plot holds; a key's variants (sorted)
+    are shades of its colour, each with its own marker and line style."""
+    lines = sorted(set(lines))
+    keys = sorted({key for key, _ in lines}, key=lambda k: (k not in KEYED, k))
+    hue: dict[str, int] = {}
+    for key in keys:
+        wanted = KEYED.get(key)
+        free = [i for i in range(len(COLOURS)) if i not in hue.values()] or list(range(len(COLOURS)))
+        hue[key] = wanted if wanted is not None and wanted not in hue.values() else free[0]
+    styles = {}
+    for key in keys:
+        variants = [v for k, v in lines if k == key]
+        shades = np.linspace(-0.35, 0.45, len(variants)) if len(variants) > 1 else [0.0]
+        for i, (variant, t) in enumerate(zip(variants, shades)):
+            styles[(key, variant)] = {"color": _shade(COLOURS[hue[key] % len(COLOURS)], float(t)),
+                                      "marker": MARKERS[(hue[key] + 3 * i) % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+    return styles
 
 
-PLOTS = {"k": ("k", "candidates k"), "prompt": ("prompt_tokens", "prompt tokens (context)"),
-         "new_tokens": ("new_tokens", "new tokens"), "batch": ("batch", "batch size")}
+def machine_name(info: dict[str, Any]) -> str:
+    """The machine a result was measured on, for a plot's title: its label, CPU and cores, GPU if any."""
+    parts = [str(info.get("cpu") or "cpu not recorded"), f"{info.get('cores', '?')} cores"]
+    parts += [str(info["gpu"])] if info.get("gpu") else []
+    return f"{info.get('label') or 'machine'} ({', '.join(parts)})"
 
 
-def plot(out: Path, stem: str, records: list[Record], machine_label: str) -> list[Path]:
-    """One PNG per sweep: ms/token against the swept value, a line per contender and engine."""
+def figure(title: str, machine: str, panels: int = 1, size: tuple[float, float] = (8.0, 4.2)):
+    """A figure of `panels` axes side by side (constrained layout, so a legend outside them gets its room), titled with
+    the machine; returns (figure, axes). A matplotlib Figure of its own (no pyplot state): nothing to close."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    fig.suptitle(f"{title}\nmeasured on {machine}", fontsize=9)
+    return fig, axes
+
+
+def finish(fig, path: Path | None = None):
+    """One legend for the figure, each label once, below every axes (off the data, and clear of the title); writes the
+    PNG at `path` when given. Returns the figure."""
+    seen: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        columns = min(len(seen), 2 if max(map(len, seen)) > 36 else 4)
+        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="outside lower center", ncols=columns)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def have_matplotlib() -> bool:
+    """Whether plots can be drawn; says how to get them when not."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'args-rt[bench]')")
-        return []
-    written = []
+        return False
+    return True
+
+
+PLOTS = {"k": ("k", "candidates k (count)"), "prompt": ("prompt_tokens", "prompt length (tokens)"),
+         "new_tokens": ("new_tokens", "new tokens per reply (tokens)"), "batch": ("batch", "batch size (prompts)")}
+
+
+def sweep_figures(records, machine: str) -> dict[str, Any]:
+    """A figure per sweep with at least two swept values, keyed by its file name's tail (`_vs_k`): ms/token against
+    the swept value, a line per contender and engine (styled over all sweeps, so a line looks the same in each)."""
+    styles = line_styles((r.contender, r.engine) for r in records if r.sweep in PLOTS)
+    figures = {}
     for sweep, (attr, label) in PLOTS.items():
         mine = [r for r in records if r.sweep == sweep]
         if len({getattr(r, attr) for r in mine}) < 2:
             continue
-        fig, ax = plt.subplots(figsize=(8.4, 4.4))
-        for line, style in zip(sorted({(r.contender, r.engine) for r in mine}), line_styles()):
+        fig, (ax,) = figure(f"ms per token against {label.split(' (')[0]}", machine, size=(8.0, 5.6))
+        for line in sorted({(r.contender, r.engine) for r in mine}):
             points = sorted((getattr(r, attr), r.ms_per_token) for r in mine if (r.contender, r.engine) == line)
-            ax.plot(*zip(*points), label=f"{line[0]} ({line[1]})", **style)
+            ax.plot(*zip(*points), label=f"{line[0]} ({line[1]})", markersize=5, **styles[line])
         ax.set_xscale("log", base=2)
         ticks = sorted({getattr(r, attr) for r in mine})
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
-        ax.set_ylim(bottom=0)
+        values = [r.ms_per_token for r in mine if r.ms_per_token > 0]
+        spread = bool(values) and max(values) > 8 * min(values)  # the reference far above the rest: a log axis keeps both legible
+        if spread:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel(label)
-        ax.set_ylabel("ms per token (median)")
-        ax.set_title(f"ms/token vs {label}", fontsize=10)
+        ax.set_ylabel("ms per token (median over repeats" + (", log scale)" if spread else ")"))
         ax.grid(alpha=0.3)
-        legend_outside(ax)
-        machine_footer(fig, machine_label)
-        path = out / f"{stem}_vs_{sweep}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        figures[f"_vs_{sweep}"] = finish(fig)
+    return figures
+
+
+def plot(out: Path, stem: str, records: list[Record], machine: str) -> list[Path]:
+    """One PNG per sweep (`<stem>_vs_<sweep>.png`): ms/token against the swept value, a line per contender and engine."""
+    if not have_matplotlib():
+        return []
+    written = []
+    for tail, fig in sweep_figures(records, machine).items():
+        fig.savefig(out / f"{stem}{tail}.png", dpi=110)
+        written.append(out / f"{stem}{tail}.png")
     return written
+
+
+def replot(doc: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a committed latency result (its JSON's records), keyed by file name tail."""
+    from types import SimpleNamespace
+
+    return sweep_figures([SimpleNamespace(**r) for r in doc.get("records", [])], machine_name(doc.get("machine", {})))

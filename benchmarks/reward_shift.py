@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .common import UsageError, machine, module_main, results_folder
 from .quantized import Bundle, bundle_options, checked_schemes, open_bundles, paired_ci95
-from .report import Target, legend_outside, within_tolerance
+from . import report
+from .report import Target, within_tolerance
 
 
 @dataclass
@@ -102,23 +103,34 @@ def shift_rows(bundles: list[Bundle], rewards: dict[str, list[float]], tolerance
     return rows
 
 
-def plot(rows: list[ShiftRow], tolerance: float, path: Path) -> None:
-    """Each bundle's reward change with its 95 % interval, against the ±tolerance band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.6))
-    ax.axvspan(-tolerance, tolerance, color="C2", alpha=0.15, label=f"±{tolerance:g} %")
+def draw(rows, tolerance: float, machine_label: str):
+    """The figure: each bundle's reward change with its 95 % interval, against the ±tolerance band."""
+    fig, (ax,) = report.figure(f"mean reward change of each bundle against fp32 (±{tolerance:g} % band)", machine_label,
+                               size=(8.0, 0.6 * len(rows) + 2.6))
+    styles = report.line_styles((r.bundle, "") for r in rows)
+    ax.axvspan(-tolerance, tolerance, color="#2ca02c", alpha=0.15, label=f"within ±{tolerance:g} %")
     ax.axvline(0, color="grey", lw=0.8)
-    ax.errorbar([r.reward_change_pct for r in rows], range(len(rows)), xerr=[r.reward_change_ci95_pct for r in rows], fmt="o", capsize=4)
+    for i, r in enumerate(rows):
+        style = styles[(r.bundle, "")]
+        ax.errorbar(r.reward_change_pct, i, xerr=r.reward_change_ci95_pct, fmt=style["marker"], color=style["color"], capsize=4,
+                    label=f"{r.bundle} ({r.verdict})")
     ax.set_yticks(range(len(rows)), [f"{r.bundle} ({r.verdict})" for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"mean reward change vs fp32, % (95 % CI, {rows[0].prompts} prompts paired)")
-    legend_outside(ax, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    ax.set_xlabel(f"mean reward change vs fp32, % of its magnitude (95 % CI, {rows[0].prompts} prompts paired)")
+    ax.grid(alpha=0.3, axis="x")
+    return report.finish(fig)
+
+
+def plot(rows: list[ShiftRow], tolerance: float, path: Path, machine_label: str) -> None:
+    """draw()'s figure as a PNG at `path`."""
+    if report.have_matplotlib():
+        draw(rows, tolerance, machine_label).savefig(path, dpi=110)
+
+
+def replot(doc: dict) -> dict[str, object]:
+    """The figure of a committed reward-shift result, from its JSON rows."""
+    rows = [ShiftRow(**r) for r in doc["rows"]]
+    return {"": draw(rows, doc["meta"]["tolerance_pct"], report.machine_name(doc["meta"]["machine"]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
-    plot(rows, args.tolerance, out / "reward_shift.png")
+    plot(rows, args.tolerance, out / "reward_shift.png", report.machine_name(info))
     print(f"written {out / 'reward_shift.json'}, reward_shift.csv, reward_shift.png")
     return 0
 

@@ -30,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from args_benchmarks import report
+
 
 @dataclass
 class Workload:
@@ -173,38 +175,52 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
     raise TimeoutError("args-serve did not become ready")
 
 
-def plot(rows: list[Measured], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from args_benchmarks.report import legend_outside  # absolute: this file also runs as a script (python benchmarks/serve.py)
-
+def draw(rows, title: str, machine_label: str):
+    """The figure: tokens/s against concurrent clients (plain and streamed), and their p50 / p99 latency and the
+    streamed time to first token; the in-process one-at-a-time run (rows[0]) is the baseline."""
     base = rows[0]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for stream, style, color in ((False, "o-", "C0"), (True, "s--", "C1")):
+    fig, axes = report.figure(title, machine_label, panels=2, size=(12.0, 5.0))
+    series = [("plain (batched)", "p50 latency"), ("plain (batched)", "p99 latency"), ("streamed", "p50 latency"),
+              ("streamed", "p99 latency"), ("streamed", "p50 time to first token")]
+    styles = report.line_styles(series + [(key, "") for key in ("plain (batched)", "streamed")])
+    for stream, key in ((False, "plain (batched)"), (True, "streamed")):
         sel = [r for r in rows[1:] if r.stream == stream]
-        label = "streamed" if stream else "plain (batched)"
         clients = [r.clients for r in sel]
-        axes[0].plot(clients, [r.tokens_per_s for r in sel], style, color=color, label=label)
-        axes[1].plot(clients, [r.latency_p50_ms for r in sel], style, color=color, label=f"{label}: p50 latency")
-        axes[1].plot(clients, [r.latency_p99_ms for r in sel], style, color=color, alpha=0.4, label=f"{label}: p99 latency")
-        if stream:
-            axes[1].plot(clients, [r.ttft_p50_ms for r in sel], "^:", color="C2", label="streamed: p50 time to first token")
-    axes[0].axhline(base.tokens_per_s, color="gray", ls=":", label="one at a time, in-process")
-    axes[0].set_ylabel("tokens/s (all clients)")
-    axes[1].set_ylabel("ms")
+        axes[0].plot(clients, [r.tokens_per_s for r in sel], label=f"{key}: tokens/s", **styles[(key, "")])
+        figures = [("p50 latency", "latency_p50_ms"), ("p99 latency", "latency_p99_ms")]
+        figures += [("p50 time to first token", "ttft_p50_ms")] if stream else []
+        for what, attr in figures:
+            axes[1].plot(clients, [getattr(r, attr) for r in sel], label=f"{key}: {what}", **styles[(key, what)])
+    axes[0].axhline(base.tokens_per_s, color="#7f7f7f", ls=":", label="one at a time, in-process: tokens/s")
+    axes[0].set_ylabel("tokens/s (all clients together)")
+    axes[1].set_ylabel("ms per request (log scale)")
     axes[1].set_yscale("log")
+    ticks = sorted({r.clients for r in rows[1:]})
     for ax in axes:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({r.clients for r in rows[1:]}), labels=[str(c) for c in sorted({r.clients for r in rows[1:]})])
-        ax.set_xlabel("concurrent clients")
+        ax.set_xticks(ticks, labels=[str(c) for c in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("concurrent clients (count)")
         ax.grid(alpha=0.3)
-        legend_outside(ax, where="below")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return report.finish(fig)
+
+
+def plot(rows: list[Measured], path: Path, title: str, machine_label: str) -> None:
+    """draw()'s figure as a PNG at `path`."""
+    if report.have_matplotlib():
+        draw(rows, title, machine_label).savefig(path, dpi=110)
+
+
+def plot_title(bundle: str, settings: dict) -> str:
+    """A serve plot's title: the bundle and the workload's settings."""
+    return (f"args-serve, {Path(bundle).name}: {settings['requests']} chat requests × {settings['max_new_tokens']} tokens, "
+            f"ARGS-greedy k={settings['k']} w={settings['w']}, max batch {settings['max_batch']}")
+
+
+def replot(doc: dict) -> dict[str, object]:
+    """The figure of a committed serve result, from its JSON rows."""
+    rows = [Measured(**r) for r in doc["rows"]]
+    return {"": draw(rows, plot_title(doc["bundle"], doc["settings"]), report.machine_name(doc["machine"]))}
 
 
 def print_table(rows: list[Measured]) -> None:
@@ -292,9 +308,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = out / f".{args.name}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, out / f"{args.name}.json")
-    title = (f"args-serve, {bundle.name}: {args.requests} chat requests × {args.max_tokens} tokens, ARGS-greedy k={args.k} "
-             f"w={args.w}, max batch {args.max_batch}; {info['cpu']} ({info['cores']} cores)")
-    plot(rows, out / f"{args.name}.png", title)
+    plot(rows, out / f"{args.name}.png", plot_title(doc["bundle"], doc["settings"]), report.machine_name(info))
     print()
     print_table(rows)
     print(f"\nwrote {out / (args.name + '.json')} and {out / (args.name + '.png')}")
