@@ -21,7 +21,7 @@ from args_runtime.backend import Device
 from args_runtime.dtypes import SHORT_NAMES, element_type
 from args_runtime.errors import ExportError
 from args_runtime.files import atomic_folder
-from args_runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, TokenizerSpec, sha256_file
+from args_runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, RewardInput, TokenizerSpec, sha256_file
 
 from .choice_graph import CHOICE_FILE, write_choice_graph
 from .loading import ModelPair, PairSpec
@@ -29,6 +29,7 @@ from .fusion import Fusion, check_fusion
 from .onnx_export import export_fused, export_lm, export_rm
 from .plan import CACHE_LAYOUTS, EXPORTERS, GraphPlan
 from .quantize import Quantization, quantization, quantize_graph
+from .text_path import check_text_rm, export_rm_graph, write_rm_tokenizer
 from .validate import ValidationReport, validate_choice_graph, validate_graphs
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -50,6 +51,7 @@ class ExportOptions:
     quantize: str | None = None  # "int8" | "int4": weight-only, with ONNX Runtime's MatMulNBits quantizer
     quantize_models: tuple[str, ...] = ("lm", "rm")  # which graphs --quantize applies to
     fuse: bool = True  # a fused bundle when the RM is a head on the LM's backbone (--no-fuse: two graphs regardless)
+    rm_input: str = "auto"  # how the RM reads the LM's tokens: "ids", "text" (its own tokenizer) or "auto" (ids when it can)
 
 
 class StageLog:
@@ -78,20 +80,20 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     out = Path(opts.out).expanduser()
     check_device = _check_options(opts, out)
     with log.stage("reading configs and tokenizers"):
-        spec = PairSpec.read(opts.lm, opts.rm)
+        spec = PairSpec.read(opts.lm, opts.rm, opts.rm_input)
         max_context = _max_context(opts.max_context, spec)
         log.say(f"    {spec.rm_input}")
     with log.stage(f"loading the LM and the RM ({opts.dtype})"):
         pair = ModelPair.load(spec, opts.dtype)
         if not 1 <= opts.max_k <= pair.vocab:
             raise ExportError(f"--max-k {opts.max_k} is out of range: it must be between 1 and the vocabulary size {pair.vocab}")
-        fusion = check_fusion(pair) if opts.fuse else Fusion(False, "--no-fuse")
+        fusion = _fusion(pair, opts.fuse)
         log.say(f"    {'fused bundle' if fusion.fused else 'two graphs'}: {fusion.reason}")
     plan = GraphPlan(element_type(opts.dtype), opts.cache, max_context, opts.max_k, pair.vocab, opts.exporter)
     with atomic_folder(out, replace=opts.force) as work:
         specs = _trace(pair, plan, fusion, work, log)
-        with log.stage("writing the tokenizer"):
-            tokenizer = _write_tokenizer(pair, work)
+        with log.stage("writing the tokenizer" + ("s (the LM's and the RM's)" if pair.reads_text else "")):
+            tokenizer, reads = _write_tokenizer(pair, work), write_rm_tokenizer(pair, work)
         with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
             report = _check(pair, plan, specs, work, check_device, log)
         if scheme:  # the traced graphs passed the exporter's own limits: what follows is the quantization's error
@@ -99,7 +101,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
             with log.stage(f"checking the {scheme.scheme} graphs against the unquantized PyTorch models (quantization limits)"):
                 report = _check_quantized(pair, plan, specs, work, check_device, report, log)
         with log.stage("writing the manifest"):
-            manifest = _write_manifest(work, specs, tokenizer, plan, report, check_device, fusion)
+            manifest = _write_manifest(work, specs, (tokenizer, reads), plan, report, check_device, fusion)
     log.say(f"bundle written to {out}")
     return manifest
 
@@ -150,8 +152,15 @@ def _check_device(dtype: str) -> Device:
     return Device("cuda" if has_cuda and dtype != "fp32" else "cpu")
 
 
+def _fusion(pair: ModelPair, fuse: bool) -> Fusion:
+    if pair.reads_text:
+        return Fusion(False, "the RM reads text, with a tokenizer of its own")
+    return check_fusion(pair) if fuse else Fusion(False, "--no-fuse")
+
+
 def _max_context(requested: int | None, spec: PairSpec) -> int:
-    configs = (spec.lm.config, spec.rm.config)
+    # An RM that reads text is fed its last max_positions tokens: its limit does not bound the LM's context.
+    configs = (spec.lm.config,) if spec.reads == "text" else (spec.lm.config, spec.rm.config)
     limits = [getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) for c in configs]
     model_limit = min(x for x in limits if x)
     if requested is None:
@@ -171,6 +180,10 @@ def _trace(pair: ModelPair, plan: GraphPlan, fusion: Fusion, work: Path, log: St
     if fusion.fused:
         with log.stage(f"exporting the fused step graph (rewards and candidate states in one pass, {layout}) and its LM head"):
             return (lm, *export_fused(pair.lm, pair.rm, plan, work / "rm.onnx", work / PROPOSE_FILE))
+    if pair.reads_text:
+        what = "k whole texts per pass, no cache" if pair.rm.spec.encoder else "its own cache, k re-tokenized tails per pass, dynamic KV cache"
+        with log.stage(f"exporting the RM's text-path graph ({what})"):
+            return lm, export_rm_graph(pair, plan, work / "rm.onnx"), None
     with log.stage(f"exporting the RM candidate graph (one cache, k candidates per pass, {layout})"):
         return lm, export_rm(pair.rm, plan, work / "rm.onnx"), None
 
@@ -206,7 +219,7 @@ def _write_tokenizer(pair: ModelPair, work: Path) -> TokenizerSpec:
 
 def _check(pair: ModelPair, plan: GraphPlan, specs: Specs, work: Path, device: Device, log: StageLog) -> ValidationReport:
     """Both graphs against PyTorch, choose.onnx against the host choosers; raises ExportError on any failure."""
-    report = validate_graphs(work, specs, pair, plan, device)
+    report = _validate(work, specs, pair, plan, device)
     validate_choice_graph(write_choice_graph(work), report)
     for line in report.lines():
         log.say("    " + line)
@@ -217,7 +230,7 @@ def _check(pair: ModelPair, plan: GraphPlan, specs: Specs, work: Path, device: D
 def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: Specs, work: Path, device: Device,
                      report: ValidationReport, log: StageLog) -> ValidationReport:
     """The quantized graphs against PyTorch, held to their scheme's limits; their checks join the report, named so."""
-    quantized = validate_graphs(work, specs, pair, plan, device)
+    quantized = _validate(work, specs, pair, plan, device)
     for check in quantized.checks:
         check.name = f"after quantization: {check.name}"
         log.say("    " + quantized.line(check))
@@ -226,15 +239,25 @@ def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: Specs, work: Path,
     return report
 
 
-def _write_manifest(work: Path, specs: Specs, tokenizer: TokenizerSpec, plan: GraphPlan,
+def _validate(work: Path, specs: Specs, pair: ModelPair, plan: GraphPlan, device: Device) -> ValidationReport:
+    """Every graph against PyTorch: the LM's (and an RM reading its ids) step by step; an RM reading text on its texts."""
+    if not pair.reads_text:
+        return validate_graphs(work, specs, pair, plan, device)
+    report = validate_graphs(work, (specs[0], None, None), pair, plan, device)
+    check_text_rm(work, specs[1], pair, device, report)
+    return report
+
+
+def _write_manifest(work: Path, specs: Specs, tokenizers: tuple[TokenizerSpec, RewardInput], plan: GraphPlan,
                     report: ValidationReport, device: Device, fusion: Fusion) -> Manifest:
+    tokenizer, reads = tokenizers
     for f in work.iterdir():
         os.chmod(f, 0o644)
     manifest = Manifest(
         lm=specs[0], rm=specs[1], propose=specs[2], tokenizer=tokenizer, max_context=plan.max_context, max_k=plan.max_k, fused=fusion.fused,
         files={f.name: sha256_file(f) for f in sorted(work.iterdir())}, choice_file=CHOICE_FILE,
         validation={"device": f"onnxruntime-{device}", "checks": report.as_dict()},
-        created_by=f"args-export {__version__} ({_versions()})",
+        created_by=f"args-export {__version__} ({_versions()})", reward_input=reads,
     )
     (work / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest

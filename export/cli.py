@@ -8,10 +8,16 @@ import sys
 from args_runtime.errors import ArgsError
 
 DESCRIPTION = """\
-Export a Hugging Face causal LM and a reward model (a one-label sequence-classification head on a
-decoder that shares the LM's tokenizer) into an args-rt bundle: ONNX graphs with KV-cache inputs and
-outputs, the tokenizer and chat template, and a manifest with checksums. Every graph is checked
-against PyTorch with ONNX Runtime before the bundle is written.
+Export a Hugging Face causal LM and a reward model (a one-label sequence-classification head) into an
+args-rt bundle: ONNX graphs with KV-cache inputs and outputs, the tokenizers and chat templates, and a
+manifest with checksums. Every graph is checked against PyTorch with ONNX Runtime before the bundle is
+written.
+
+How the RM reads the LM's tokens (--rm-input, the export log says which and why): an RM whose vocabulary
+holds every LM token at the same id reads the LM's ids as they are (the fast path, as the paper's code);
+any other RM (its own tokenizer, an encoder such as BERT/RoBERTa/DeBERTa) reads text: each candidate's
+text re-tokenized by the RM's own tokenizer, in its own chat template for chat prompts
+(docs/reward-models.md).
 
 When the RM is a score head on the LM's own backbone (its decoder tensors hash the same), the bundle is fused:
 one pass per token scores the k candidates and proposes each one's next top-k, so ARGS costs about one LM
@@ -26,6 +32,7 @@ examples:
   args-export --lm SmolLM2.gguf --rm ./smol-rm --out bundles/smol --max-context 2048 --force
   args-export --lm ./smol --rm ./smol-rm --out bundles/smol --dtype fp16 --tensorrt     # ONNX + TensorRT engines
   args-export --lm ./smol --rm ./llama-rm --out bundles/int8 --quantize int8 --quantize-only rm   # int8 RM weights
+  args-export --lm ./smol --rm ./deberta-rm --out bundles/deberta     # an encoder RM: it reads text
   args-export --tensorrt-only bundles/smol --trt-precision fp16 --trt-max-batch 4       # engines for an existing bundle
 
 TensorRT engines (lm.engine, rm.engine) are specific to the GPU architecture and TensorRT version that built them;
@@ -53,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(block-wise symmetric weights, blocks of 32; activations stay fp): fewer weight bytes per step, for a reward model "
                    "with its own backbone above all. The check against PyTorch then uses quantization limits and says so")
     p.add_argument("--quantize-only", choices=["lm", "rm"], help="apply --quantize to this graph only (default: both)")
+    p.add_argument("--rm-input", choices=["auto", "ids", "text"], default="auto",
+                   help="how the RM reads the LM's tokens: 'ids' (as they are; the RM's vocabulary must hold every LM token at "
+                   "the same id), 'text' (decoded and re-tokenized by the RM's own tokenizer), 'auto' (default: ids when the RM "
+                   "can read them, else text)")
     p.add_argument("--no-fuse", action="store_true", help="keep two graphs even when the RM is a score head on the LM's own backbone "
                    "(by default export then writes a fused bundle: one pass per token scores the candidates and proposes the next ones)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
@@ -103,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
             manifest = export_bundle(
                 ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache, args.exporter,
-                              args.quantize, (args.quantize_only,) if args.quantize_only else ("lm", "rm"), fuse=not args.no_fuse),
+                              args.quantize, (args.quantize_only,) if args.quantize_only else ("lm", "rm"), fuse=not args.no_fuse,
+                              rm_input=args.rm_input),
                 quiet=args.quiet
             )
         if args.tensorrt or args.tensorrt_only:

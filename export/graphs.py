@@ -8,6 +8,10 @@
   the same pass scores K candidate next tokens. All candidates sit at the same position P; each attends
   to the prefix and to itself only (a tree mask), so there is one cache, never K copies. The reward is
   the score head read at each candidate's own position.
+- TailScorer: the text path's RMScorer (an RM with a tokenizer of its own): extends the RM cache by S tokens of its
+  own and scores K candidate *tails*, each the RM tokens its text adds after the cache (re-tokenized, so of different
+  lengths, right-padded to L); a tail's tokens attend to the prefix and causally to their own tail only. The reward
+  is read at each tail's `tail_read` index.
 - FusedStep: the RMScorer of a *fused* bundle, whose reward head sits on the LM's own backbone. The candidates'
   hidden states are then the LM's too, so the same pass also returns them: once a candidate is chosen, ProposalHead
   (the LM head over that one row, and its top-k) gives the next step's proposals, and the LM step disappears.
@@ -131,6 +135,48 @@ class RMScorer(nn.Module):
         masks = Masks(bias, attention_mask, positions, cand_positions)
         hidden, presents = self.stack(tokens, positions, masks, unflatten_past(tuple(past)), cache)
         rewards = self.score(hidden[:, num_new:, :]).squeeze(-1).float()
+        return (rewards, *flatten_presents(presents))
+
+
+def tail_tree_mask(attention_mask: torch.Tensor, num_new: int | torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+    """Mask over [prefix, new tokens, K tails of L tokens] for queries [new tokens, tail tokens]: new tokens are causal;
+    tail token (c, j) sees every real key of the prefix and tokens (c, 0 … j) of its own tail. → [B, S+K*L, T+K*L]."""
+    batch, num_tails, length = tails.shape[0], tails.shape[1], tails.shape[2]
+    new_rows = prefix_mask(attention_mask, num_new)  # [B, S, T]
+    flat = torch.arange(num_tails * length)
+    tail, place = flat // length, flat % length
+    own = (tail.unsqueeze(1) == tail.unsqueeze(0)) & (place.unsqueeze(0) <= place.unsqueeze(1))  # [KL, KL]
+    tail_rows = (attention_mask > 0).unsqueeze(1).expand(batch, num_tails * length, attention_mask.shape[1])
+    to_prefix = torch.cat([new_rows, tail_rows], dim=1)
+    to_tails = torch.cat([torch.zeros(num_new, num_tails * length, dtype=torch.bool), own], dim=0)
+    return torch.cat([to_prefix, to_tails.unsqueeze(0).expand(batch, -1, -1)], dim=2)
+
+
+class TailScorer(nn.Module):
+    """(input_ids, position_ids, attention_mask, tail_ids [B, K, L], tail_read [B, K], *past) → (rewards [B, K], *present):
+    the RM cache extended by the S new tokens, and each of the K tails scored over it at its `tail_read` token. A
+    tail's token j sits at the row's count of real tokens + j. Dynamic layout only (the text path's RM cache is its own,
+    per request: runtime/text_reward.py)."""
+
+    def __init__(self, stack: DecoderStack, score_head: nn.Module) -> None:
+        super().__init__()
+        self.stack, self.score = stack, score_head
+
+    def forward(self, input_ids, position_ids, attention_mask, tail_ids, tail_read, *past):
+        num_new = input_ids.shape[1]
+        num_tails, length = tail_ids.shape[1], tail_ids.shape[2]
+        bias = additive_mask(tail_tree_mask(attention_mask, num_new, tail_ids))
+        place = torch.arange(length).repeat(num_tails).unsqueeze(0)  # [1, K*L]
+        tail_positions = attention_mask.sum(dim=1, keepdim=True) + place
+        tokens = torch.cat([input_ids, reshape(tail_ids, 0, -1)], dim=1)
+        positions = torch.cat([position_ids, tail_positions], dim=1)
+        masks = Masks(bias, attention_mask, positions, tail_positions)
+        hidden, presents = self.stack(tokens, positions, masks, unflatten_past(tuple(past)), ConcatCache(num_new))
+        width = int(hidden.shape[2])
+        tails = hidden[:, num_new:, :].reshape(hidden.shape[0], num_tails, length, width)  # [B, K, L, H]
+        index = tail_read.unsqueeze(-1).unsqueeze(-1).expand(-1, -1, 1, width)  # [B, K, 1, H]
+        read = tails.gather(2, index).squeeze(2)  # [B, K, H]
+        rewards = self.score(read).squeeze(-1).float()
         return (rewards, *flatten_presents(presents))
 
 

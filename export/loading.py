@@ -1,5 +1,5 @@
 """Load a Hugging Face LM and reward model (local folders or GGUF files) into one value, reading each config once,
-and check they share a tokenizer."""
+and decide how the RM reads the LM's tokens: its ids (one tokenizer) or text (a tokenizer of its own)."""
 
 from __future__ import annotations
 
@@ -99,13 +99,27 @@ class ModelSpec:
 
     source: ModelSource
     config: object
-    family: Family
+    family: Family | None  # None: an encoder RM (export/encoders.py), which has no decoder stack
 
     @staticmethod
     def read(path: str | Path, role: str) -> "ModelSpec":
         source = resolve_source(path, role)
         config = load_config(source)
+        if role == "RM" and _is_encoder(config):
+            return ModelSpec(source, config, None)
         return ModelSpec(source, config, family_of(config))
+
+    @property
+    def encoder(self) -> bool:
+        return self.family is None
+
+
+def _is_encoder(config) -> bool:
+    try:  # TEMP until export/encoders.py lands
+        from .encoders import is_encoder
+    except ImportError:
+        return False
+    return is_encoder(config)
 
 
 @dataclass
@@ -162,6 +176,11 @@ def load_rm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
     """The RM as AutoModelForSequenceClassification with one label (a scalar reward)."""
     from transformers import AutoModelForSequenceClassification
 
+    if spec.encoder:
+        from .encoders import load_encoder_rm
+
+        return LoadedModel(spec, load_encoder_rm(spec.source.folder, dtype), "")
+
     labels = getattr(spec.config, "num_labels", 1)
     if labels != 1:
         raise UnsupportedModelError(
@@ -173,45 +192,72 @@ def load_rm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
     return LoadedModel(spec, model.eval(), spec.family.score_attr)
 
 
-def rm_reads_lm_ids(lm_tok, rm_tok, lm_name: str, rm_name: str) -> str:
+READ_CHOICES = ("auto", "ids", "text")  # args-export --rm-input
+
+
+def vocabulary_verdict(lm_tok, rm_tok) -> tuple[bool, str]:
     """Whether the RM can read the LM's token ids as they are: every LM token has the same id in the RM's vocabulary
-    (identical vocabularies, or the RM's only adds tokens, as Skywork's reward models add a pad). Returns why, for the
-    export log; raises TokenizerMismatchError naming what differs otherwise."""
+    (identical vocabularies, or the RM's only adds tokens, as Skywork's reward models add a pad); and what differs."""
     lm_vocab, rm_vocab = lm_tok.get_vocab(), rm_tok.get_vocab()
     if lm_vocab == rm_vocab:
-        return f"the RM reads the LM's token ids: the two vocabularies are the same ({len(lm_vocab)} tokens)"
+        return True, f"the two vocabularies are the same ({len(lm_vocab)} tokens)"
     only_lm = len(lm_vocab.keys() - rm_vocab.keys())
     only_rm = len(rm_vocab.keys() - lm_vocab.keys())
     moved = sum(1 for t, i in lm_vocab.items() if t in rm_vocab and rm_vocab[t] != i)
     if only_lm == 0 and moved == 0:
         added = sorted(rm_vocab.keys() - lm_vocab.keys(), key=rm_vocab.get)
         shown = ", ".join(repr(t) for t in added[:3]) + (", …" if len(added) > 3 else "")
-        return (f"the RM reads the LM's token ids: its vocabulary is the LM's ({len(lm_vocab)} tokens, same ids) plus {only_rm} "
-                f"token{'s' if only_rm != 1 else ''} of its own ({shown}), which the LM never proposes")
-    raise TokenizerMismatchError(
-        f"the LM ({lm_name}, {len(lm_vocab)} tokens) and the RM ({rm_name}, {len(rm_vocab)} tokens) do not share a tokenizer: "
-        f"{only_lm} tokens only in the LM, {only_rm} only in the RM, {moved} with different ids. "
-        "ARGS feeds the LM's token ids to the RM, so the RM's vocabulary must hold every LM token at the same id (it may add "
-        "tokens of its own); use a reward model trained on the LM's tokenizer (args-train-rm trains a head on the LM's own "
-        "backbone). An RM with a tokenizer of its own (re-tokenizing the text) is not supported yet"
-    )
+        return True, (f"its vocabulary is the LM's ({len(lm_vocab)} tokens, same ids) plus {only_rm} token{'s' if only_rm != 1 else ''} "
+                      f"of its own ({shown}), which the LM never proposes")
+    return False, (f"the LM's tokenizer ({len(lm_vocab)} tokens) and the RM's ({len(rm_vocab)} tokens) differ: {only_lm} tokens only "
+                   f"in the LM, {only_rm} only in the RM, {moved} with different ids")
+
+
+def choose_reading(lm_tok, rm_tok, rm: "ModelSpec", lm_name: str, asked: str = "auto") -> tuple[str, str]:
+    """How the RM reads the LM's tokens ("ids" or "text") and why, for the export log; `asked` is --rm-input. Raises
+    TokenizerMismatchError when ids are asked for and the RM cannot read them, ExportError for an unknown choice."""
+    if asked not in READ_CHOICES:
+        raise ExportError(f"--rm-input {asked!r} is not one of {list(READ_CHOICES)}")
+    rm_name = rm.source.name
+    if rm.encoder:
+        if asked == "ids":
+            raise ExportError(f"the RM {rm_name} is an encoder ({rm.config.model_type}), which reads text: drop --rm-input ids")
+        return "text", f"the RM reads text: it is an encoder ({rm.config.model_type}), k whole texts scored per pass, no cache"
+    same, why = vocabulary_verdict(lm_tok, rm_tok)
+    if asked == "text":
+        return "text", f"the RM reads text (--rm-input text): the LM's tokens decoded, re-tokenized by the RM's tokenizer ({why})"
+    if same:
+        return "ids", f"the RM reads the LM's token ids: {why}"
+    if asked == "ids":
+        raise TokenizerMismatchError(
+            f"--rm-input ids: the RM ({rm_name}) cannot read the LM's ({lm_name}) token ids: {why}. Drop --rm-input ids (or "
+            "pass --rm-input text): the RM then reads the text, re-tokenized with its own tokenizer and chat template")
+    return "text", f"the RM reads text: {why}, so the LM's tokens are decoded and re-tokenized by the RM's own tokenizer"
 
 
 @dataclass
 class PairSpec:
-    """The LM and RM before their weights load: configs and families, and the one tokenizer they share."""
+    """The LM and RM before their weights load: configs and families, the LM's tokenizer, and how the RM reads it: the
+    LM's ids ("ids": the RM's vocabulary maps every LM token to the same id) or text, with its own tokenizer ("text")."""
 
     lm: ModelSpec
     rm: ModelSpec
-    tokenizer: object  # the LM's transformers tokenizer (the RM's maps every LM token to the same id)
+    tokenizer: object  # the LM's transformers tokenizer
     rm_input: str = ""  # how the RM reads the LM's tokens, and why (the export log says it)
+    reads: str = "ids"  # "ids" | "text"
+    rm_tokenizer: object = None  # the RM's own transformers tokenizer
 
     @staticmethod
-    def read(lm_path: str | Path, rm_path: str | Path) -> "PairSpec":
+    def read(lm_path: str | Path, rm_path: str | Path, rm_input: str = "auto") -> "PairSpec":
         lm, rm = ModelSpec.read(lm_path, "LM"), ModelSpec.read(rm_path, "RM")
         tokenizer = load_tokenizer(lm)
-        rm_input = rm_reads_lm_ids(tokenizer, load_tokenizer(rm), lm.source.name, rm.source.name)
-        return PairSpec(lm, rm, tokenizer, rm_input)
+        try:
+            rm_tok = load_tokenizer(rm)
+        except (OSError, ValueError, TypeError) as e:
+            raise ExportError(f"the RM {rm.source.name} has no tokenizer args-export can read ({type(e).__name__}: {str(e).strip().splitlines()[0]}): save the "
+                              "tokenizer it was trained with beside it (tokenizer.save_pretrained(folder))") from e
+        reads, why = choose_reading(tokenizer, rm_tok, rm, lm.source.name, rm_input)
+        return PairSpec(lm, rm, tokenizer, why, reads, rm_tok)
 
 
 @dataclass
@@ -221,10 +267,15 @@ class ModelPair:
     lm: LoadedModel
     rm: LoadedModel
     tokenizer: object
+    spec: PairSpec | None = None  # how the RM reads the LM's tokens (PairSpec.reads), its tokenizer
 
     @staticmethod
     def load(spec: PairSpec, dtype: str) -> "ModelPair":
-        return ModelPair(load_lm(spec.lm, dtype), load_rm(spec.rm, dtype), spec.tokenizer)
+        return ModelPair(load_lm(spec.lm, dtype), load_rm(spec.rm, dtype), spec.tokenizer, spec)
+
+    @property
+    def reads_text(self) -> bool:
+        return self.spec is not None and self.spec.reads == "text"
 
     @property
     def vocab(self) -> int:

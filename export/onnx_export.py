@@ -23,7 +23,7 @@ from args_runtime.errors import ExportError
 from args_runtime.manifest import CACHE_SLOTS, GraphSpec, TensorSpec
 
 from .stacks.base import DecoderStack
-from .graphs import FusedStep, LMStep, ProposalHead, RMScorer
+from .graphs import FusedStep, LMStep, ProposalHead, RMScorer, TailScorer
 from .loading import LoadedModel
 from .plan import GraphPlan
 
@@ -82,6 +82,15 @@ def lm_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tupl
 def rm_io(stack: DecoderStack, cache_dtype: str, cache: str = "dynamic") -> tuple[list[TensorSpec], list[TensorSpec]]:
     past, present = _cache_io(stack, cache_dtype, cache)
     inputs = [*_step_inputs(cache), ("candidate_ids", ["batch_size", "num_candidates"], "int64"), *past]
+    outputs = [("rewards", ["batch_size", "num_candidates"], "float32"), *present]
+    return _spec_list(inputs), _spec_list(outputs)
+
+
+def text_rm_io(stack: DecoderStack, cache_dtype: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """TailScorer: the RM's own new tokens, and K re-tokenized tails of L tokens with the index each is read at."""
+    past, present = _cache_io(stack, cache_dtype, "dynamic")
+    inputs = [*_step_inputs("dynamic"), ("tail_ids", ["batch_size", "num_candidates", "tail_length"], "int64"),
+              ("tail_read", ["batch_size", "num_candidates"], "int64"), *past]
     outputs = [("rewards", ["batch_size", "num_candidates"], "float32"), *present]
     return _spec_list(inputs), _spec_list(outputs)
 
@@ -305,6 +314,18 @@ def export_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
     step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
     args = (*step, torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES)), *past)
     io = _export(RMScorer(stack, rm.head, plan.cache).eval(), args, (inputs, outputs), path, plan)
+    return graph_spec(path.name, rm, stack, plan, io)
+
+
+def export_text_rm(rm: LoadedModel, plan: GraphPlan, path: Path) -> GraphSpec:
+    """The text path's RM graph (TailScorer: its own cache, k re-tokenized tails per pass) at `path`; dynamic layout,
+    whatever the LM's. Its spec for the manifest."""
+    plan = replace(plan, cache="dynamic", vocab=rm.config.vocab_size)
+    stack = rm.stack()
+    step, past = _step_dummies(stack, plan.torch_dtype, plan.vocab, plan.cache)
+    tails = torch.randint(0, plan.vocab, (TRACE_BATCH, TRACE_CANDIDATES, 3))
+    read = torch.randint(0, 3, (TRACE_BATCH, TRACE_CANDIDATES))
+    io = _export(TailScorer(stack, rm.head).eval(), (*step, tails, read, *past), text_rm_io(stack, plan.dtype), path, plan)
     return graph_spec(path.name, rm, stack, plan, io)
 
 

@@ -10,6 +10,7 @@ pooling, which is wrong when pad == eos and the prompt contains eos.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -65,6 +66,68 @@ class ReferenceARGS:
             rm_cache.reorder_cache(torch.full((k,), pick, device=rm_device))  # the winner's row, candidate included, to all k rows
             self._caches = {"lm": lm_cache, "rm": rm_cache}
             feed = torch.tensor([[token]], device=lm_device)
+
+    def generate(self, prompt: list[int], k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(), **kw) -> list[int]:
+        out: list[int] = []
+        for token, _, _ in self.steps(prompt, k, w, **kw):
+            out.append(token)
+            if token in eos_ids or len(out) >= max_new_tokens:
+                return out
+        return out
+
+
+@dataclass
+class RewardReading:
+    """The text path's rule (docs/reward-models.md), in transformers: how an RM with a tokenizer of its own reads the LM's
+    tokens. A raw prompt: the LM's ids decoded; a chat prompt and an RM with a chat template: the RM's own rendering of
+    the conversation with the reply's text as the assistant's message. Then the RM's own tokenizer, its special tokens
+    unless the text already starts with its BOS, cut from the left to its position limit."""
+
+    lm_tok: object  # transformers tokenizers
+    rm_tok: object
+    max_positions: int
+
+    def text(self, prompt_ids: list[int], reply: list[int], messages: list[dict] | None = None) -> str:
+        if messages is not None and self.rm_tok.chat_template:
+            answer = self.lm_tok.decode(reply, skip_special_tokens=True)
+            return self.rm_tok.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
+        return self.lm_tok.decode(prompt_ids + reply, skip_special_tokens=True)
+
+    def ids(self, text: str) -> list[int]:
+        bos = self.rm_tok.bos_token
+        ids = self.rm_tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+        return ids[-self.max_positions :]
+
+
+class TextReferenceARGS:
+    """ARGS with an RM that reads text (the text path's oracle): the LM runs with its cache as in ReferenceARGS; for
+    every candidate, every step, the whole text is made again, re-tokenized with the RM's tokenizer and scored by the
+    RM's own transformers class with no cache. Slow on purpose: nothing is reused, so nothing can be stale."""
+
+    def __init__(self, lm, rm, reading: RewardReading) -> None:
+        self.lm, self.rm, self.reading = lm, rm, reading
+
+    @torch.no_grad()
+    def reward(self, text: str) -> float:
+        ids = torch.tensor([self.reading.ids(text)], device=self.rm.device)
+        return float(self.rm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0].float())
+
+    @torch.no_grad()
+    def steps(self, prompt: list[int], k: int, w: float, method: str = "greedy", temperature: float = 0.7, seed: int | None = 0,
+              messages: list[dict] | None = None) -> Iterator[tuple[int, float, float]]:
+        """Yield (token, chosen LM logit, chosen reward) per step, forever; the caller stops."""
+        choose = choose_greedy if method == "greedy" else StochasticChooser(temperature, seed)
+        reply: list[int] = []
+        feed, lm_cache = torch.tensor([prompt], device=self.lm.device), None
+        while True:
+            out, lm_cache = forward_with_cache(self.lm, feed, lm_cache)
+            top_logits, top_ids = (t.cpu() for t in torch.topk(out.logits[:, -1, :].float(), k, dim=-1))
+            rewards = torch.tensor([[self.reward(self.reading.text(prompt, reply + [int(v)], messages)) for v in top_ids[0]]])
+            pick = int(choose(args_scores(top_logits.numpy(), rewards.numpy(), w))[0])
+            token = int(top_ids[0, pick])
+            reply.append(token)
+            yield token, float(top_logits[0, pick]), float(rewards[0, pick])
+            feed = torch.tensor([[token]], device=self.lm.device)
 
     def generate(self, prompt: list[int], k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(), **kw) -> list[int]:
         out: list[int] = []

@@ -95,16 +95,19 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec, GraphSpec |
     lm_hf, rm_hf = pair.lm.model.to(torch_device), pair.rm.model.to(torch_device)
     lm = LanguageModel(OrtBackend(folder / lm_spec.file, device), lm_spec, plan.max_context)
     fused = propose_spec is not None
-    rm_backend = OrtBackend(folder / rm_spec.file, device)
-    if fused:
-        rm = FusedModel(rm_backend, rm_spec, plan.max_context, OrtBackend(folder / propose_spec.file, device))
-    else:
-        rm = RewardModel(rm_backend, rm_spec, plan.max_context)
+    rm = None  # an RM that reads text is checked on its own texts (export/text_path.py)
+    if rm_spec is not None:
+        rm_backend = OrtBackend(folder / rm_spec.file, device)
+        if fused:
+            rm = FusedModel(rm_backend, rm_spec, plan.max_context, OrtBackend(folder / propose_spec.file, device))
+        else:
+            rm = RewardModel(rm_backend, rm_spec, plan.max_context)
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, lm_spec.vocab_size, (2, 6), generator=gen)
     prefix, ids, positions = PrefixState.for_prompts(prompts.tolist(), pad_id=0)
     lm.reset(2)
-    rm.reset(2)
+    if rm is not None:
+        rm.reset(2)
     sequence, hf_cache, hf_feed = prompts, None, prompts
     for step in range(steps + 1):
         top = lm.extend(ids, positions, prefix, k)
@@ -113,7 +116,9 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec, GraphSpec |
         ref_logits = out.logits[:, -1, :].float().cpu()
         report.add(f"lm top-{k} logits, step {step}", values, np.take_along_axis(ref_logits.numpy(), candidates, axis=1), lm_spec)
         with_cands = torch.cat([sequence.repeat_interleave(k, dim=0), torch.from_numpy(candidates).reshape(-1, 1)], dim=1)
-        if fused:
+        if rm is None:
+            pass
+        elif fused:
             if step == 0:  # the first pass: the prompt but its last token, which proposes the first candidates
                 first = rm.propose(ids, positions, prefix, k)
                 report.add(f"fused top-{k} proposals after the prompt", *_proposed(first.logits, first.ids, ref_logits.numpy(), k), propose_spec)
@@ -125,8 +130,9 @@ def validate_graphs(folder: Path, specs: tuple[GraphSpec, GraphSpec, GraphSpec |
             report.add(f"fused top-{k} proposals after each candidate, step {step}", *_proposed(values, ids_after, after, k), propose_spec)
         else:
             rewards = rm.extend_and_score(ids, positions, prefix, top)
-        ref_rewards = hf_rewards(rm_hf, pair.rm.family, with_cands.to(torch_device)).reshape(2, k).cpu()
-        report.add(f"rm rewards of {k} candidates, step {step}", rewards, ref_rewards.numpy(), rm_spec)
+        if rm is not None:
+            ref_rewards = hf_rewards(rm_hf, pair.rm.family, with_cands.to(torch_device)).reshape(2, k).cpu()
+            report.add(f"rm rewards of {k} candidates, step {step}", rewards, ref_rewards.numpy(), rm_spec)
         chosen = candidates[:, :1]
         sequence = torch.cat([sequence, torch.from_numpy(chosen)], dim=1)
         hf_feed = torch.from_numpy(chosen)

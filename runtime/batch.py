@@ -26,6 +26,7 @@ from .errors import ArgsError
 from .models import MaskOnly, PrefixState, TopK
 from .requests import Request
 from .slots import SlotCaches, WidthPolicy
+from .text_reward import RewardPrompt, TextRewardModel, TextRows
 
 log = logging.getLogger("args_runtime.engine")
 
@@ -40,6 +41,9 @@ class Batcher:
                  width_step: int | None = 64) -> None:
         self.bundle, self.rows, self.lm_only = bundle, rows, lm_only
         self.models = bundle.models(lm_only)
+        # An RM that reads text keeps its state per request (TextRow), not in rows of a batch's caches.
+        self.text_rm = self.models[-1] if isinstance(self.models[-1], TextRewardModel) else None
+        self.cached_models = tuple(m for m in self.models if m is not self.text_rm)
         self.fused = not lm_only and bundle.fused
         self.why_fixed = bundle.why_not_continuous(lm_only)
         self.continuous = self.why_fixed is None
@@ -61,14 +65,14 @@ class Batcher:
     def _slot_caches(self, width_step: int | None) -> tuple[SlotCaches, str]:
         context = self.bundle.max_context
         if width_step is None:
-            return SlotCaches(self.models, self.rows, context), "full: width_step=None"
+            return SlotCaches(self.cached_models, self.rows, context), "full: width_step=None"
         policy = WidthPolicy(context, width_step)
-        caches = SlotCaches(self.models, self.rows, policy.fit(1))
+        caches = SlotCaches(self.cached_models, self.rows, policy.fit(1))
         if caches.movable:
             self.policy = policy
             return caches, "narrow"
         why = "full: cache rows are re-laid out in host memory, so narrower caches need ONNX Runtime on the CPU"
-        return SlotCaches(self.models, self.rows, context), why
+        return SlotCaches(self.cached_models, self.rows, context), why
 
     # ------------------------------------------------------------------ who sits where
 
@@ -136,6 +140,8 @@ class Batcher:
         request.info["joined_at_step"] = self.steps
         self.books.seat(row, seat)
         self.chooser.seat(row, request.settings.choice)
+        if self.text_rm is not None:
+            request.reward_row = self.text_rm.row(RewardPrompt(request.prompt, request.chat))
 
     def _prefill_slot(self, row: int, request: Request) -> None:
         """The prompt, alone, into its slot's rows of the caches: its first step, as it runs alone."""
@@ -143,7 +149,8 @@ class Batcher:
         ids, positions = np.asarray([prompt], np.int64), np.arange(len(prompt), dtype=np.int64)[None]
         rows, mask, k = range(row, row + 1), self.books.mask[row : row + 1], request.settings.k
         if not self.fused:
-            self._book(self._choose(Run(rows, ids, positions, k, self.caches.rows(row, row + 1, mask, positions))), rows)
+            prefixes = self._text_prefix(tuple(self.caches.rows(row, row + 1, mask, positions)), rows)
+            self._book(self._choose(Run(rows, ids, positions, k, prefixes)), rows)
             return
         head = mask.copy()
         head[0, len(prompt) - 1] = 0  # the prompt but its last token, whose candidates are the first proposals
@@ -160,7 +167,7 @@ class Batcher:
         prefix = MaskOnly(np.ascontiguousarray(self.books.mask[:n, : ids.shape[1]]))
         rows, k = range(n), max(r.settings.k for r in requests)
         if not self.fused:
-            self._book(self._choose(Run(rows, ids, positions, k, (prefix,) * len(self.models))), rows)
+            self._book(self._choose(Run(rows, ids, positions, k, self._text_prefix((prefix,) * len(self.cached_models), rows))), rows)
             return
         top = fused_prompt(self.models[0], Run(rows, ids, positions, k, (), prefix))
         self._book(self._fused_choose(Run(rows, ids[:, -1:], positions[:, -1:], k, (prefix,)), top), rows)
@@ -185,11 +192,18 @@ class Batcher:
         if self.continuous:
             prefixes = tuple(self.caches.rows(0, span, books.mask[:span], books.columns[:span]))
         else:
-            prefixes = (MaskOnly(np.ascontiguousarray(books.mask[:span, : int(books.columns[0, 0]) + 1])),) * len(self.models)
-        run = Run(rows, ids, positions, k, prefixes)
+            prefixes = (MaskOnly(np.ascontiguousarray(books.mask[:span, : int(books.columns[0, 0]) + 1])),) * len(self.cached_models)
+        run = Run(rows, ids, positions, k, self._text_prefix(prefixes, rows))
         chosen = self._fused_choose(run, self._next_candidates(span, k)) if self.fused else self._choose(run)
         self.steps += 1
         self._book(chosen, rows)
+
+    def _text_prefix(self, prefixes: tuple, rows: range) -> tuple:
+        """The models' prefixes, and an RM that reads text its rows' requests' states (None for a row without one)."""
+        if self.text_rm is None:
+            return prefixes
+        live = [self.occupant[r].reward_row if self.occupant[r] is not None and self.live[r] else None for r in rows]
+        return (*prefixes, TextRows(live))
 
     def _choose(self, run: Run) -> Chosen:
         if self.lm_only:
@@ -301,6 +315,8 @@ class Batcher:
         """Bytes held now by the KV caches this batcher runs over (its slots, or the models' own), by model: "lm", "rm",
         or a fused bundle's one "lm+rm"."""
         names = ("lm",) if self.lm_only else ("lm+rm",) if self.fused else ("lm", "rm")
-        each = self.caches.nbytes_each if self.caches is not None else [m.cache_bytes() for m in self.models]
+        each = list(self.caches.nbytes_each) if self.caches is not None else [m.cache_bytes() for m in self.cached_models]
+        if self.text_rm is not None:
+            each.append(self.text_rm.cache_bytes([r.reward_row for _, r in self.seated()]))
         return dict(zip(names, each))
 

@@ -14,9 +14,10 @@ from .engines import BundleGraph, OpenedOnFirstUse, open_graph
 from .errors import BundleError, ContextLengthError, GenerationError
 from .manifest import Manifest, load_manifest
 from .models import FusedModel, LanguageModel, RewardModel
+from .text_reward import RewardTexts, TextRewardModel, open_text_rm
 from .options import RuntimeOptions
 from .settings import Settings, check_settings
-from .tokenizer import FORMS, Prompt, Tokenizer, kind_of
+from .tokenizer import FORMS, Prompt, Tokenizer, is_chat, kind_of
 from .turns import Turns
 
 
@@ -28,7 +29,7 @@ class Bundle:
     manifest: Manifest
     options: RuntimeOptions
     lm: LanguageModel
-    rm: RewardModel  # a FusedModel on a fused bundle
+    rm: RewardModel | TextRewardModel  # a FusedModel on a fused bundle; a TextRewardModel when the RM reads text
     device_chooser: Backend | None  # runs choose.onnx on the models' device; None: the host chooses
     tokenizer: Tokenizer
     turns: Turns = field(default_factory=Turns)  # calls that use the models' own caches take turns
@@ -47,14 +48,20 @@ class Bundle:
         open_lm = OpenedOnFirstUse if manifest.fused else open_graph
         lm = LanguageModel(open_lm(opts.backend, graphs["lm"], opts.lm_device, opts.engine), manifest.lm, manifest.max_context)
         rm_backend = open_graph(opts.backend, graphs["rm"], opts.rm_device, opts.engine)
+        reads = manifest.reward_input
+        # Prompt ids must index the LM's embeddings, and the RM's when it reads them.
+        tokenizer = Tokenizer(bundle, manifest.tokenizer, manifest.lm.vocab_size if reads.path == "text" else
+                              min(manifest.lm.vocab_size, manifest.rm.vocab_size))
         if manifest.fused:  # its LM head over the chosen candidate runs beside the fused step, on its device
             rm = FusedModel(rm_backend, manifest.rm, manifest.max_context, open_graph(opts.backend, graphs["propose"], opts.rm_device, opts.engine))
+        elif reads.path == "text":  # the RM's own tokenizer reads the text of each candidate
+            texts = RewardTexts(tokenizer, Tokenizer(bundle, reads.tokenizer), reads.max_positions, reads.lm_clean_up_spaces)
+            pad = reads.tokenizer.pad_token_id
+            rm = open_text_rm(rm_backend, manifest.rm, texts, reads.kind, pad if pad >= 0 else None)
         else:
             rm = RewardModel(rm_backend, manifest.rm, manifest.max_context)
         choosing = (rm.backend,) if manifest.fused else (lm.backend, rm.backend)  # the backends whose values it reads
         device_chooser = open_device_chooser(bundle, manifest, opts, choosing)
-        # Prompt ids must index both models' embeddings (they share the tokenizer).
-        tokenizer = Tokenizer(bundle, manifest.tokenizer, min(manifest.lm.vocab_size, manifest.rm.vocab_size))
         return cls(bundle, manifest, opts, lm, rm, device_chooser, tokenizer)
 
     @property
@@ -121,9 +128,19 @@ class Bundle:
             raise GenerationError(f"prompt {nested} of the batch is {kind_of(prompt[nested])}: {FORMS}")
         return [self.prompt_ids(p, f"prompt {i} of the batch") for i, p in enumerate(prompt)], True
 
+    def chats(self, prompt: Any, is_batch: bool) -> list[list[dict[str, Any]] | None]:
+        """Each prompt's chat messages (None: text or ids), for an RM that renders them in its own chat template."""
+        return [p if is_chat(p) else None for p in (prompt if is_batch else [prompt])]
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the RM reads text with a tokenizer of its own (the text path)."""
+        return isinstance(self.rm, TextRewardModel)
+
     def engine_info(self) -> dict[str, Any]:
         """What runs, for every result's timings."""
         return {
+            "rm_input": self.manifest.reward_input.path,
             "loop": self.options.loop,
             "backend": self.options.backend,
             "lm_device": str(self.lm.backend.device),

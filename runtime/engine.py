@@ -118,7 +118,7 @@ class ArgsEngine:
             raise GenerationError("submit() takes one prompt; submit each prompt of a batch on its own")
         if settings.k > self.bundle.manifest.max_k:
             raise GenerationError(f"k={settings.k} is out of range: this bundle supports 1 <= k <= {self.bundle.manifest.max_k}")
-        return Request(prompts[0], settings, stream)
+        return Request(prompts[0], settings, stream, self.bundle.chats(prompt, False)[0])
 
     def generate(self, prompt: "Prompt", **settings: Any) -> GenerationResult:
         """submit() and wait for the result."""

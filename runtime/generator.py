@@ -69,7 +69,7 @@ class ArgsGenerator:
 
         def events(end_stream) -> Iterator[TokenEvent]:
             with self.bundle.turns.turn(end_stream):
-                batcher, [handle] = self._start(prompts, settings, lm_only=False, stream=True)
+                batcher, [handle] = self._start(prompts, settings, lm_only=False, stream=True, chats=self.bundle.chats(prompt, False))
                 seen = 0
                 while True:
                     fresh = handle.events_from(seen)
@@ -119,18 +119,19 @@ class ArgsGenerator:
         """One call to its end: the prompts checked, then the generator's turn (waiting for a call in another thread)."""
         prompts, is_batch = self.bundle.encode(prompt)
         with self.bundle.turns.turn():
-            batcher, handles = self._start(prompts, settings, lm_only, stream=False)
+            batcher, handles = self._start(prompts, settings, lm_only, stream=False, chats=self.bundle.chats(prompt, is_batch))
             while batcher.busy:
                 _advance(batcher)
         results = [h.result() for h in handles]  # raises what failed
         return results if is_batch else results[0]
 
-    def _start(self, prompts: list[list[int]], settings: Settings, lm_only: bool, stream: bool) -> tuple[Batcher, list[RequestHandle]]:
+    def _start(self, prompts: list[list[int]], settings: Settings, lm_only: bool, stream: bool,
+               chats: list | None = None) -> tuple[Batcher, list[RequestHandle]]:
         """The call's requests, seated and prefilled (each has its first token)."""
         device = (self.bundle.device_chooser, settings.choice) if self.bundle.device_chooser is not None and not lm_only else None
         chooser = make_chooser(self.loop, len(prompts), device) if device else None
         batcher = Batcher(self.bundle, len(prompts), lm_only=lm_only, chooser=chooser)
-        requests = [Request(p, settings, stream) for p in prompts]
+        requests = [Request(p, settings, stream, chat) for p, chat in zip(prompts, chats or [None] * len(prompts))]
         batcher.seat(requests)
         return batcher, [r.handle for r in requests]
 

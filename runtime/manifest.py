@@ -14,7 +14,7 @@ from .dtypes import FLOAT_TYPES, HOST_TYPES
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 7  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`); 6: a fused pass returns its candidates' hidden states and `propose` heads the chosen one; 7: a static cache's slot axis is free (`cache_slots`)
+FORMAT_VERSION = 8  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`); 6: a fused pass returns its candidates' hidden states and `propose` heads the chosen one; 7: a static cache's slot axis is free (`cache_slots`); 8: an RM may read text (`reward_input`: its own tokenizer, a text-path or encoder graph)
 MANIFEST_FILE = "manifest.json"
 CACHE_LAYOUTS = ("dynamic", "static")
 # The static layout's slot axis, left free in the graphs: the runtime allocates the buffers max_context slots wide, or
@@ -28,6 +28,10 @@ RUNTIME_IO = {
     "fused": (("input_ids", "position_ids", "attention_mask", "candidate_ids"), ("rewards", "candidate_hidden")),
     # a fused bundle's propose graph (ProposalHead): the LM head over each row's chosen candidate, and its top-k
     "propose": (("candidate_hidden", "pick", "candidate_slots"), ("topk_values", "topk_ids")),
+    # the text path (an RM with a tokenizer of its own, reward_input.path == "text"): a decoder RM's TailScorer, over its
+    # own cache, scores k re-tokenized tails per pass; an encoder RM scores k whole texts per pass, no cache
+    "rm_text": (("input_ids", "position_ids", "attention_mask", "tail_ids", "tail_read"), ("rewards",)),
+    "rm_encoder": (("input_ids", "attention_mask"), ("rewards",)),
     "choose": (("topk_values", "topk_ids", "rewards", "w", "sample", "temperature", "draws"), ("chosen_ids", "chosen_logits", "chosen_rewards")),
 }
 
@@ -86,6 +90,35 @@ class TokenizerSpec:
     eos_token: str | None = None
 
 
+READ_PATHS = ("ids", "text")  # how the RM reads the LM's tokens
+RM_KINDS = ("decoder", "encoder")
+
+
+@dataclass
+class RewardInput:
+    """How the RM reads what the LM writes. "ids": the LM's token ids as they are (one tokenizer, or the RM's adds tokens
+    of its own). "text": decoded by the LM's tokenizer and re-tokenized by the RM's own (`tokenizer`, with its chat
+    template), cut from the left to `max_positions`; a decoder RM keeps its own cache, an encoder reads whole texts."""
+
+    path: str = "ids"
+    reason: str = ""  # why this path (the export log says it too)
+    kind: str = "decoder"
+    tokenizer: TokenizerSpec | None = None  # the RM's own (text path)
+    max_positions: int = 0  # text path: the RM's position limit
+    lm_clean_up_spaces: bool = False  # text path: the LM's decode cleans up tokenization spaces (transformers' rule)
+
+    @property
+    def role(self) -> str:
+        """The RM graph's role in RUNTIME_IO."""
+        return "rm" if self.path == "ids" else f"rm_{'text' if self.kind == 'decoder' else 'encoder'}"
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "RewardInput":
+        d = dict(d)
+        d["tokenizer"] = TokenizerSpec(**d["tokenizer"]) if d.get("tokenizer") else None
+        return RewardInput(**d)
+
+
 @dataclass
 class Manifest:
     """Everything in manifest.json; `files` maps each bundle file to its sha256."""
@@ -106,6 +139,7 @@ class Manifest:
     # absent in bundles without engines.
     engines: dict[str, Any] = field(default_factory=dict)
     created_by: str = ""
+    reward_input: RewardInput = field(default_factory=RewardInput)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -119,6 +153,7 @@ class Manifest:
         d["rm"] = GraphSpec.from_dict(d["rm"])
         d["propose"] = GraphSpec.from_dict(d["propose"]) if d.get("propose") else None
         d["tokenizer"] = TokenizerSpec(**d["tokenizer"])
+        d["reward_input"] = RewardInput.from_dict(d.get("reward_input") or {})
         return Manifest(**d)
 
 
@@ -161,7 +196,9 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
     problem = _consistency_problem(manifest)
     if problem:
         raise BundleError(f"{path} does not describe a bundle this runtime can drive: {problem}; {rebuild}")
-    named = [manifest.lm.file, manifest.rm.file, manifest.propose and manifest.propose.file, manifest.tokenizer.file, manifest.tokenizer.chat_template_file, manifest.choice_file]
+    rm_tok = manifest.reward_input.tokenizer
+    named = [manifest.lm.file, manifest.rm.file, manifest.propose and manifest.propose.file, manifest.tokenizer.file, manifest.tokenizer.chat_template_file,
+             manifest.choice_file, rm_tok and rm_tok.file, rm_tok and rm_tok.chat_template_file]
     for name in [n for n in named if n] + list(manifest.files):
         if not _plain_name(name):
             raise BundleError(f"{path} names the file {name!r}, which is not a plain file name inside the bundle; {rebuild}")
@@ -261,13 +298,20 @@ def _type_name(kind: Any) -> str:
 
 def _consistency_problem(m: Manifest) -> str | None:
     """The facts the runtime relies on, checked once here instead of failing inside an engine later."""
-    vocab = min(m.lm.vocab_size, m.rm.vocab_size)
+    reads = m.reward_input
+    if reads.path not in READ_PATHS or reads.kind not in RM_KINDS:
+        return f"reward_input path = {reads.path!r}, kind = {reads.kind!r} (path one of {READ_PATHS}, kind one of {RM_KINDS})"
+    if reads.path == "text" and (reads.tokenizer is None or reads.max_positions < 1 or m.fused):
+        return "reward_input.path = 'text' needs the RM's tokenizer and its max_positions, and no fused graph"
+    if reads.path == "ids" and reads.kind != "decoder":
+        return "an encoder RM reads text: reward_input.path must be 'text'"
+    vocab = m.lm.vocab_size if reads.path == "text" else min(m.lm.vocab_size, m.rm.vocab_size)
     if m.max_context < 2:
         return f"max_context = {m.max_context} (at least 2: a prompt token and a new one)"
     if not 1 <= m.max_k <= vocab:
         return f"max_k = {m.max_k} (it must be 1 … the vocabulary size {vocab})"
-    for role, spec in (("lm", m.lm), ("fused" if m.fused else "rm", m.rm)):
-        problem = _graph_problem(role, spec)
+    for role, spec in (("lm", m.lm), ("fused" if m.fused else reads.role, m.rm)):
+        problem = _encoder_problem(spec) if role == "rm_encoder" else _graph_problem(role, spec)
         if problem:
             return problem
     if m.fused != (m.propose is not None):
@@ -282,6 +326,14 @@ def _consistency_problem(m: Manifest) -> str | None:
     if bad_ids:
         return f"tokenizer ids {bad_ids} (pad and EOS ids must be token ids, 0 … {vocab - 1})"
     return None
+
+
+def _encoder_problem(spec: GraphSpec) -> str | None:
+    """An encoder RM's graph: no cache, whole texts in, one reward per text out."""
+    inputs, outputs = ({t.name for t in ts} for ts in (spec.inputs, spec.outputs))
+    needed_in, needed_out = RUNTIME_IO["rm_encoder"]
+    missing = sorted(set(needed_in) - inputs) + sorted(set(needed_out) - outputs)
+    return f"the rm_encoder graph has no {missing}" if missing else None
 
 
 def _graph_problem(role: str, spec: GraphSpec) -> str | None:

@@ -158,8 +158,10 @@ class Request:
     """One prompt (checked token ids) with its checked settings, its handle, and its books once it runs: the Row that
     records its tokens and stop strings, and (`stream`) the events that show them as they come."""
 
-    def __init__(self, prompt: list[int], settings: Settings, stream: bool = True) -> None:
+    def __init__(self, prompt: list[int], settings: Settings, stream: bool = True, chat: list[dict[str, Any]] | None = None) -> None:
         self.prompt, self.settings, self.stream = prompt, settings, stream
+        self.chat = chat  # the prompt's chat messages, when it was one: an RM that reads text renders them its own way
+        self.reward_row: Any = None  # the text path's RM state for this request (runtime/text_reward.py), once seated
         self.handle = RequestHandle()
         self.row: Row | None = None
         self.events: TokenStream | None = None

@@ -46,7 +46,7 @@ class Tokenizer:
         pass through. `where` names the prompt in errors (e.g. "prompt 2" of a batch)."""
         if isinstance(prompt, str):
             return self.backend.encode(check_text(prompt, where)).ids
-        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+        if is_chat(prompt):
             return self.backend.encode(self.render_chat(prompt, where=where), add_special_tokens=False).ids
         if isinstance(prompt, list):
             return self.check_ids(prompt, where)
@@ -83,6 +83,11 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=True)
+
+
+def is_chat(prompt: Any) -> bool:
+    """Whether a prompt is chat messages (a non-empty list of dicts)."""
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
 
 
 def check_text(text: str, where: str = "the prompt") -> str:

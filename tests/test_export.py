@@ -118,7 +118,9 @@ def test_refuses_to_overwrite_without_force_and_replaces_with_it(tmp_path, tiny_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
-def test_tokenizer_mismatch_is_refused_before_any_work(tmp_path, tiny_pairs, smol_tokenizer):
+def test_rm_input_ids_with_another_tokenizer_is_refused_before_any_work(tmp_path, tiny_pairs, smol_tokenizer):
+    """--rm-input ids and an RM whose ids mean other tokens: refused, naming what differs and the way forward (the text
+    path, which `auto` takes: tests/test_text_path.py)."""
     from transformers import GPT2TokenizerFast
 
     pair = tiny_pairs["llama"]
@@ -130,8 +132,9 @@ def test_tokenizer_mismatch_is_refused_before_any_work(tmp_path, tiny_pairs, smo
     tok_json["model"]["vocab"] = vocab
     (other / "tokenizer.json").write_text(json.dumps(tok_json))
     GPT2TokenizerFast(tokenizer_file=str(other / "tokenizer.json")).save_pretrained(other)
-    with pytest.raises(TokenizerMismatchError, match="do not share a tokenizer"):
-        export_bundle(ExportOptions(pair.lm_dir, other, tmp_path / "out"), quiet=True)
+    with pytest.raises(TokenizerMismatchError, match=r"cannot read the LM's .* token ids: .* differ: 0 tokens only in the LM, 0 only in the RM, "
+                       r"49152 with different ids\. Drop --rm-input ids .*--rm-input text"):
+        export_bundle(ExportOptions(pair.lm_dir, other, tmp_path / "out", rm_input="ids"), quiet=True)
     assert not (tmp_path / "out").exists()
 
 

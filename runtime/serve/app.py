@@ -35,6 +35,7 @@ from .protocol import (
 from .refusals import Refused, error_json, error_response
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter
 from ..requests import Request as ArgsRequest, RequestHandle
+from ..tokenizer import is_chat
 from .security import log_exposure, require_keys
 from .state import ServerState
 from .validation import validation_message
@@ -143,7 +144,8 @@ def _plan(state: ServerState, body: Any, prompt: Any, param: str) -> RequestPlan
     settings = generation_settings(body, len(ids), limits)
     options = body.args
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return RequestPlan(ArgsRequest(ids, settings, body.stream), include_usage, bool(options and options.return_rewards))
+    chat = prompt if is_chat(prompt) else None  # an RM that reads text renders the conversation in its own template
+    return RequestPlan(ArgsRequest(ids, settings, body.stream, chat), include_usage, bool(options and options.return_rewards))
 
 
 async def _answer(request: Request, state: ServerState, plan: RequestPlan, writer: ResponseWriter) -> Response:

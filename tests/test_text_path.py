@@ -1,0 +1,203 @@
+"""The text path (issue 29): an RM with a tokenizer of its own reads the LM's tokens as text. Every comparison is with
+the oracle `args_export.reference.TextReferenceARGS`, the naive loop that makes each candidate's whole text again,
+re-tokenizes it with the RM's tokenizer and runs the RM's transformers class without a cache, every step.
+
+The pairs: tiny seeded Llamas whose tokenizers are of the kinds reward models come with (tests/tiny_tokenizers.py):
+byte-level BPE, WordPiece, Unigram with byte fallback; raw and chat prompts, multilingual and emoji."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from args_export.bundle import ExportOptions, export_bundle
+from args_export.reference import RewardReading, TextReferenceARGS
+from args_runtime import ArgsEngine, ArgsGenerator
+from args_runtime.errors import TokenizerMismatchError
+from args_runtime.manifest import load_manifest
+
+from .tiny_tokenizers import byte_bpe, unigram, wordpiece
+
+RAW = ["The quick brown fox", "Déjà vu: le café 🙂 東京は", "Привет! 🚀👍🏽"]
+CHATS = [[{"role": "user", "content": "Tell me about the sea."}],
+         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, how are you? 🙂"}]]
+K, W, NEW = 6, 3.0, 24
+
+
+def _config(tok, labels: bool, positions: int = 256):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=positions, initializer_range=0.2, tie_word_embeddings=False,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       **({"num_labels": 1} if labels else {}))
+
+
+@dataclass
+class TextPair:
+    name: str
+    lm_dir: Path
+    rm_dir: Path
+    bundles: dict[str, Path]  # layout → bundle
+    oracle: TextReferenceARGS
+
+
+def _save(model, tok, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _pair(root: Path, name: str, lm_tok, rm_tok, seed: int, rm_positions: int = 256) -> TextPair:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_config(_config(lm_tok, False)).eval()
+    torch.manual_seed(seed + 1)
+    rm = AutoModelForSequenceClassification.from_config(_config(rm_tok, True, rm_positions)).eval()
+    lm_dir, rm_dir = _save(lm, lm_tok, root / f"{name}-lm"), _save(rm, rm_tok, root / f"{name}-rm")
+    bundles = {}
+    for layout, options in {"static": dict(max_context=128), "dynamic": dict(cache="dynamic", max_context=128)}.items():
+        bundles[layout] = root / f"{name}-{layout}"
+        export_bundle(ExportOptions(lm_dir, rm_dir, bundles[layout], max_k=16, **options), quiet=True)
+    return TextPair(name, lm_dir, rm_dir, bundles, TextReferenceARGS(lm, rm, RewardReading(lm_tok, rm_tok, rm_positions)))
+
+
+@pytest.fixture(scope="module")
+def text_pairs(tmp_path_factory) -> dict[str, TextPair]:
+    root = tmp_path_factory.mktemp("text-path")
+    return {
+        "bpe→unigram": _pair(root, "bpe-unigram", byte_bpe(), unigram(), 0),
+        "bpe→wordpiece": _pair(root, "bpe-wordpiece", byte_bpe(), wordpiece(), 2),
+        "unigram→bpe": _pair(root, "unigram-bpe", unigram(), byte_bpe(vocab_size=520), 4),
+        # an RM with a short position limit: its texts are cut from the left, so the cache starts over every step
+        "bpe→short-rm": _pair(root, "bpe-short", byte_bpe(), unigram(), 6, rm_positions=24),
+    }
+
+
+def _oracle(pair: TextPair, gen: ArgsGenerator, prompt, **kw) -> list[int]:
+    messages = prompt if isinstance(prompt, list) else None
+    return pair.oracle.generate(gen.prompt_ids(prompt), kw.pop("k", K), kw.pop("w", W), NEW, messages=messages, **kw)
+
+
+@pytest.mark.parametrize("layout", ["static", "dynamic"])
+@pytest.mark.parametrize("name", ["bpe→unigram", "bpe→wordpiece", "unigram→bpe", "bpe→short-rm"])
+def test_greedy_tokens_equal_the_oracles_raw_and_chat(text_pairs, name, layout):
+    pair = text_pairs[name]
+    gen = ArgsGenerator.from_bundle(pair.bundles[layout])
+    assert gen.bundle.reads_text
+    for prompt in RAW + CHATS:
+        ours = gen.generate(prompt, k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+        assert ours.token_ids == _oracle(pair, gen, prompt), (name, prompt)
+
+
+def test_the_reward_model_changes_the_tokens(text_pairs):
+    """Not vacuous: with w = 0 the same pair decodes other tokens for some prompt (the RM's rewards are read)."""
+    pair = text_pairs["bpe→unigram"]
+    gen = ArgsGenerator.from_bundle(pair.bundles["static"])
+    changed = [p for p in RAW + CHATS if gen.generate(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True).token_ids
+               != gen.generate(p, k=K, w=0.0, max_new_tokens=NEW, ignore_eos=True).token_ids]
+    assert changed
+
+
+def test_stochastic_tokens_equal_the_oracles_seed_for_seed(text_pairs):
+    pair = text_pairs["bpe→wordpiece"]
+    gen = ArgsGenerator.from_bundle(pair.bundles["static"])
+    for seed in (0, 7):
+        for prompt in (RAW[1], CHATS[0]):
+            ours = gen.generate(prompt, k=K, w=W, max_new_tokens=NEW, method="stochastic", temperature=0.8, seed=seed, ignore_eos=True)
+            assert ours.token_ids == _oracle(pair, gen, prompt, method="stochastic", temperature=0.8, seed=seed)
+
+
+@pytest.mark.parametrize("layout", ["static", "dynamic"])
+def test_a_batch_and_the_engine_give_each_prompt_its_oracles_tokens(text_pairs, layout):
+    """A batch (continuous slots on the static bundle, one left-padded batch on the dynamic one) and ArgsEngine with the
+    requests at once: each request's tokens are the oracle's for it alone (its RM state is its own)."""
+    pair = text_pairs["unigram→bpe"]
+    gen = ArgsGenerator.from_bundle(pair.bundles[layout])
+    prompts = RAW + CHATS
+    expected = [_oracle(pair, gen, p) for p in prompts]
+    batch = gen.generate(prompts, k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+    assert [r.token_ids for r in batch] == expected
+    with ArgsEngine.from_bundle(pair.bundles[layout], slots=4) as engine:
+        handles = [engine.submit(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True) for p in prompts]
+        assert [h.result(timeout=120).token_ids for h in handles] == expected
+
+
+def test_the_cache_is_corrected_when_re_tokenizing_changes_it(text_pairs):
+    """BPE merges across the end of a text change tokens the cache already holds: the runtime drops them and the tokens
+    still equal the oracle's (test above); here, that it happened, and that the cache is used at all."""
+    pair = text_pairs["bpe→unigram"]
+    gen = ArgsGenerator.from_bundle(pair.bundles["static"])
+    for prompt in RAW + CHATS:
+        result = gen.generate(prompt, k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+        assert result.timings["kv_cache_bytes"]["rm"] > 0
+    assert gen.rm.dropped > 0
+
+
+def test_stream_equals_generate(text_pairs):
+    pair = text_pairs["bpe→unigram"]
+    gen = ArgsGenerator.from_bundle(pair.bundles["static"])
+    with gen.stream(CHATS[1], k=K, w=W, max_new_tokens=NEW, ignore_eos=True) as stream:
+        streamed = [e.token_id for e in stream]
+    assert streamed == _oracle(pair, gen, CHATS[1])
+
+
+def test_the_bundle_carries_the_rms_tokenizer_and_the_log_says_why(text_pairs, tmp_path, capsys):
+    pair = text_pairs["bpe→unigram"]
+    export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "b", max_k=8, max_context=64))
+    err = capsys.readouterr().err
+    assert "the RM reads text: the LM's tokenizer (600 tokens) and the RM's (450 tokens) differ" in err
+    manifest = load_manifest(tmp_path / "b")
+    reads = manifest.reward_input
+    assert (reads.path, reads.kind, reads.max_positions) == ("text", "decoder", 256)
+    assert {"rm_tokenizer.json", "rm_chat_template.jinja"} <= set(manifest.files)
+    assert not manifest.fused
+    assert [t.name for t in manifest.rm.inputs[:5]] == ["input_ids", "position_ids", "attention_mask", "tail_ids", "tail_read"]
+
+
+def test_rm_input_text_on_a_shared_tokenizer_reads_what_the_id_path_reads(tiny_pairs, tmp_path, smol_tokenizer):
+    """--rm-input text on a pair that shares SmolLM2's tokenizer: always the oracle's tokens; and wherever re-tokenizing
+    the text gives the LM's ids back, the reward the id path reads. (k = 1: both paths then take the same tokens, so
+    their rewards can be compared step by step; a random tiny LM writes many sub-words that re-tokenize otherwise.)"""
+    pair = tiny_pairs["llama"]
+    export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "text", max_k=16, max_context=128, rm_input="text"), quiet=True)
+    export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "ids", max_k=16, max_context=128, fuse=False), quiet=True)
+    text, ids = ArgsGenerator.from_bundle(tmp_path / "text"), ArgsGenerator.from_bundle(tmp_path / "ids")
+    assert text.bundle.reads_text and not ids.bundle.reads_text
+    oracle = TextReferenceARGS(pair.lm, pair.rm, RewardReading(smol_tokenizer, smol_tokenizer, 512))
+    prompt = "The quick brown fox"
+    assert text.generate(prompt, k=5, w=1.0, max_new_tokens=12, ignore_eos=True).token_ids == oracle.generate(text.prompt_ids(prompt), 5, 1.0, 12)
+    a, b = (g.generate(prompt, k=1, w=1.0, max_new_tokens=16, ignore_eos=True) for g in (text, ids))
+    assert a.token_ids == b.token_ids
+    sequence, same = text.prompt_ids(prompt), 0
+    for i, token in enumerate(a.token_ids):
+        sequence = sequence + [token]
+        if smol_tokenizer(smol_tokenizer.decode(sequence, skip_special_tokens=True))["input_ids"] == sequence:
+            assert a.rewards[i] == pytest.approx(b.rewards[i], abs=1e-4)
+            same += 1
+    assert same >= 1
+
+
+def test_rm_input_ids_on_another_tokenizer_is_refused(text_pairs, tmp_path):
+    pair = text_pairs["bpe→unigram"]
+    with pytest.raises(TokenizerMismatchError, match="Drop --rm-input ids"):
+        export_bundle(ExportOptions(pair.lm_dir, pair.rm_dir, tmp_path / "b", rm_input="ids"), quiet=True)
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_rm_without_a_tokenizer_is_refused(text_pairs, tmp_path):
+    from args_runtime.errors import ExportError
+
+    pair = text_pairs["bpe→unigram"]
+    bare = tmp_path / "bare-rm"
+    bare.mkdir()
+    (bare / "config.json").write_text((pair.rm_dir / "config.json").read_text())
+    with pytest.raises(ExportError, match="has no tokenizer args-export can read.*save the tokenizer it was trained with"):
+        export_bundle(ExportOptions(pair.lm_dir, bare, tmp_path / "b"), quiet=True)
+    assert not (tmp_path / "b").exists()
+    json.loads((bare / "config.json").read_text())
