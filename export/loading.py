@@ -115,10 +115,8 @@ class ModelSpec:
 
 
 def _is_encoder(config) -> bool:
-    try:  # TEMP until export/encoders.py lands
-        from .encoders import is_encoder
-    except ImportError:
-        return False
+    from .encoders import is_encoder
+
     return is_encoder(config)
 
 

@@ -143,6 +143,11 @@ class TextRewardModel:
     def _score(self, live: list[tuple[int, TextRow, list[list[int]]]]):
         raise NotImplementedError
 
+    def score_ids(self, sequences: list[list[int]]) -> np.ndarray:
+        """Rewards of whole RM id sequences (a scoring endpoint's), each on its own: no request's state is touched."""
+        return np.asarray([values for _, values in self._score([(0, TextRow(RewardPrompt([])), [ids]) for ids in sequences])],
+                          np.float32).reshape(len(sequences))
+
     def cache_bytes(self, rows: list[TextRow | None]) -> int:
         return 0
 
