@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from . import (batching, exporters, families, latency, quantized, results_pages, reward_shift, serve, serve_mix, soak, step_parts,
-               steploop_overhead)
+               steploop_overhead, text_path)
 from .common import UsageError
 
 # subcommand: (module, its add_arguments, what it measures)
@@ -26,6 +26,8 @@ COMMANDS = {
     "soak": (soak, "add_arguments", "many generations in one process: RSS growth and ms/token drift"),
     "families": (families, "add_arguments", "what a model family costs: ms/token of every family's stack against Llama's on equal "
                  "shapes, and its lines"),
+    "text-path": (text_path, "add_arguments", "what an RM that reads text costs: the text path vs the id path, its cache over long "
+                  "replies, an encoder RM by reply length"),
     "exporters": (exporters, "add_arguments", "torch.onnx's two export paths (dynamo, TorchScript) side by side: time, graphs, tokens"),
     "pages": (results_pages, "add_arguments", "the docs' results pages (docs/results/) made from the committed JSON; --check, --replot"),
 }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from args_runtime.selection import StochasticChooser, args_scores, choose_greedy
+from args_runtime.text_reward import RewardPrompt
 
 from .architectures import Family
 from .hf_compat import forward_with_cache
@@ -113,23 +114,27 @@ class TextReferenceARGS:
         return float(self.rm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0].float())
 
     @torch.no_grad()
-    def steps(self, prompt: list[int], k: int, w: float, method: str = "greedy", temperature: float = 0.7, seed: int | None = 0,
-              messages: list[dict] | None = None) -> Iterator[tuple[int, float, float]]:
-        """Yield (token, chosen LM logit, chosen reward) per step, forever; the caller stops."""
+    def steps(self, prompt: list[int] | RewardPrompt, k: int, w: float, method: str = "greedy", temperature: float = 0.7,
+              seed: int | None = 0) -> Iterator[tuple[int, float, float]]:
+        """Yield (token, chosen LM logit, chosen reward) per step, forever; the caller stops. `prompt`: the LM's prompt
+        ids, or a RewardPrompt (the ids and, for a chat prompt, its messages)."""
+        prompt = prompt if isinstance(prompt, RewardPrompt) else RewardPrompt(list(prompt))
+        messages = prompt.messages
         choose = choose_greedy if method == "greedy" else StochasticChooser(temperature, seed)
         reply: list[int] = []
-        feed, lm_cache = torch.tensor([prompt], device=self.lm.device), None
+        feed, lm_cache = torch.tensor([prompt.ids], device=self.lm.device), None
         while True:
             out, lm_cache = forward_with_cache(self.lm, feed, lm_cache)
             top_logits, top_ids = (t.cpu() for t in torch.topk(out.logits[:, -1, :].float(), k, dim=-1))
-            rewards = torch.tensor([[self.reward(self.reading.text(prompt, reply + [int(v)], messages)) for v in top_ids[0]]])
+            rewards = torch.tensor([[self.reward(self.reading.text(prompt.ids, reply + [int(v)], messages)) for v in top_ids[0]]])
             pick = int(choose(args_scores(top_logits.numpy(), rewards.numpy(), w))[0])
             token = int(top_ids[0, pick])
             reply.append(token)
             yield token, float(top_logits[0, pick]), float(rewards[0, pick])
             feed = torch.tensor([[token]], device=self.lm.device)
 
-    def generate(self, prompt: list[int], k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(), **kw) -> list[int]:
+    def generate(self, prompt: list[int] | RewardPrompt, k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(),
+                 **kw) -> list[int]:
         out: list[int] = []
         for token, _, _ in self.steps(prompt, k, w, **kw):
             out.append(token)

@@ -19,6 +19,7 @@ from args_export.reference import RewardReading, TextReferenceARGS
 from args_runtime import ArgsEngine, ArgsGenerator
 from args_runtime.errors import TokenizerMismatchError
 from args_runtime.manifest import load_manifest
+from args_runtime.text_reward import RewardPrompt
 
 from .tiny_tokenizers import byte_bpe, unigram, wordpiece
 
@@ -67,6 +68,52 @@ def _pair(root: Path, name: str, lm_tok, rm_tok, seed: int, rm_positions: int = 
     return TextPair(name, lm_dir, rm_dir, bundles, TextReferenceARGS(lm, rm, RewardReading(lm_tok, rm_tok, rm_positions)))
 
 
+def _encoder_pair(root: Path, name: str, lm_tok, rm_tok, config, seed: int) -> TextPair:
+    """A tiny LM and an encoder RM (a sequence classifier with one label) with its own tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_config(_config(lm_tok, False)).eval()
+    torch.manual_seed(seed + 1)
+    rm = AutoModelForSequenceClassification.from_config(config).eval()
+    lm_dir, rm_dir = _save(lm, lm_tok, root / f"{name}-lm"), _save(rm, rm_tok, root / f"{name}-rm")
+    bundle = root / f"{name}-static"
+    export_bundle(ExportOptions(lm_dir, rm_dir, bundle, max_k=16, max_context=128), quiet=True)
+    reading = RewardReading(lm_tok, rm_tok, config.max_position_embeddings)
+    return TextPair(name, lm_dir, rm_dir, {"static": bundle}, TextReferenceARGS(lm, rm, reading))
+
+
+@pytest.fixture(scope="module")
+def encoder_pairs(tmp_path_factory) -> dict[str, TextPair]:
+    from transformers import BertConfig, DebertaV2Config, RobertaConfig
+
+    root = tmp_path_factory.mktemp("encoders")
+    wp, bpe = wordpiece(), byte_bpe(vocab_size=520, chat_template=None)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1, initializer_range=0.3)
+    return {
+        "bert": _encoder_pair(root, "bert", byte_bpe(), wp, BertConfig(vocab_size=len(wp), pad_token_id=wp.pad_token_id,
+                                                                     max_position_embeddings=64, **shape), 10),
+        "roberta": _encoder_pair(root, "roberta", unigram(), bpe, RobertaConfig(vocab_size=len(bpe), pad_token_id=bpe.pad_token_id,
+                                                                              max_position_embeddings=66, **shape), 12),
+        "deberta-v2": _encoder_pair(root, "deberta", byte_bpe(), wp, DebertaV2Config(vocab_size=len(wp), pad_token_id=wp.pad_token_id,
+                                                                                   max_position_embeddings=64, **shape), 14),
+    }
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta", "deberta-v2"])
+def test_an_encoder_rm_reads_text_and_its_tokens_equal_the_oracles(encoder_pairs, name):
+    """Encoder RMs (issue 29 item 4): k whole texts per pass, no cache; the same tokens as the oracle, raw and chat
+    (their tokenizers have no chat template: a chat is read raw), alone and in a batch."""
+    pair = encoder_pairs[name]
+    gen = ArgsGenerator.from_bundle(pair.bundles["static"])
+    assert gen.bundle.manifest.reward_input.kind == "encoder"
+    prompts = RAW + CHATS
+    expected = [_oracle(pair, gen, p) for p in prompts]
+    assert [gen.generate(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True).token_ids for p in prompts] == expected
+    assert [r.token_ids for r in gen.generate(prompts, k=K, w=W, max_new_tokens=NEW, ignore_eos=True)] == expected
+    assert expected != [gen.generate(p, k=K, w=0.0, max_new_tokens=NEW, ignore_eos=True).token_ids for p in prompts]  # the RM counts
+
+
 @pytest.fixture(scope="module")
 def text_pairs(tmp_path_factory) -> dict[str, TextPair]:
     root = tmp_path_factory.mktemp("text-path")
@@ -81,7 +128,7 @@ def text_pairs(tmp_path_factory) -> dict[str, TextPair]:
 
 def _oracle(pair: TextPair, gen: ArgsGenerator, prompt, **kw) -> list[int]:
     messages = prompt if isinstance(prompt, list) else None
-    return pair.oracle.generate(gen.prompt_ids(prompt), kw.pop("k", K), kw.pop("w", W), NEW, messages=messages, **kw)
+    return pair.oracle.generate(RewardPrompt(gen.prompt_ids(prompt), messages), kw.pop("k", K), kw.pop("w", W), NEW, **kw)
 
 
 @pytest.mark.parametrize("layout", ["static", "dynamic"])
