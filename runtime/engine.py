@@ -7,7 +7,10 @@ do it): a request joins the running batch between two steps and leaves it as soo
 dynamic layout, TensorRT, CUDA graphs) the rows share the models' own left-padded caches, so requests that wait together
 are decoded together as a fixed batch, which runs to its end before the next one is seated. Either way every request gets
 exactly the tokens `ArgsGenerator.generate` gives it alone (a fixed batch seats only requests whose context the batch's
-longest prompt cannot shorten), whatever its settings (k, w, method, temperature, seed, stop, limits)."""
+longest prompt cannot shorten), whatever its settings (k, w, method, temperature, seed, stop, limits).
+
+`score(inputs)` (args-serve's /pooling and /classify) queues reward-model jobs that the same thread runs between two
+steps, over buffers of their own (runtime/scoring.py): the running requests' caches and tokens are left alone."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +29,9 @@ from .bundle import Bundle
 from .errors import GenerationError, RequestCancelled
 from .requests import Request, RequestHandle
 from .results import GenerationResult
+from .scoring import ScoreInput, rewards, rm_ids
 from .settings import Settings
+from .tokenizer import is_chat
 
 if TYPE_CHECKING:
     from .generator import ArgsGenerator
@@ -71,6 +77,7 @@ class ArgsEngine:
         if not self.continuous:
             log.info("ArgsEngine: fixed batches over %s (%s)", bundle.path, self.batcher.why_fixed)
         self._waiting: deque[Request] = deque()
+        self._jobs: deque[tuple[list[list[int]], Future]] = deque()  # scoring, run between two steps
         self._cond = threading.Condition()
         self._closing = False
         self._holding_turn = False  # a fixed batch runs over the models' own caches: it holds the bundle's turn
@@ -124,6 +131,25 @@ class ArgsEngine:
         """submit() and wait for the result."""
         return self.submit(prompt, stream=False, **settings).result()
 
+    def score(self, inputs: "ScoreInput | list[ScoreInput]", timeout: float | None = None) -> list[float]:
+        """The reward model's reward of each whole input (a text, or chat messages ending with the reply), in order; one
+        input gives a list of one. Thread-safe: the RM runs on the engine's thread between two steps, over buffers of its
+        own (the running requests' caches and tokens are not touched). Bad input raises GenerationError at once."""
+        items = [inputs] if isinstance(inputs, str) or is_chat(inputs) else list(inputs)
+        sequences = [rm_ids(self.bundle, item, f"input {i}") for i, item in enumerate(items)]
+        return self.submit_scoring(sequences).result(timeout)
+
+    def submit_scoring(self, sequences: list[list[int]]) -> "Future[list[float]]":
+        """Queue the rewards of whole RM id sequences (scoring.rm_ids makes them) for the engine's thread; returns at once.
+        Cancelling the future before the thread takes it skips it."""
+        future: Future[list[float]] = Future()
+        with self._cond:
+            if self._closing:
+                raise GenerationError("this ArgsEngine is closed; start a new one")
+            self._jobs.append((sequences, future))
+            self._cond.notify_all()
+        return future
+
     def alive(self) -> bool:
         """Whether the engine's thread is running (a health check)."""
         return self._thread.is_alive() and not self._closing
@@ -176,10 +202,13 @@ class ArgsEngine:
         """Seat what waits in free rows (prefilling each), end cancelled requests, close holes, run one step."""
         b = self.batcher
         with self._cond:
-            self._cond.wait_for(lambda: self._closing or self._waiting or b.busy)
+            self._cond.wait_for(lambda: self._closing or self._waiting or b.busy or self._jobs)
             if self._closing:
                 return False
-        if not b.busy and not self.continuous:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        self._score(jobs)
+        if not b.busy and not self.continuous and self._waiting:
             self._gather()
         with self._cond:
             seated = self._take_seats()
@@ -201,6 +230,16 @@ class ArgsEngine:
             self._give_turn_back()
         self.hooks.running(len(b.seated()))
         return True
+
+    def _score(self, jobs: list[tuple[list[list[int]], Future]]) -> None:
+        """Run the queued scoring jobs (between two steps: no step runs while the RM scores them)."""
+        for sequences, future in jobs:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(rewards(self.bundle, sequences))
+            except Exception as e:  # the caller gets what failed; the engine goes on
+                future.set_exception(e)
 
     def _take_seats(self) -> list[Request]:
         """The waiting requests that sit down now (called with the lock held): continuous, as many as there are free
@@ -235,6 +274,10 @@ class ArgsEngine:
             self.batcher.end_all(RequestCancelled("the engine was closed"))
             while self._waiting:
                 self._waiting.popleft().handle.settle(error=RequestCancelled("the engine was closed"))
+            while self._jobs:
+                _, future = self._jobs.popleft()
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(RequestCancelled("the engine was closed"))
             self.hooks.running(0)
             self.hooks.queue_depth(0)
         self._give_turn_back()

@@ -118,6 +118,42 @@ class CompletionRequest(_Sampling):
     suffix: Any = None
 
 
+class PoolingRequest(_Strict):
+    """POST /pooling (vLLM's pooling API): the reward model's reward of each text of `input`, or of one conversation
+    (`messages`, usually ending with the assistant's reply)."""
+
+    model: str | None = None
+    input: str | list[str] | None = None
+    messages: list[ChatMessage] | None = None
+    user: str | None = None  # no effect on the result: accepted
+
+
+class ClassificationRequest(_Strict):
+    """POST /classify (vLLM's classification API): the reward of each text of `input`, as one class's score."""
+
+    model: str | None = None
+    input: str | list[str]
+    user: str | None = None  # no effect on the result: accepted
+
+
+def scoring_inputs(req: PoolingRequest | ClassificationRequest, limits: Limits) -> tuple[list[Any], list[str]]:
+    """The request's scoring inputs (texts, or one conversation) and the field each one came from (for a 400 naming it)."""
+    check_model(req.model, limits)
+    messages = getattr(req, "messages", None)
+    if messages is not None:
+        if req.input is not None:
+            raise InvalidRequest("give input (texts) or messages (one conversation), not both", "messages")
+        return [chat_prompt(req)], ["messages"]
+    if req.input is None:
+        raise InvalidRequest("input is required: give a text or a list of texts to score (or messages: one conversation)",
+                             "input", "missing_parameter")
+    if isinstance(req.input, str):
+        return [req.input], ["input"]
+    if not req.input:
+        raise InvalidRequest("input is an empty list: give at least one text to score", "input")
+    return list(req.input), [f"input[{i}]" for i in range(len(req.input))]
+
+
 # field → (values that change nothing, what to do instead)
 UNHONOURED: dict[str, tuple[tuple[Any, ...], str]] = {
     "top_p": ((1, 1.0), "ARGS chooses among the LM's top-k: set args.k instead, or leave top_p out"),
@@ -171,10 +207,7 @@ class RequestPlan:
 def check_common(req: _Sampling, limits: Limits) -> None:
     """Refuse what this server cannot do exactly, or will not take: another model, more than MAX_STOP stop strings,
     n > 1, fields that would change the result."""
-    names = limits.model_names or (limits.model_name,)
-    if req.model is not None and req.model not in names:
-        raise InvalidRequest(f"model {req.model!r} is not served here: this server serves {' or '.join(map(repr, names))} "
-                             "(see GET /v1/models)", "model", "model_not_found")
+    check_model(req.model, limits)
     stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
     if len(stops) > MAX_STOP:
         raise InvalidRequest(f"stop holds {len(stops)} strings: at most {MAX_STOP} are allowed (as in the OpenAI API); "
@@ -189,12 +222,20 @@ def check_common(req: _Sampling, limits: Limits) -> None:
                                  "unsupported_parameter")
 
 
+def check_model(model: str | None, limits: Limits) -> None:
+    """Refuse a `model` this server does not serve (left out: the served one)."""
+    names = limits.model_names or (limits.model_name,)
+    if model is not None and model not in names:
+        raise InvalidRequest(f"model {model!r} is not served here: this server serves {' or '.join(map(repr, names))} "
+                             "(see GET /v1/models)", "model", "model_not_found")
+
+
 def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
     """`value` equals one of the values that change nothing (True is not 1 here: `top_p=true` is refused)."""
     return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in neutral)
 
 
-def chat_prompt(req: ChatCompletionRequest) -> list[dict[str, str]]:
+def chat_prompt(req: "ChatCompletionRequest | PoolingRequest") -> list[dict[str, str]]:
     """The messages as the runtime's chat template takes them (text parts joined)."""
     if not req.messages:
         raise InvalidRequest("messages is empty: give at least one message", "messages")

@@ -178,3 +178,49 @@ class ChatResponseWriter(ResponseWriter):
     def _delta(self, delta: Delta, finish_reason: str | None, trace: ArgsTrace | None) -> BaseModel:
         choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason, args=trace)
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
+
+
+class PoolingData(BaseModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[float]  # [reward]
+
+
+class PoolingResponse(BaseModel):
+    """POST /pooling's answer, as vLLM's pooling response: one `data` entry per input, holding its reward."""
+
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[PoolingData]
+    usage: Usage
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: str = "reward"
+    probs: list[float]  # [reward]: the RM's raw score (no softmax: one class)
+    num_classes: int = 1
+
+
+class ClassificationResponse(BaseModel):
+    """POST /classify's answer, as vLLM's classification response, one class: the reward."""
+
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ClassificationData]
+    usage: Usage
+
+
+def scoring_response(kind: str, model: str, rewards: list[float], prompt_tokens: int) -> BaseModel:
+    """/pooling's (`kind` "pooling") or /classify's ("classify") answer: each input's reward, and the RM tokens read."""
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
+    created, tag = int(time.time()), uuid.uuid4().hex
+    if kind == "pooling":
+        return PoolingResponse(id=f"pool-{tag}", created=created, model=model, usage=usage,
+                               data=[PoolingData(index=i, data=[r]) for i, r in enumerate(rewards)])
+    return ClassificationResponse(id=f"classify-{tag}", created=created, model=model, usage=usage,
+                                  data=[ClassificationData(index=i, probs=[r]) for i, r in enumerate(rewards)])
