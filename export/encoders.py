@@ -9,11 +9,7 @@ of its batch and of its right padding, which `check_encoder` checks with the gra
 from __future__ import annotations
 
 import inspect
-import logging
 import shutil
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +21,9 @@ from args_runtime.engines.onnxruntime_engine import OrtBackend
 from args_runtime.errors import ExportError, UnsupportedModelError
 from args_runtime.manifest import GraphSpec, TensorSpec
 
-# This module imports no other of args_export: loading.py routes encoder RMs here (ModelSpec.read, load_rm), so an
+from .hf_compat import quiet_exporter
+
+# This module imports no other of args_export but hf_compat (which imports none): loading.py routes encoder RMs here (ModelSpec.read, load_rm), so an
 # import back into loading, onnx_export, plan or validate would be a cycle (tests/test_architecture.py). What it would
 # have taken from them is small and restated here: the exporters' names and opsets, eager attention, fp32's limits.
 EXPORTERS = ("torchscript", "dynamo")  # as plan.EXPORTERS
@@ -125,7 +123,7 @@ def _trace(scorer: EncoderScorer, args: tuple, path: Path, exporter: str) -> Non
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        with torch.no_grad(), _quiet_exporter():
+        with torch.no_grad(), quiet_exporter():
             try:
                 program = torch.onnx.export(scorer, args, None if exporter == "dynamo" else str(scratch / path.name),
                                             opset_version=OPSETS[exporter], dynamo=exporter == "dynamo", **names)
@@ -142,22 +140,6 @@ def _trace(scorer: EncoderScorer, args: tuple, path: Path, exporter: str) -> Non
                             location=path.name + ".data", size_threshold=1024)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-@contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The exporters warn and log about internals the user cannot act on (torchvision ops skipped, axis renames)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export", "torch.fx.experimental")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def check_encoder(model: torch.nn.Module, path: Path, pad_id: int) -> list[tuple[str, float, float]]:

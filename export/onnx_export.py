@@ -4,15 +4,12 @@ the graph's spec for the manifest."""
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import re
 import shutil
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from args_runtime.errors import ExportError
 from args_runtime.manifest import CACHE_SLOTS, GraphSpec, TensorSpec
 
 from .stacks.base import DecoderStack
+from .hf_compat import quiet_exporter
 from .graphs import FusedStep, LMStep, ProposalHead, RMScorer, TailScorer
 from .loading import LoadedModel
 from .plan import GraphPlan
@@ -175,23 +173,6 @@ def _dynamic_shapes(module: torch.nn.Module, inputs: list[TensorSpec]) -> tuple:
     return (*axes[:fixed], tuple(axes[fixed:]))
 
 
-@contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The dynamo exporter logs (torchvision ops it skips, axis renames) and warns about internals the user cannot act
-    on; the export's own staged log says what happens."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export", "torch.fx.experimental")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path) -> None:
     """torch.onnx's dynamo path: torch.export captures the module, torchlib lowers it, onnxscript's optimizer folds
     constants. The I/O dims are then written from our specs (torch.export names derived dims 'Min(48, k)')."""
@@ -199,7 +180,7 @@ def _trace_dynamo(module, args, inputs: list[TensorSpec], outputs: list[TensorSp
 
     ir = require("onnxscript.ir", "the dynamo exporter (args-export --exporter dynamo)", "onnxscript")
 
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), quiet_exporter():
         try:
             program = torch.onnx.export(
                 module,

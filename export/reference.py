@@ -69,12 +69,17 @@ class ReferenceARGS:
             feed = torch.tensor([[token]], device=lm_device)
 
     def generate(self, prompt: list[int], k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(), **kw) -> list[int]:
-        out: list[int] = []
-        for token, _, _ in self.steps(prompt, k, w, **kw):
-            out.append(token)
-            if token in eos_ids or len(out) >= max_new_tokens:
-                return out
-        return out
+        return take_tokens(self.steps(prompt, k, w, **kw), max_new_tokens, eos_ids)
+
+
+def take_tokens(steps: Iterator[tuple[int, float, float]], max_new_tokens: int, eos_ids: set[int]) -> list[int]:
+    """The tokens of an endless `steps` up to an EOS or max_new_tokens."""
+    out: list[int] = []
+    for token, _, _ in steps:
+        out.append(token)
+        if token in eos_ids or len(out) >= max_new_tokens:
+            break
+    return out
 
 
 @dataclass
@@ -135,12 +140,7 @@ class TextReferenceARGS:
 
     def generate(self, prompt: list[int] | RewardPrompt, k: int, w: float, max_new_tokens: int, eos_ids: set[int] = frozenset(),
                  **kw) -> list[int]:
-        out: list[int] = []
-        for token, _, _ in self.steps(prompt, k, w, **kw):
-            out.append(token)
-            if token in eos_ids or len(out) >= max_new_tokens:
-                return out
-        return out
+        return take_tokens(self.steps(prompt, k, w, **kw), max_new_tokens, eos_ids)
 
 
 @torch.no_grad()
