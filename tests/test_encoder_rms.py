@@ -69,9 +69,12 @@ def padded(lengths, pad_id: int, seed: int = 3, width: int | None = None):
 
 
 def session(path):
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """A plain ONNX Runtime session with the options every args-rt session gets (ort_session_options: on the process's
+    shared thread pool once an earlier test made one, which ORT requires)."""
+    from args_runtime.backend import EngineOptions
+    from args_runtime.engines.onnxruntime_engine import ort_session_options
+
+    return ort.InferenceSession(str(path), ort_session_options(ort, EngineOptions()), providers=["CPUExecutionProvider"])
 
 
 def rewards(sess, ids, mask) -> np.ndarray:
