@@ -34,8 +34,16 @@ def export_rm_graph(pair: ModelPair, plan: GraphPlan, path: Path) -> GraphSpec:
     return export_text_rm(pair.rm, plan, path)
 
 
+# RoBERTa and its kin count positions from padding_idx + 1: roberta-base has 514 embeddings and reads 512 tokens.
+POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta", "camembert")
+
+
 def rm_max_positions(config) -> int:
-    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512)
+    """How many tokens the RM reads at most (a longer text is cut from the left to this many)."""
+    limit = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512)
+    if getattr(config, "model_type", None) in POSITIONS_AFTER_PAD:
+        limit -= int(config.pad_token_id) + 1
+    return limit
 
 
 def decode_cleans_up(tok) -> bool:

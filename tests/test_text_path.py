@@ -11,21 +11,26 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from args_export.bundle import ExportOptions, export_bundle
 from args_export.reference import RewardReading, TextReferenceARGS
+from args_export.text_path import rm_max_positions
 from args_runtime import ArgsEngine, ArgsGenerator
 from args_runtime.errors import TokenizerMismatchError
 from args_runtime.manifest import load_manifest
-from args_runtime.text_reward import RewardPrompt
+from args_runtime.text_reward import RewardPrompt, TextRows
 
 from .tiny_tokenizers import byte_bpe, unigram, wordpiece
 
 RAW = ["The quick brown fox", "Déjà vu: le café 🙂 東京は", "Привет! 🚀👍🏽"]
 CHATS = [[{"role": "user", "content": "Tell me about the sea."}],
          [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, how are you? 🙂"}]]
+# Longer than the encoder RMs read (their position limits are 48 and 49 below): its texts are cut from the left.
+LONG = ("The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away, there lived a king. Tell me "
+        "about the sea. The sea is wide and deep, and its waves are loud.")
 K, W, NEW = 6, 3.0, 24
 
 
@@ -78,8 +83,9 @@ def _encoder_pair(root: Path, name: str, lm_tok, rm_tok, config, seed: int) -> T
     rm = AutoModelForSequenceClassification.from_config(config).eval()
     lm_dir, rm_dir = _save(lm, lm_tok, root / f"{name}-lm"), _save(rm, rm_tok, root / f"{name}-rm")
     bundle = root / f"{name}-static"
-    export_bundle(ExportOptions(lm_dir, rm_dir, bundle, max_k=16, max_context=128), quiet=True)
-    reading = RewardReading(lm_tok, rm_tok, config.max_position_embeddings)
+    export_bundle(ExportOptions(lm_dir, rm_dir, bundle, max_k=16, max_context=192), quiet=True)
+    reading = RewardReading(lm_tok, rm_tok, rm_max_positions(config))
+    assert load_manifest(bundle).reward_input.max_positions == reading.max_positions
     return TextPair(name, lm_dir, rm_dir, {"static": bundle}, TextReferenceARGS(lm, rm, reading))
 
 
@@ -92,23 +98,27 @@ def encoder_pairs(tmp_path_factory) -> dict[str, TextPair]:
     shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1, initializer_range=0.3)
     return {
         "bert": _encoder_pair(root, "bert", byte_bpe(), wp, BertConfig(vocab_size=len(wp), pad_token_id=wp.pad_token_id,
-                                                                     max_position_embeddings=64, **shape), 10),
+                                                                     max_position_embeddings=48, **shape), 10),
         "roberta": _encoder_pair(root, "roberta", unigram(), bpe, RobertaConfig(vocab_size=len(bpe), pad_token_id=bpe.pad_token_id,
-                                                                              max_position_embeddings=66, **shape), 12),
+                                                                              max_position_embeddings=50, **shape), 12),
         "deberta-v2": _encoder_pair(root, "deberta", byte_bpe(), wp, DebertaV2Config(vocab_size=len(wp), pad_token_id=wp.pad_token_id,
-                                                                                   max_position_embeddings=64, **shape), 14),
+                                                                                   max_position_embeddings=48, **shape), 14),
     }
 
 
 @pytest.mark.parametrize("name", ["bert", "roberta", "deberta-v2"])
 def test_an_encoder_rm_reads_text_and_its_tokens_equal_the_oracles(encoder_pairs, name):
     """Encoder RMs (issue 29 item 4): k whole texts per pass, no cache; the same tokens as the oracle, raw and chat
-    (their tokenizers have no chat template: a chat is read raw), alone and in a batch."""
+    (their tokenizers have no chat template: a chat is read raw), alone and in a batch; a text longer than the RM's
+    position limit (RoBERTa's counts from its pad id) is cut from the left."""
     pair = encoder_pairs[name]
     gen = ArgsGenerator.from_bundle(pair.bundles["static"])
-    assert gen.bundle.manifest.reward_input.kind == "encoder"
-    prompts = RAW + CHATS
+    reads = gen.bundle.manifest.reward_input
+    assert reads.kind == "encoder"
+    prompts = RAW + CHATS + [LONG]
     expected = [_oracle(pair, gen, p) for p in prompts]
+    reading = pair.oracle.reading
+    assert len(reading.rm_tok(reading.text(gen.prompt_ids(LONG), expected[-1])).input_ids) > reads.max_positions
     assert [gen.generate(p, k=K, w=W, max_new_tokens=NEW, ignore_eos=True).token_ids for p in prompts] == expected
     assert [r.token_ids for r in gen.generate(prompts, k=K, w=W, max_new_tokens=NEW, ignore_eos=True)] == expected
     assert expected != [gen.generate(p, k=K, w=0.0, max_new_tokens=NEW, ignore_eos=True).token_ids for p in prompts]  # the RM counts
@@ -175,15 +185,37 @@ def test_a_batch_and_the_engine_give_each_prompt_its_oracles_tokens(text_pairs, 
         assert [h.result(timeout=120).token_ids for h in handles] == expected
 
 
+def test_the_cache_is_used_on_every_pair(text_pairs):
+    """A decoder RM on the text path keeps a KV cache per request (not whole texts every step)."""
+    for name in ("bpe→unigram", "bpe→wordpiece", "unigram→bpe"):  # not the short RM: its texts outgrow it (cut each step)
+        pair = text_pairs[name]
+        gen = ArgsGenerator.from_bundle(pair.bundles["static"])
+        result = gen.generate(CHATS[0], k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
+        assert result.timings["kv_cache_bytes"]["rm"] > 0, pair.name
+
+
 def test_the_cache_is_corrected_when_re_tokenizing_changes_it(text_pairs):
-    """BPE merges across the end of a text change tokens the cache already holds: the runtime drops them and the tokens
-    still equal the oracle's (test above); here, that it happened, and that the cache is used at all."""
+    """Made to happen: every candidate of step 1 starts a new word, so the cache takes in the prompt's last word; step 2
+    feeds a token that continues that word instead, and the RM's tokenizer cuts the longer word otherwise. The cached
+    tokens that changed are dropped, and at every step the rewards equal those of each whole text scored alone."""
     pair = text_pairs["bpe→unigram"]
     gen = ArgsGenerator.from_bundle(pair.bundles["static"])
-    for prompt in RAW + CHATS:
-        result = gen.generate(prompt, k=K, w=W, max_new_tokens=NEW, ignore_eos=True)
-        assert result.timings["kv_cache_bytes"]["rm"] > 0
-    assert gen.rm.dropped > 0
+    rm, lm_tok = gen.rm, pair.oracle.reading.lm_tok
+    prompt = RewardPrompt(lm_tok("I love this mo").input_ids)
+    vocab = sorted(lm_tok.get_vocab().items())
+    words = [i for t, i in vocab if t.startswith("Ġ") and len(t) > 3][:K]  # " jumps", " over" …: each starts a word
+    before = rm.texts.ids(rm.texts.decode(prompt.ids))  # the RM's tokens of the prompt: … "▁", "mo"
+    # a token that glues onto "mo" ("u": "mou") and changes how the RM's tokenizer cuts what it already read
+    glue = next(i for t, i in vocab if t.isalpha() and rm.texts.ids(rm.texts.decode(prompt.ids + [i]))[: len(before)] != before)
+    rows = TextRows([rm.row(prompt)])
+    for fed in (prompt.ids, [glue]):
+        rewards = rm.extend_and_score(np.asarray([fed]), None, rows, np.asarray([words]))
+        row = rows.rows[0]
+        whole = rm.score_ids(rm.texts.candidates(row.prompt, row.reply, np.asarray(words)))
+        np.testing.assert_allclose(rewards[0], whole, rtol=1e-4, atol=1e-4)
+        if fed is prompt.ids:
+            assert row.cached[: len(before)] == before  # the prompt's last word is in the cache
+    assert rm.dropped > 0
 
 
 def test_stream_equals_generate(text_pairs):
