@@ -52,6 +52,7 @@ class ExportOptions:
     quantize_models: tuple[str, ...] = ("lm", "rm")  # which graphs --quantize applies to
     fuse: bool = True  # a fused bundle when the RM is a head on the LM's backbone (--no-fuse: two graphs regardless)
     rm_input: str = "auto"  # how the RM reads the LM's tokens: "ids", "text" (its own tokenizer) or "auto" (ids when it can)
+    rm_format: str = "raw"  # the id path's reading of a chat prompt: "raw" (the LM's ids) or "chat" (inside the RM's template)
 
 
 class StageLog:
@@ -80,7 +81,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     out = Path(opts.out).expanduser()
     check_device = _check_options(opts, out)
     with log.stage("reading configs and tokenizers"):
-        spec = PairSpec.read(opts.lm, opts.rm, opts.rm_input)
+        spec = PairSpec.read(opts.lm, opts.rm, opts.rm_input, opts.rm_format)
         max_context = _max_context(opts.max_context, spec)
         log.say(f"    {spec.rm_input}")
     with log.stage(f"loading the LM and the RM ({opts.dtype})"):
@@ -92,7 +93,7 @@ def export_bundle(opts: ExportOptions, quiet: bool = False) -> Manifest:
     plan = GraphPlan(element_type(opts.dtype), opts.cache, max_context, opts.max_k, pair.vocab, opts.exporter)
     with atomic_folder(out, replace=opts.force) as work:
         specs = _trace(pair, plan, fusion, work, log)
-        with log.stage("writing the tokenizer" + ("s (the LM's and the RM's)" if pair.reads_text else "")):
+        with log.stage("writing the tokenizer" + ("s (the LM's and the RM's)" if pair.own_rm_tokens else "")):
             tokenizer, reads = _write_tokenizer(pair, work), write_rm_tokenizer(pair, work)
         with log.stage(f"checking the graphs against PyTorch (ONNX Runtime, {check_device})"):
             report = _check(pair, plan, specs, work, check_device, log)
@@ -155,12 +156,14 @@ def _check_device(dtype: str) -> Device:
 def _fusion(pair: ModelPair, fuse: bool) -> Fusion:
     if pair.reads_text:
         return Fusion(False, "the RM reads text, with a tokenizer of its own")
+    if pair.own_rm_tokens:
+        return Fusion(False, "--rm-format chat: the RM reads its own template around the LM's ids, with a cache of its own")
     return check_fusion(pair) if fuse else Fusion(False, "--no-fuse")
 
 
 def _max_context(requested: int | None, spec: PairSpec) -> int:
-    # An RM that reads text is fed its last max_positions tokens: its limit does not bound the LM's context.
-    configs = (spec.lm.config,) if spec.reads == "text" else (spec.lm.config, spec.rm.config)
+    # An RM that reads ids of its own making is fed its last max_positions tokens: its limit does not bound the LM's context.
+    configs = (spec.lm.config,) if spec.own_rm_tokens else (spec.lm.config, spec.rm.config)
     limits = [getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) for c in configs]
     model_limit = min(x for x in limits if x)
     if requested is None:
@@ -180,9 +183,9 @@ def _trace(pair: ModelPair, plan: GraphPlan, fusion: Fusion, work: Path, log: St
     if fusion.fused:
         with log.stage(f"exporting the fused step graph (rewards and candidate states in one pass, {layout}) and its LM head"):
             return (lm, *export_fused(pair.lm, pair.rm, plan, work / "rm.onnx", work / PROPOSE_FILE))
-    if pair.reads_text:
-        what = "k whole texts per pass, no cache" if pair.rm.spec.encoder else "its own cache, k re-tokenized tails per pass, dynamic KV cache"
-        with log.stage(f"exporting the RM's text-path graph ({what})"):
+    if pair.own_rm_tokens:
+        what = "k whole texts per pass, no cache" if pair.rm.spec.encoder else "its own cache, k candidates' tails per pass, dynamic KV cache"
+        with log.stage(f"exporting the RM's own-cache graph ({what})"):
             return lm, export_rm_graph(pair, plan, work / "rm.onnx"), None
     with log.stage(f"exporting the RM candidate graph (one cache, k candidates per pass, {layout})"):
         return lm, export_rm(pair.rm, plan, work / "rm.onnx"), None
@@ -241,7 +244,7 @@ def _check_quantized(pair: ModelPair, plan: GraphPlan, specs: Specs, work: Path,
 
 def _validate(work: Path, specs: Specs, pair: ModelPair, plan: GraphPlan, device: Device) -> ValidationReport:
     """Every graph against PyTorch: the LM's (and an RM reading its ids) step by step; an RM reading text on its texts."""
-    if not pair.reads_text:
+    if not pair.own_rm_tokens:
         return validate_graphs(work, specs, pair, plan, device)
     report = validate_graphs(work, (specs[0], None, None), pair, plan, device)
     check_text_rm(work, specs[1], pair, device, report)

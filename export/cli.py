@@ -17,7 +17,8 @@ How the RM reads the LM's tokens (--rm-input, the export log says which and why)
 holds every LM token at the same id reads the LM's ids as they are (the fast path, as the paper's code);
 any other RM (its own tokenizer, an encoder such as BERT/RoBERTa/DeBERTa) reads text: each candidate's
 text re-tokenized by the RM's own tokenizer, in its own chat template for chat prompts
-(docs/reward-models.md).
+(docs/reward-models.md). An RM that reads the LM's ids but was trained on its own chat template (a Llama-3
+RM beside an LM whose template differs) reads a chat prompt's reply inside that template with --rm-format chat.
 
 When the RM is a score head on the LM's own backbone (its decoder tensors hash the same), the bundle is fused:
 one pass per token scores the k candidates and proposes each one's next top-k, so ARGS costs about one LM
@@ -33,6 +34,7 @@ examples:
   args-export --lm ./smol --rm ./smol-rm --out bundles/smol --dtype fp16 --tensorrt     # ONNX + TensorRT engines
   args-export --lm ./smol --rm ./llama-rm --out bundles/int8 --quantize int8 --quantize-only rm   # int8 RM weights
   args-export --lm ./smol --rm ./deberta-rm --out bundles/deberta     # an encoder RM: it reads text
+  args-export --lm ./llama3-sft --rm ./llama3-rm --out bundles/l3 --rm-format chat   # the RM's own template around the LM's ids
   args-export --tensorrt-only bundles/smol --trt-precision fp16 --trt-max-batch 4       # engines for an existing bundle
 
 TensorRT engines (lm.engine, rm.engine) are specific to the GPU architecture and TensorRT version that built them;
@@ -64,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the RM reads the LM's tokens: 'ids' (as they are; the RM's vocabulary must hold every LM token at "
                    "the same id), 'text' (decoded and re-tokenized by the RM's own tokenizer), 'auto' (default: ids when the RM "
                    "can read them, else text)")
+    p.add_argument("--rm-format", choices=["raw", "chat"], default="raw",
+                   help="what an RM reading the LM's ids reads of a chat prompt: 'raw' (default, the paper's code: the LM's ids "
+                   "as they are, in the LM's template) or 'chat' (the RM's own chat template rendered around the reply's LM ids: "
+                   "ids before + reply + [candidate] + ids after, the reward read at the template's end). The text path always "
+                   "uses the RM's template")
     p.add_argument("--no-fuse", action="store_true", help="keep two graphs even when the RM is a score head on the LM's own backbone "
                    "(by default export then writes a fused bundle: one pass per token scores the candidates and proposes the next ones)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (the old bundle is removed only after the new one is complete)")
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = export_bundle(
                 ExportOptions(args.lm, args.rm, args.out, args.dtype, args.max_context, args.max_k, args.force, args.cache, args.exporter,
                               args.quantize, (args.quantize_only,) if args.quantize_only else ("lm", "rm"), fuse=not args.no_fuse,
-                              rm_input=args.rm_input),
+                              rm_input=args.rm_input, rm_format=args.rm_format),
                 quiet=args.quiet
             )
         if args.tensorrt or args.tensorrt_only:

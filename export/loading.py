@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from args_runtime.chat_ids import REPLY_MARK
 from args_runtime.dtypes import element_type
 from args_runtime.errors import ExportError, TokenizerMismatchError, UnsupportedModelError
 
@@ -191,6 +192,7 @@ def load_rm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
 
 
 READ_CHOICES = ("auto", "ids", "text")  # args-export --rm-input
+FORMAT_CHOICES = ("raw", "chat")  # args-export --rm-format
 
 
 def vocabulary_verdict(lm_tok, rm_tok) -> tuple[bool, str]:
@@ -233,6 +235,32 @@ def choose_reading(lm_tok, rm_tok, rm: "ModelSpec", lm_name: str, asked: str = "
     return "text", f"the RM reads text: {why}, so the LM's tokens are decoded and re-tokenized by the RM's own tokenizer"
 
 
+def choose_format(asked: str, reads: str, why: str, rm_tok, rm_name: str) -> tuple[str, str]:
+    """--rm-format: "chat" puts a chat prompt's reply ids inside the RM's own template on the id path (the text path
+    renders chats in it already); refused, naming the fix, when the RM has no template or it does not hold the reply once."""
+    if asked not in FORMAT_CHOICES:
+        raise ExportError(f"--rm-format {asked!r} is not one of {list(FORMAT_CHOICES)}")
+    if asked == "raw":
+        return "raw", why
+    if reads == "text":
+        return "raw", f"{why} (--rm-format chat: the text path renders a chat prompt in the RM's own template already)"
+    template = rm_tok.chat_template if isinstance(rm_tok.chat_template, str) else None
+    if not template:
+        raise ExportError(f"--rm-format chat: the RM {rm_name} has no chat template in its tokenizer: save the template it was "
+                          "trained with (tokenizer.chat_template = ...; tokenizer.save_pretrained(folder)), or drop --rm-format chat")
+    probe = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": REPLY_MARK}]
+    try:
+        places = rm_tok.apply_chat_template(probe, tokenize=False).count(REPLY_MARK)
+    except Exception as e:  # a template that raises on a plain user/assistant exchange
+        raise ExportError(f"--rm-format chat: the RM {rm_name}'s chat template fails on a user/assistant exchange ({type(e).__name__}: {e}): "
+                          "fix the template, or drop --rm-format chat") from e
+    if places != 1:
+        raise ExportError(f"--rm-format chat: the RM {rm_name}'s chat template places the assistant's reply {places} times, not once: "
+                          "ARGS cannot put the reply's ids in it; fix the template, or drop --rm-format chat")
+    return "chat", (f"{why}; --rm-format chat: a chat prompt's reply ids go inside the RM's own template (ids before + reply + "
+                    "after), read by an RM graph with a cache of its own")
+
+
 @dataclass
 class PairSpec:
     """The LM and RM before their weights load: configs and families, the LM's tokenizer, and how the RM reads it: the
@@ -244,9 +272,15 @@ class PairSpec:
     rm_input: str = ""  # how the RM reads the LM's tokens, and why (the export log says it)
     reads: str = "ids"  # "ids" | "text"
     rm_tokenizer: object = None  # the RM's own transformers tokenizer
+    format: str = "raw"  # the id path's reading of a chat prompt: "raw" or "chat" (the RM's template around the LM's ids)
+
+    @property
+    def own_rm_tokens(self) -> bool:
+        """Whether the RM reads ids of its own making (text, or its own chat format): its own graph and cache."""
+        return self.reads == "text" or self.format == "chat"
 
     @staticmethod
-    def read(lm_path: str | Path, rm_path: str | Path, rm_input: str = "auto") -> "PairSpec":
+    def read(lm_path: str | Path, rm_path: str | Path, rm_input: str = "auto", rm_format: str = "raw") -> "PairSpec":
         lm, rm = ModelSpec.read(lm_path, "LM"), ModelSpec.read(rm_path, "RM")
         tokenizer = load_tokenizer(lm)
         try:
@@ -255,7 +289,8 @@ class PairSpec:
             raise ExportError(f"the RM {rm.source.name} has no tokenizer args-export can read ({type(e).__name__}: {str(e).strip().splitlines()[0]}): save the "
                               "tokenizer it was trained with beside it (tokenizer.save_pretrained(folder))") from e
         reads, why = choose_reading(tokenizer, rm_tok, rm, lm.source.name, rm_input)
-        return PairSpec(lm, rm, tokenizer, why, reads, rm_tok)
+        form, why = choose_format(rm_format, reads, why, rm_tok, rm.source.name)
+        return PairSpec(lm, rm, tokenizer, why, reads, rm_tok, form)
 
 
 @dataclass
@@ -274,6 +309,11 @@ class ModelPair:
     @property
     def reads_text(self) -> bool:
         return self.spec is not None and self.spec.reads == "text"
+
+    @property
+    def own_rm_tokens(self) -> bool:
+        """The RM reads ids of its own making (PairSpec.own_rm_tokens): its own graph, cache and tokenizer."""
+        return self.spec is not None and self.spec.own_rm_tokens
 
     @property
     def vocab(self) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from args_runtime.selection import StochasticChooser, args_scores, choose_greedy
+from args_runtime.chat_ids import REPLY_MARK
 from args_runtime.text_reward import RewardPrompt
 
 from .architectures import Family
@@ -104,6 +105,27 @@ class RewardReading:
         ids = self.rm_tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
         return ids[-self.max_positions :]
 
+    def rm_ids(self, prompt_ids: list[int], reply: list[int], messages: list[dict] | None = None) -> list[int]:
+        """The RM's ids of the prompt and this reply (the reply ends with the candidate)."""
+        return self.ids(self.text(prompt_ids, reply, messages))
+
+
+@dataclass
+class ChatIdsReading(RewardReading):
+    """The id path's chat format (--rm-format chat), in transformers: a chat prompt's reply ids go inside the RM's own
+    template, rendered with the reply's place marked: the RM's ids of the text before the mark, the reply, those of the
+    text after it (no special tokens); a text or token-id prompt: its ids and the reply's. Cut from the left."""
+
+    def rm_ids(self, prompt_ids: list[int], reply: list[int], messages: list[dict] | None = None) -> list[int]:
+        if messages is None:
+            return (prompt_ids + reply)[-self.max_positions :]
+        mark = {"role": "assistant", "content": REPLY_MARK}
+        before, after = self.rm_tok.apply_chat_template([*messages, mark], tokenize=False).split(REPLY_MARK)
+        bos = self.rm_tok.bos_token
+        head = self.rm_tok(before, add_special_tokens=not (bos and before.startswith(bos)))["input_ids"]
+        tail = self.rm_tok(after, add_special_tokens=False)["input_ids"]
+        return (head + reply + tail)[-self.max_positions :]
+
 
 class TextReferenceARGS:
     """ARGS with an RM that reads text (the text path's oracle): the LM runs with its cache as in ReferenceARGS; for
@@ -113,9 +135,12 @@ class TextReferenceARGS:
     def __init__(self, lm, rm, reading: RewardReading) -> None:
         self.lm, self.rm, self.reading = lm, rm, reading
 
-    @torch.no_grad()
     def reward(self, text: str) -> float:
-        ids = torch.tensor([self.reading.ids(text)], device=self.rm.device)
+        return self.reward_of(self.reading.ids(text))
+
+    @torch.no_grad()
+    def reward_of(self, rm_ids: list[int]) -> float:
+        ids = torch.tensor([rm_ids], device=self.rm.device)
         return float(self.rm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0].float())
 
     @torch.no_grad()
@@ -131,7 +156,7 @@ class TextReferenceARGS:
         while True:
             out, lm_cache = forward_with_cache(self.lm, feed, lm_cache)
             top_logits, top_ids = (t.cpu() for t in torch.topk(out.logits[:, -1, :].float(), k, dim=-1))
-            rewards = torch.tensor([[self.reward(self.reading.text(prompt.ids, reply + [int(v)], messages)) for v in top_ids[0]]])
+            rewards = torch.tensor([[self.reward_of(self.reading.rm_ids(prompt.ids, reply + [int(v)], messages)) for v in top_ids[0]]])
             pick = int(choose(args_scores(top_logits.numpy(), rewards.numpy(), w))[0])
             token = int(top_ids[0, pick])
             reply.append(token)

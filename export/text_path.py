@@ -58,7 +58,7 @@ def decode_cleans_up(tok) -> bool:
 def write_rm_tokenizer(pair: ModelPair, work: Path) -> RewardInput:
     """The RM's tokenizer and chat template beside the LM's; how the RM reads the LM's tokens, for the manifest."""
     spec = pair.spec
-    if spec is None or spec.reads != "text":
+    if spec is None or not spec.own_rm_tokens:
         return RewardInput("ids", spec.rm_input if spec else "")
     tok = spec.rm_tokenizer
     tok.backend_tokenizer.save(str(work / RM_TOKENIZER_FILE))
@@ -68,8 +68,8 @@ def write_rm_tokenizer(pair: ModelPair, work: Path) -> RewardInput:
     pad = getattr(pair.rm.config, "pad_token_id", None)
     tokens = TokenizerSpec(RM_TOKENIZER_FILE, RM_CHAT_TEMPLATE_FILE if template else None, [], int(pad) if pad is not None else -1,
                            tok.bos_token, tok.eos_token)
-    return RewardInput("text", spec.rm_input, "encoder" if pair.rm.spec.encoder else "decoder", tokens,
-                       rm_max_positions(pair.rm.config), decode_cleans_up(spec.tokenizer))
+    return RewardInput(spec.reads, spec.rm_input, "encoder" if pair.rm.spec.encoder else "decoder", tokens,
+                       rm_max_positions(pair.rm.config), decode_cleans_up(spec.tokenizer), spec.format)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from .engines import BundleGraph, OpenedOnFirstUse, open_graph
 from .errors import BundleError, ContextLengthError, GenerationError
 from .manifest import Manifest, load_manifest
 from .models import FusedModel, LanguageModel, RewardModel
+from .chat_ids import RewardChatIds
 from .text_reward import RewardTexts, TextRewardModel, open_text_rm
 from .options import RuntimeOptions
 from .settings import Settings, check_settings
@@ -54,10 +55,11 @@ class Bundle:
                               min(manifest.lm.vocab_size, manifest.rm.vocab_size))
         if manifest.fused:  # its LM head over the chosen candidate runs beside the fused step, on its device
             rm = FusedModel(rm_backend, manifest.rm, manifest.max_context, open_graph(opts.backend, graphs["propose"], opts.rm_device, opts.engine))
-        elif reads.path == "text":  # the RM's own tokenizer reads the text of each candidate
+        elif reads.own_tokens:  # the RM's own tokenizer reads each candidate's text, or its template wraps the LM's ids
             texts = RewardTexts(tokenizer, Tokenizer(bundle, reads.tokenizer), reads.max_positions, reads.lm_clean_up_spaces)
+            rule = RewardChatIds(texts) if reads.format == "chat" else texts
             pad = reads.tokenizer.pad_token_id
-            rm = open_text_rm(rm_backend, manifest.rm, texts, reads.kind, pad if pad >= 0 else None)
+            rm = open_text_rm(rm_backend, manifest.rm, rule, reads.kind, pad if pad >= 0 else None)
         else:
             rm = RewardModel(rm_backend, manifest.rm, manifest.max_context)
         choosing = (rm.backend,) if manifest.fused else (lm.backend, rm.backend)  # the backends whose values it reads
@@ -141,6 +143,7 @@ class Bundle:
         """What runs, for every result's timings."""
         return {
             "rm_input": self.manifest.reward_input.path,
+            "rm_format": self.manifest.reward_input.format,
             "loop": self.options.loop,
             "backend": self.options.backend,
             "lm_device": str(self.lm.backend.device),

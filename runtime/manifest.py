@@ -14,7 +14,7 @@ from .dtypes import FLOAT_TYPES, HOST_TYPES
 from .errors import BundleError
 
 FORMAT_NAME = "args-rt-bundle"
-FORMAT_VERSION = 8  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`); 6: a fused pass returns its candidates' hidden states and `propose` heads the chosen one; 7: a static cache's slot axis is free (`cache_slots`); 8: an RM may read text (`reward_input`: its own tokenizer, a text-path or encoder graph)
+FORMAT_VERSION = 9  # 2: top-k sliced in the LM graph, graphs record their cache layout; 3: k is the length of `candidate_slots`; 4: the LM graph returns no full logits, static caches take each row's write slots ([B, S] cache_position); 5: fused bundles (`fused`); 6: a fused pass returns its candidates' hidden states and `propose` heads the chosen one; 7: a static cache's slot axis is free (`cache_slots`); 8: an RM may read text (`reward_input`: its own tokenizer, a text-path or encoder graph); 9: an RM reading the LM's ids may read them inside its own chat template (`reward_input.format`)
 MANIFEST_FILE = "manifest.json"
 CACHE_LAYOUTS = ("dynamic", "static")
 # The static layout's slot axis, left free in the graphs: the runtime allocates the buffers max_context slots wide, or
@@ -92,13 +92,16 @@ class TokenizerSpec:
 
 READ_PATHS = ("ids", "text")  # how the RM reads the LM's tokens
 RM_KINDS = ("decoder", "encoder")
+RM_FORMATS = ("raw", "chat")  # the id path: the LM's ids as they are, or inside the RM's chat template (--rm-format)
 
 
 @dataclass
 class RewardInput:
     """How the RM reads what the LM writes. "ids": the LM's token ids as they are (one tokenizer, or the RM's adds tokens
     of its own). "text": decoded by the LM's tokenizer and re-tokenized by the RM's own (`tokenizer`, with its chat
-    template), cut from the left to `max_positions`; a decoder RM keeps its own cache, an encoder reads whole texts."""
+    template), cut from the left to `max_positions`; a decoder RM keeps its own cache, an encoder reads whole texts.
+    `format` "chat" (the id path, --rm-format chat): a chat prompt's reply ids go inside the RM's own template (ids
+    before + reply + after), and the RM keeps its own cache as on the text path."""
 
     path: str = "ids"
     reason: str = ""  # why this path (the export log says it too)
@@ -106,11 +109,17 @@ class RewardInput:
     tokenizer: TokenizerSpec | None = None  # the RM's own (text path)
     max_positions: int = 0  # text path: the RM's position limit
     lm_clean_up_spaces: bool = False  # text path: the LM's decode cleans up tokenization spaces (transformers' rule)
+    format: str = "raw"  # the id path: "raw" (the official code's reading) or "chat" (inside the RM's template)
+
+    @property
+    def own_tokens(self) -> bool:
+        """Whether the RM reads ids of its own making (text, or its own chat format): its own graph and cache."""
+        return self.path == "text" or self.format == "chat"
 
     @property
     def role(self) -> str:
         """The RM graph's role in RUNTIME_IO."""
-        return "rm" if self.path == "ids" else f"rm_{'text' if self.kind == 'decoder' else 'encoder'}"
+        return f"rm_{'text' if self.kind == 'decoder' else 'encoder'}" if self.own_tokens else "rm"
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "RewardInput":
@@ -299,10 +308,13 @@ def _type_name(kind: Any) -> str:
 def _consistency_problem(m: Manifest) -> str | None:
     """The facts the runtime relies on, checked once here instead of failing inside an engine later."""
     reads = m.reward_input
-    if reads.path not in READ_PATHS or reads.kind not in RM_KINDS:
-        return f"reward_input path = {reads.path!r}, kind = {reads.kind!r} (path one of {READ_PATHS}, kind one of {RM_KINDS})"
-    if reads.path == "text" and (reads.tokenizer is None or reads.max_positions < 1 or m.fused):
-        return "reward_input.path = 'text' needs the RM's tokenizer and its max_positions, and no fused graph"
+    if reads.path not in READ_PATHS or reads.kind not in RM_KINDS or reads.format not in RM_FORMATS:
+        return (f"reward_input path = {reads.path!r}, kind = {reads.kind!r}, format = {reads.format!r} (path one of {READ_PATHS}, "
+                f"kind one of {RM_KINDS}, format one of {RM_FORMATS})")
+    if reads.own_tokens and (reads.tokenizer is None or reads.max_positions < 1 or m.fused):
+        return f"reward_input path = {reads.path!r}, format = {reads.format!r} needs the RM's tokenizer and its max_positions, and no fused graph"
+    if reads.format == "chat" and (reads.path != "ids" or reads.tokenizer.chat_template_file is None):
+        return "reward_input.format = 'chat' is the id path's (path 'ids') and needs the RM's chat template"
     if reads.path == "ids" and reads.kind != "decoder":
         return "an encoder RM reads text: reward_input.path must be 'text'"
     vocab = m.lm.vocab_size if reads.path == "text" else min(m.lm.vocab_size, m.rm.vocab_size)
