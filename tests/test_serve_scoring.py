@@ -176,6 +176,7 @@ def test_api_keys_guard_the_scoring_routes(llama):
             r = post(s, route, {"input": TEXTS[0]})
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
             assert post(s, route, {"input": TEXTS[0]}, authorization="Bearer wrong").status_code == 401
+            assert post(s, route, {"input": 5}).status_code == 401  # the key is checked before the body is read
             assert post(s, route, {"input": TEXTS[0]}, authorization="Bearer s3cret-key").status_code == 200
 
 

@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -42,7 +41,7 @@ from .limits import RequestTimedOut
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter, scoring_response
 from ..requests import Request as ArgsRequest, RequestHandle
 from ..tokenizer import is_chat
-from .security import KeyBackend, Unauthorized, log_exposure, require_keys
+from .security import log_exposure, require_keys
 from .state import ServerState
 from .validation import validation_message
 
@@ -95,38 +94,21 @@ def create_app(config: ServeConfig, on_load_error: Callable[[BaseException], Non
         plan = _plan(state, body, completion_prompt(body), "prompt")
         return await _answer(request, state, plan, ResponseWriter(state.limits.model_name, plan.return_rewards))
 
-    # The reward model as a scoring endpoint, in vLLM's shape (its routes sit at the root, as vLLM's do).
-    scoring_key = _scoring_key(config)
-
+    # The reward model as a scoring endpoint, in vLLM's shape (its routes sit at the root, as vLLM's do; the API-key
+    # middleware guards them as it guards /v1/*).
     @app.post("/pooling")
     async def pooling(body: PoolingRequest, request: Request) -> Response:
-        return await _score(request, body, "pooling", scoring_key)
+        return await _score(request, body, "pooling")
 
     @app.post("/classify")
     async def classify(body: ClassificationRequest, request: Request) -> Response:
-        return await _score(request, body, "classify", scoring_key)
+        return await _score(request, body, "classify")
 
     return app
 
 
-def _scoring_key(config: ServeConfig) -> Callable[[Request], None]:
-    """The API-key check of the scoring routes (the middleware guards /v1/*; these are at the root, as vLLM's are)."""
-    keys = KeyBackend(config.api_keys, config.metrics_need_key) if config.api_keys else None
-
-    def check(request: Request) -> None:
-        if keys is None:
-            return
-        scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
-        if not token or scheme.lower() != "bearer" or not keys.accepts(token):
-            raise Unauthorized("this server needs an API key: send the header `Authorization: Bearer KEY` with one of the keys "
-                               "it was started with (--api-key or ARGS_RT_API_KEY)", {"WWW-Authenticate": "Bearer"})
-
-    return check
-
-
-async def _score(request: Request, body: PoolingRequest | ClassificationRequest, kind: str, check_key) -> Response:
+async def _score(request: Request, body: PoolingRequest | ClassificationRequest, kind: str) -> Response:
     """Each input's reward: checked here (400 naming the field), scored on the engine's thread between two steps."""
-    check_key(request)
     state = _ready(request)
     items, fields = scoring_inputs(body, state.limits)
     sequences = []

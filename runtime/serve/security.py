@@ -77,6 +77,9 @@ def log_exposure(keys: Sequence[str], metrics_need_key: bool) -> None:
         log.info("args-serve: /v1/*%s require an API key (%d accepted)", " and /metrics" if metrics_need_key else "", len(keys))
 
 
+SCORING_ROUTES = ("/pooling", "/classify")  # the RM as a scoring endpoint: at the root, as vLLM's are
+
+
 class KeyBackend(AuthenticationBackend):
     """Checks `Authorization: Bearer KEY` on the guarded routes against every accepted key, each in constant time
     (hmac.compare_digest), so neither the match nor which key matched shows in the time taken."""
@@ -91,7 +94,8 @@ class KeyBackend(AuthenticationBackend):
         return f"KeyBackend({len(self._keys)} keys, metrics_need_key={self._metrics_need_key})"
 
     def guards(self, path: str) -> bool:
-        return path == "/v1" or path.startswith("/v1/") or (self._metrics_need_key and path == "/metrics")
+        return (path == "/v1" or path.startswith("/v1/") or path in SCORING_ROUTES
+                or (self._metrics_need_key and path == "/metrics"))
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
         if not self.guards(_route_path(conn)):
@@ -128,7 +132,8 @@ def _unauthorized(conn: HTTPConnection, exc: AuthenticationError) -> Response:
 
 
 def require_keys(app: FastAPI, keys: Sequence[str], metrics_need_key: bool) -> None:
-    """With keys, every /v1/* request (and /metrics with `metrics_need_key`) needs one; /health stays open."""
+    """With keys, every /v1/* and scoring request (and /metrics with `metrics_need_key`) needs one, checked before its
+    body is read; /health stays open."""
     if keys:
         app.add_middleware(AuthenticationMiddleware, backend=KeyBackend(keys, metrics_need_key), on_error=_unauthorized)
     elif metrics_need_key:
