@@ -127,6 +127,11 @@ def test_bad_bodies_get_a_400_naming_the_field_and_the_server_keeps_serving(serv
     too_long = post(server, "/pooling", {"input": "word " * 600}).json()["error"]["message"]
     assert "at most 512" in too_long
     assert post(server, "/pooling", {"input": TEXTS[0]}).status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text  # the refusals are counted by route, as /v1/*'s are
+    for route in ("/pooling", "/classify"):
+        invalid = sum(1 for r, _, _ in BAD if r == route) + (route == "/pooling")  # + the text too long
+        assert f'args_requests_total{{endpoint="{route}",outcome="invalid"}} {invalid:.1f}' in metrics, metrics
+    assert 'args_requests_total{endpoint="/pooling",outcome="ok"}' in metrics
 
 
 def test_scoring_while_generations_run_gives_the_same_rewards_and_tokens(server, llama):

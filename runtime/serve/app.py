@@ -41,7 +41,7 @@ from .limits import RequestTimedOut
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter, scoring_response
 from ..requests import Request as ArgsRequest, RequestHandle
 from ..tokenizer import is_chat
-from .security import log_exposure, require_keys
+from .security import SCORING_ROUTES, log_exposure, require_keys
 from .state import ServerState
 from .validation import validation_message
 
@@ -283,10 +283,12 @@ def _sse_line(data: str) -> bytes:
 
 def _add_error_handlers(app: FastAPI) -> None:
     def refused(request: Request, outcome: str, reason: str | None = None) -> None:
-        """Count an answer that is not a result: by endpoint and outcome (routes under /v1/), and a refusal by reason."""
+        """Count an answer that is not a result: by endpoint and outcome (routes under /v1/ and the scoring routes), and
+        a refusal by reason."""
         state = getattr(request.app.state, "args", None)
         if state is not None:
-            state.metrics.refused(request.url.path if request.url.path.startswith("/v1/") else None, outcome, reason)
+            path = request.url.path
+            state.metrics.refused(path if path.startswith("/v1/") or path in SCORING_ROUTES else None, outcome, reason)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
