@@ -176,6 +176,25 @@ def test_a_queue_filled_past_max_queue_gets_503s_while_admitted_requests_get_the
 # ---------------------------------------------------------------------------------------------- the deadline
 
 
+def test_scoring_requests_count_against_the_queue(guarded):
+    """/pooling is admitted as a generation is: with 2 slots and 2 queue places held by long generations it gets a 503
+    queue_full with Retry-After; once they are done it is scored."""
+    url = guarded.url
+    wait_idle(url)
+    body = {"model": "tiny", "prompt": TEXT_PROMPTS[0], "max_tokens": 200, "args": {"ignore_eos": True}}
+    with ThreadPoolExecutor(SLOTS + QUEUE) as pool:
+        held = [pool.submit(httpx.post, f"{url}/v1/completions", json=body, headers=auth(), timeout=120) for _ in range(SLOTS + QUEUE)]
+        deadline = time.monotonic() + 60
+        while metric(url, "args_running_requests") + metric(url, "args_queue_depth") < SLOTS + QUEUE:
+            assert time.monotonic() < deadline, "the generations never filled the slots and the queue"
+            time.sleep(0.02)
+        busy = httpx.post(f"{url}/pooling", json={"input": TEXT_PROMPTS[1]}, headers=auth(), timeout=60)
+        assert [f.result().status_code for f in held] == [200] * (SLOTS + QUEUE)
+    assert busy.status_code == 503 and error_of(busy)["code"] == "queue_full" and busy.headers["retry-after"] == "1", busy.text
+    wait_idle(url)
+    scored = httpx.post(f"{url}/pooling", json={"input": TEXT_PROMPTS[1]}, headers=auth(), timeout=60)
+    assert scored.status_code == 200 and len(scored.json()["data"]) == 1, scored.text
+
 def test_request_timeout_ends_a_running_request_and_frees_its_slot(bundle, reference):
     """One slot, a deadline a quarter of what a long request (480 tokens of k=48) takes here: it is stopped, streamed or
     not, and the next request gets the slot at once and its own tokens. This server has no key: it is open (loopback)."""
@@ -269,7 +288,7 @@ def test_cli_takes_keys_from_flags_and_environment_and_never_logs_them(bundle, r
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "/v1/* and /metrics require an API key (2 accepted)" in out and not any(key in out for key in KEYS), out
+    assert "/v1/*, /pooling, /classify and /metrics require an API key (2 accepted)" in out and not any(key in out for key in KEYS), out
 
 
 # ---------------------------------------------------------------------------------------------- Ray Serve

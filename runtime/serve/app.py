@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import ArgsError, GenerationError, RequestCancelled
 from ..scoring import rm_ids
 from .config import ServeConfig
-from .limits import Admission, BodyLimit, Ticket, check_limits
+from .limits import Admission, BodyLimit, ScoringJob, Ticket, check_limits
 from .protocol import (
     ChatCompletionRequest,
     ClassificationRequest,
@@ -37,7 +37,6 @@ from .protocol import (
     scoring_inputs,
 )
 from .refusals import Refused, error_json, error_response
-from .limits import RequestTimedOut
 from .responses import ChatResponseWriter, ModelCard, ModelList, ResponseWriter, scoring_response
 from ..requests import Request as ArgsRequest, RequestHandle
 from ..tokenizer import is_chat
@@ -108,7 +107,8 @@ def create_app(config: ServeConfig, on_load_error: Callable[[BaseException], Non
 
 
 async def _score(request: Request, body: PoolingRequest | ClassificationRequest, kind: str) -> Response:
-    """Each input's reward: checked here (400 naming the field), scored on the engine's thread between two steps."""
+    """Each input's reward: checked here (400 naming the field), admitted as a generation is (503 when the queue is
+    full), scored on the engine's thread between two steps."""
     state = _ready(request)
     items, fields = scoring_inputs(body, state.limits)
     sequences = []
@@ -117,14 +117,13 @@ async def _score(request: Request, body: PoolingRequest | ClassificationRequest,
             sequences.append(rm_ids(state.bundle, item, field))
         except GenerationError as e:
             raise InvalidRequest(str(e), field) from e
-    future = state.engine.submit_scoring(sequences)
-    timeout = state.config.request_timeout_s
-    try:
-        rewards = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-    except TimeoutError:
-        future.cancel()  # skipped unless the engine's thread already took it
-        raise RequestTimedOut(f"the scoring request ran past this server's deadline of {timeout:g} s (--request-timeout): "
-                              "send fewer inputs, or retry when the server is less busy") from None
+    ticket = request.app.state.admission.admit(lambda: ScoringJob(state.engine.submit_scoring(sequences)))
+    try:  # its deadline (--request-timeout) is Admission's, as a generation's
+        rewards = await ticket.handle.wait()
+    except RequestCancelled:
+        if ticket.timeout is not None:
+            raise ticket.timeout from None
+        raise
     state.metrics.requests.labels(request.url.path, "ok").inc()
     state.metrics.prompt_tokens.inc(sum(map(len, sequences)))
     response = scoring_response(kind, state.limits.model_name, rewards, sum(map(len, sequences)))

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ArgsError
+from ..errors import ArgsError, RequestCancelled
 from ..requests import RequestHandle
 from .refusals import Refused
 
@@ -80,10 +81,34 @@ class BodyLimit:
                             "(--max-body-bytes): send a shorter prompt")
 
 
+class ScoringJob:
+    """A scoring request's job on the engine's thread (ArgsEngine.submit_scoring's future) as Admission holds a
+    generation's handle: it counts against the queue and its deadline cancels it (skipped unless the thread took it)."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+    async def wait(self) -> list[float]:
+        """The rewards, or RequestCancelled when the job was cancelled before the engine's thread took it."""
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self.future))
+        except asyncio.CancelledError:
+            if self.future.cancelled():
+                raise RequestCancelled("the scoring request was cancelled") from None
+            raise
+
+
 class Ticket:
     """One admitted request: its handle, and (`timeout`) the refusal to answer with when its deadline ended it."""
 
-    def __init__(self, handle: RequestHandle) -> None:
+    def __init__(self, handle: RequestHandle | ScoringJob) -> None:
         self.handle = handle
         self.timeout: RequestTimedOut | None = None
 
@@ -98,8 +123,8 @@ class Admission:
         self.held = 0
         self._watchers: set[asyncio.Task] = set()
 
-    def admit(self, submit: Callable[[], RequestHandle]) -> Ticket:
-        """Submit one request (`submit()`), or raise QueueFull when the queue is full."""
+    def admit(self, submit: Callable[[], RequestHandle | ScoringJob]) -> Ticket:
+        """Submit one request or scoring job (`submit()`), or raise QueueFull when the queue is full."""
         if self.held >= self.capacity:
             raise QueueFull(f"the server is busy: {self.held} requests are running or waiting, and at most {self.max_queue} may "
                             f"wait for a slot (--max-queue); retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
@@ -118,8 +143,8 @@ class Admission:
             except TimeoutError:
                 if not handle.done:
                     ticket.timeout = RequestTimedOut(f"the request ran past this server's deadline of {self.timeout_s:g} s "
-                                                     "(--request-timeout) and was stopped: ask for fewer max_tokens, or retry "
-                                                     "when the server is less busy")
+                                                     "(--request-timeout) and was stopped: ask for fewer max_tokens (or score "
+                                                     "fewer inputs), or retry when the server is less busy")
                 handle.cancel()  # a waiting request never starts; a running one leaves the batch before the next step
                 await _settled(handle)
         finally:

@@ -74,7 +74,7 @@ def log_exposure(keys: Sequence[str], metrics_need_key: bool) -> None:
         log.warning("args-serve: no API key: every client that reaches this server can use it (--api-key KEY or %s=KEY "
                     "makes /v1/* require one)", ENV_KEYS)
     else:
-        log.info("args-serve: /v1/*%s require an API key (%d accepted)", " and /metrics" if metrics_need_key else "", len(keys))
+        log.info("args-serve: /v1/*, /pooling, /classify%s require an API key (%d accepted)", " and /metrics" if metrics_need_key else "", len(keys))
 
 
 SCORING_ROUTES = ("/pooling", "/classify")  # the RM as a scoring endpoint: at the root, as vLLM's are
