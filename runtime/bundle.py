@@ -56,7 +56,8 @@ class Bundle:
         if manifest.fused:  # its LM head over the chosen candidate runs beside the fused step, on its device
             rm = FusedModel(rm_backend, manifest.rm, manifest.max_context, open_graph(opts.backend, graphs["propose"], opts.rm_device, opts.engine))
         elif reads.own_tokens:  # the RM's own tokenizer reads each candidate's text, or its template wraps the LM's ids
-            texts = RewardTexts(tokenizer, Tokenizer(bundle, reads.tokenizer), reads.max_positions, reads.lm_clean_up_spaces)
+            rm_tok = Tokenizer(bundle, reads.tokenizer, manifest.rm.vocab_size)  # its ids index the RM's embeddings
+            texts = RewardTexts(tokenizer, rm_tok, reads.max_positions, reads.lm_clean_up_spaces)
             rule = RewardChatIds(texts) if reads.format == "chat" else texts
             pad = reads.tokenizer.pad_token_id
             rm = open_text_rm(rm_backend, manifest.rm, rule, reads.kind, pad if pad >= 0 else None)

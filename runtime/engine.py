@@ -29,7 +29,7 @@ from .bundle import Bundle
 from .errors import GenerationError, RequestCancelled
 from .requests import Request, RequestHandle
 from .results import GenerationResult
-from .scoring import ScoreInput, rewards, rm_ids
+from .scoring import ScoreInput, is_token_ids, rewards, rm_ids
 from .settings import Settings
 from .tokenizer import is_chat
 
@@ -132,10 +132,10 @@ class ArgsEngine:
         return self.submit(prompt, stream=False, **settings).result()
 
     def score(self, inputs: "ScoreInput | list[ScoreInput]", timeout: float | None = None) -> list[float]:
-        """The reward model's reward of each whole input (a text, or chat messages ending with the reply), in order; one
-        input gives a list of one. Thread-safe: the RM runs on the engine's thread between two steps, over buffers of its
+        """The reward model's reward of each whole input (a text, the RM's token ids, or chat messages ending with the
+        reply), in order; one input gives a list of one. Thread-safe: the RM runs on the engine's thread between two steps, over buffers of its
         own (the running requests' caches and tokens are not touched). Bad input raises GenerationError at once."""
-        items = [inputs] if isinstance(inputs, str) or is_chat(inputs) else list(inputs)
+        items = [inputs] if isinstance(inputs, str) or is_chat(inputs) or is_token_ids(inputs) else list(inputs)
         sequences = [rm_ids(self.bundle, item, f"input {i}") for i, item in enumerate(items)]
         return self.submit_scoring(sequences).result(timeout)
 

@@ -4,6 +4,7 @@ for the RM, and the reward of that whole sequence.
 What the RM reads (`rm_ids`), by the bundle's `reward_input.path`:
 
     text      id path: the LM tokenizer's ids of the text       text path: the RM's own ids of it (RewardTexts.ids)
+    ids       id path: the LM's ids (the RM's too), as given      text path: the RM's own ids, as given (cut from the left)
     messages  id path: the LM's chat template, no generation     text path: the RM's chat template when it has one,
               prompt (a whole conversation)                      else the LM's rendering decoded as text
 
@@ -25,7 +26,12 @@ if TYPE_CHECKING:
     from .bundle import Bundle
     from .models import RewardModel
 
-ScoreInput = str | list[dict[str, Any]]  # a text, or a whole conversation (chat messages)
+ScoreInput = str | list[int] | list[dict[str, Any]]  # a text, the RM's token ids, or a whole conversation (chat messages)
+
+
+def is_token_ids(item: Any) -> bool:
+    """Whether a scoring input is one sequence of token ids (a non-empty list of ints)."""
+    return isinstance(item, list) and bool(item) and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
 
 
 def rm_ids(bundle: "Bundle", item: Any, where: str = "input") -> list[int]:
@@ -38,10 +44,21 @@ def rm_ids(bundle: "Bundle", item: Any, where: str = "input") -> list[int]:
         ids = bundle.rm.texts.ids(item) if bundle.reads_text else bundle.tokenizer.encode(item, where)
     elif is_chat(item):
         ids = _chat_ids(bundle, item, where)
+    elif is_token_ids(item):
+        ids = _token_ids(bundle, item, where)
     else:
-        raise GenerationError(f"{where} is {kind_of(item)}: a scoring input is a text, or a list of chat messages "
-                              "({'role': ..., 'content': ...} dicts) ending with the reply to score")
+        raise GenerationError(f"{where} is {kind_of(item)}: a scoring input is a text, a list of the RM's token ids, or a "
+                              "list of chat messages ({'role': ..., 'content': ...} dicts) ending with the reply to score")
     return _check_length(bundle, ids, where)
+
+
+def _token_ids(bundle: "Bundle", ids: list[int], where: str) -> list[int]:
+    """Token ids as the RM reads them: the LM's on the id path (they are the RM's too), the RM's own on the text path
+    (cut from the left to its position limit, as its texts are)."""
+    if not bundle.reads_text:
+        return bundle.tokenizer.check_ids(ids, where)
+    texts = bundle.rm.texts
+    return texts.rm_tok.check_ids(ids, where)[-texts.max_positions :]
 
 
 def _chat_ids(bundle: "Bundle", messages: list[dict[str, Any]], where: str) -> list[int]:

@@ -84,6 +84,12 @@ def test_pooling_rewards_equal_the_transformers_rm_on_the_same_ids(server, llama
     # a conversation, in the LM's chat template without a generation prompt
     body = post(server, "/pooling", {"messages": CONVERSATION}).json()
     assert body["data"][0]["data"][0] == pytest.approx(hf_reward(rm, id_path_ids(smol_tokenizer, CONVERSATION)), **TOL)
+    # token ids (the RM's, which on the id path are the LM's): one list, or a list of lists
+    ids = [id_path_ids(smol_tokenizer, t) for t in TEXTS]
+    body = post(server, "/pooling", {"input": ids[0]}).json()
+    assert len(body["data"]) == 1 and body["data"][0]["data"][0] == pytest.approx(expected[0], **TOL)
+    body = post(server, "/classify", {"input": ids[1:]}).json()
+    assert [d["probs"][0] for d in body["data"]] == pytest.approx(expected[1:], **TOL)
 
 
 def test_classify_has_vllms_shape(server, llama, smol_tokenizer):
@@ -107,6 +113,9 @@ BAD = [
     ("/pooling", {"input": "word " * 600}, "input"),  # more tokens than the RM reads
     ("/pooling", {"messages": []}, "messages"),
     ("/pooling", {"input": "Hi there", "dimensions": 3}, "dimensions"),
+    ("/pooling", {"input": [5, 10**9]}, "input"),  # a token id outside the vocabulary
+    ("/pooling", {"input": [[5, 6], [7]]}, "input[1]"),  # one token: the id path scores 2 at least
+    ("/pooling", {"input": [5, "six"]}, "input"),
     ("/pooling", b'{"input": ', None),
     ("/classify", {}, "input"),
     ("/classify", {"input": ""}, "input"),
@@ -236,6 +245,10 @@ def test_text_path_engine_score_equals_the_oracles_reward(text_pairs, name):
         handle = engine.submit(TEXT_INPUTS[0], k=4, w=1.0, max_new_tokens=16, ignore_eos=True)
         assert engine.score(TEXT_INPUTS) == pytest.approx([oracle.reward(t) for t in TEXT_INPUTS], **TOL)
         assert engine.score(CONVERSATION) == pytest.approx([oracle.reward(_chat_text(lm_tok, rm_tok))], **TOL)
+        rm_ids = oracle.reading.ids(TEXT_INPUTS[1])  # the RM's own token ids, given as they are
+        assert engine.score(rm_ids) == pytest.approx([oracle.reward_of(rm_ids)], **TOL)
+        with pytest.raises(GenerationError, match=f"token id {len(rm_tok) + 5} at position 1"):
+            engine.score([rm_ids[0], len(rm_tok) + 5])
         assert handle.result(timeout=120).token_ids == expected
         with pytest.raises(GenerationError, match="input 0 is an empty string"):
             engine.score("")

@@ -123,7 +123,7 @@ class PoolingRequest(_Strict):
     (`messages`, usually ending with the assistant's reply)."""
 
     model: str | None = None
-    input: str | list[str] | None = None
+    input: str | list[str] | list[int] | list[list[int]] | None = None  # texts, or the RM's token ids
     messages: list[ChatMessage] | None = None
     user: str | None = None  # no effect on the result: accepted
 
@@ -132,12 +132,13 @@ class ClassificationRequest(_Strict):
     """POST /classify (vLLM's classification API): the reward of each text of `input`, as one class's score."""
 
     model: str | None = None
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]
     user: str | None = None  # no effect on the result: accepted
 
 
 def scoring_inputs(req: PoolingRequest | ClassificationRequest, limits: Limits) -> tuple[list[Any], list[str]]:
-    """The request's scoring inputs (texts, or one conversation) and the field each one came from (for a 400 naming it)."""
+    """The request's scoring inputs (texts, token-id lists, or one conversation) and the field each one came from (for
+    a 400 naming it)."""
     check_model(req.model, limits)
     messages = getattr(req, "messages", None)
     if messages is not None:
@@ -150,7 +151,9 @@ def scoring_inputs(req: PoolingRequest | ClassificationRequest, limits: Limits) 
     if isinstance(req.input, str):
         return [req.input], ["input"]
     if not req.input:
-        raise InvalidRequest("input is an empty list: give at least one text to score", "input")
+        raise InvalidRequest("input is an empty list: give at least one text (or token-id list) to score", "input")
+    if isinstance(req.input[0], int):  # one sequence of the RM's token ids
+        return [list(req.input)], ["input"]
     return list(req.input), [f"input[{i}]" for i in range(len(req.input))]
 
 
