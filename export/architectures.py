@@ -109,15 +109,27 @@ _INSTEAD = {
 }
 
 
-def family_of(config) -> Family:
-    """The registered family of an HF config, or UnsupportedModelError listing what is supported."""
+# config.model_type of every encoder classifier a reward model may be (export/encoders.py exports them whole, no KV
+# cache; each has a tiny seeded model in tests/test_encoder_rms.py)
+ENCODER_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "deberta-v2", "distilbert", "electra")
+
+
+def is_encoder(config) -> bool:
+    """Whether `config` is an encoder classifier's (a reward model exported whole by export/encoders.py)."""
+    return getattr(config, "model_type", None) in ENCODER_TYPES
+
+
+def family_of(config, role: str = "LM") -> Family:
+    """The registered family of an HF config, or UnsupportedModelError listing what is supported (for an RM, the
+    encoder types too)."""
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
         instead = f" ({_INSTEAD[model_type]})" if model_type in _INSTEAD else ""
+        encoders = f"; a reward model may also be an encoder classifier: {', '.join(ENCODER_TYPES)}" if role == "RM" else ""
         raise UnsupportedModelError(
-            f"architecture {model_type!r} is not supported by args-export{instead}; supported model_type values: {supported}. "
-            "Adding a family: docs/adding-a-model-family.md"
+            f"architecture {model_type!r} is not supported by args-export{instead}; supported model_type values: {supported}"
+            f"{encoders}. Adding a family: docs/adding-a-model-family.md"
         )
     family = FAMILIES[model_type]
     family.check(config)

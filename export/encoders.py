@@ -21,17 +21,16 @@ from args_runtime.engines.onnxruntime_engine import OrtBackend
 from args_runtime.errors import ExportError, UnsupportedModelError
 from args_runtime.manifest import GraphSpec, TensorSpec
 
+from .architectures import ENCODER_TYPES, is_encoder
 from .hf_compat import quiet_exporter
 
-# This module imports no other of args_export but hf_compat (which imports none): loading.py routes encoder RMs here (ModelSpec.read, load_rm), so an
+# This module imports no other of args_export but architectures and hf_compat: loading.py routes encoder RMs here (ModelSpec.read, load_rm), so an
 # import back into loading, onnx_export, plan or validate would be a cycle (tests/test_architecture.py). What it would
 # have taken from them is small and restated here: the exporters' names and opsets, eager attention, fp32's limits.
 EXPORTERS = ("torchscript", "dynamo")  # as plan.EXPORTERS
 OPSETS = {"torchscript": 17, "dynamo": 18}  # as onnx_export.OPSET, DYNAMO_OPSET
 LIMITS = {"float32": (1e-4, 1e-4), "float16": (5e-2, 2e-2), "bfloat16": (2e-1, 5e-2)}  # (atol, rtol of max |ref|), as validate.TOLERANCES
 
-# config.model_type of every encoder classifier accepted (each has a tiny seeded model in tests/test_encoder_rms.py)
-ENCODER_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "deberta-v2", "distilbert", "electra")
 
 INPUTS = [
     TensorSpec("input_ids", ["batch_size", "sequence_length"], "int64"),
@@ -40,11 +39,6 @@ INPUTS = [
 OUTPUTS = [TensorSpec("rewards", ["batch_size"], "float32")]
 CHECK_LENGTHS = (1, 20, 7, 13, 2, 16)  # the check's right-padded rows (tokens each); its batch-1 row is the longest
 PADDING_LIMIT = 1e-5  # a row's reward alone vs in the padded batch (plus this much of max |reward|)
-
-
-def is_encoder(config) -> bool:
-    """Whether `config` is an encoder classifier's, exported whole by `export_encoder` (no KV cache)."""
-    return getattr(config, "model_type", None) in ENCODER_TYPES
 
 
 def load_encoder_rm(folder: Path, dtype: str = "fp32") -> torch.nn.Module:

@@ -13,7 +13,7 @@ from args_runtime.chat_ids import REPLY_MARK
 from args_runtime.dtypes import element_type
 from args_runtime.errors import ExportError, TokenizerMismatchError, UnsupportedModelError
 
-from .architectures import Family, family_of
+from .architectures import Family, family_of, is_encoder
 from .stacks.base import DecoderStack
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -106,19 +106,13 @@ class ModelSpec:
     def read(path: str | Path, role: str) -> "ModelSpec":
         source = resolve_source(path, role)
         config = load_config(source)
-        if role == "RM" and _is_encoder(config):
+        if role == "RM" and is_encoder(config):
             return ModelSpec(source, config, None)
-        return ModelSpec(source, config, family_of(config))
+        return ModelSpec(source, config, family_of(config, role))
 
     @property
     def encoder(self) -> bool:
         return self.family is None
-
-
-def _is_encoder(config) -> bool:
-    from .encoders import is_encoder
-
-    return is_encoder(config)
 
 
 @dataclass

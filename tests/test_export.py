@@ -169,6 +169,17 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path, smol_tokeni
         export_bundle(ExportOptions(tmp_path / "bert", tmp_path / "bert", tmp_path / "out"), quiet=True)
 
 
+def test_an_unsupported_rm_architecture_lists_the_encoders_too(tmp_path, smol_tokenizer):
+    from transformers import MptConfig
+
+    lm_dir, _ = save_tiny_pair("llama", tiny_configs()["llama"], smol_tokenizer, tmp_path)
+    MptConfig(d_model=32, n_heads=2, n_layers=1).save_pretrained(tmp_path / "mpt-rm")
+    with pytest.raises(UnsupportedModelError, match=r"'mpt' is not supported.*qwen3; a reward model may also be an encoder "
+                                                    r"classifier: bert, roberta, xlm-roberta, deberta-v2, distilbert, electra"):
+        export_bundle(ExportOptions(lm_dir, tmp_path / "mpt-rm", tmp_path / "out"), quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_reward_model_must_have_one_label(tmp_path, smol_tokenizer):
     from transformers import LlamaForSequenceClassification
 
