@@ -31,6 +31,10 @@ class Tokenizer:
             self.backend = HFTokenizer.from_file(str(bundle / spec.file))
         except Exception as e:
             raise BundleError(f"cannot read tokenizer {bundle / spec.file}: {e}; re-export the bundle with --force") from e
+        # A tokenizer.json may carry padding and truncation (sentence-transformers folders pad every text to 128 ids and
+        # cut it there); transformers' calls never apply them unless asked, so neither may we.
+        self.backend.no_padding()
+        self.backend.no_truncation()
         self.chat_template, self._template_path = None, None
         if spec.chat_template_file:
             path = bundle / spec.chat_template_file
