@@ -16,21 +16,17 @@ import numpy as np
 import onnx
 import torch
 
-from args_runtime.dtypes import element_type
 from args_runtime.engines.onnxruntime_engine import OrtBackend
-from args_runtime.errors import ExportError, UnsupportedModelError
+from args_runtime.errors import ExportError
 from args_runtime.manifest import GraphSpec, TensorSpec
 
-from .architectures import ENCODER_TYPES, is_encoder
 from .hf_compat import quiet_exporter
+from .loading import require_one_label
+from .onnx_export import DYNAMO_OPSET, OPSET
+from .plan import EXPORTERS
+from .validate import TOLERANCES
 
-# This module imports no other of args_export but architectures and hf_compat: loading.py routes encoder RMs here (ModelSpec.read, load_rm), so an
-# import back into loading, onnx_export, plan or validate would be a cycle (tests/test_architecture.py). What it would
-# have taken from them is small and restated here: the exporters' names and opsets, eager attention, fp32's limits.
-EXPORTERS = ("torchscript", "dynamo")  # as plan.EXPORTERS
-OPSETS = {"torchscript": 17, "dynamo": 18}  # as onnx_export.OPSET, DYNAMO_OPSET
-LIMITS = {"float32": (1e-4, 1e-4), "float16": (5e-2, 2e-2), "bfloat16": (2e-1, 5e-2)}  # (atol, rtol of max |ref|), as validate.TOLERANCES
-
+CHECK_LIMITS = {dtype: TOLERANCES[dtype] for dtype in ("float32", "float16", "bfloat16")}  # (atol, rtol of max |ref|)
 
 INPUTS = [
     TensorSpec("input_ids", ["batch_size", "sequence_length"], "int64"),
@@ -39,35 +35,6 @@ INPUTS = [
 OUTPUTS = [TensorSpec("rewards", ["batch_size"], "float32")]
 CHECK_LENGTHS = (1, 20, 7, 13, 2, 16)  # the check's right-padded rows (tokens each); its batch-1 row is the longest
 PADDING_LIMIT = 1e-5  # a row's reward alone vs in the padded batch (plus this much of max |reward|)
-
-
-def load_encoder_rm(folder: Path, dtype: str = "fp32") -> torch.nn.Module:
-    """The reward model in `folder` as AutoModelForSequenceClassification (eager attention, eval mode); refused with
-    UnsupportedModelError unless it is an encoder with one label."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    folder = Path(folder)
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ExportError(f"reward model {folder} has no readable config.json ({e}): pass a local Hugging Face model folder") from e
-    if not is_encoder(config):
-        raise UnsupportedModelError(
-            f"reward model {folder} is a {config.model_type!r} model, not an encoder classifier; encoder types: {', '.join(ENCODER_TYPES)}"
-        )
-    _one_label(config, str(folder))
-    model = AutoModelForSequenceClassification.from_pretrained(folder, config=config, dtype=getattr(torch, element_type(dtype)),
-                                                               attn_implementation="eager", trust_remote_code=False)
-    return model.eval()
-
-
-def _one_label(config, name: str) -> None:
-    labels = getattr(config, "num_labels", 1)
-    if labels != 1:
-        raise UnsupportedModelError(
-            f"reward model {name} ({config.model_type}) has num_labels={labels}; ARGS needs one scalar reward per text "
-            f"(num_labels=1): re-head it with one output (AutoModelForSequenceClassification, num_labels=1) and retrain the head"
-        )
 
 
 class EncoderScorer(torch.nn.Module):
@@ -88,7 +55,7 @@ def export_encoder(model: torch.nn.Module, path: Path, exporter: str = "torchscr
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
     config = model.config
-    _one_label(config, config.name_or_path or config.model_type)
+    require_one_label(config, config.name_or_path or config.model_type)
     path = Path(path)
     ids, mask = _padded_rows((5, 3), config.vocab_size, pad_id=_pad_id(config), seed=0)  # 2 rows, one padded
     _trace(EncoderScorer(model).eval(), (ids, mask), path, exporter)
@@ -120,7 +87,7 @@ def _trace(scorer: EncoderScorer, args: tuple, path: Path, exporter: str) -> Non
         with torch.no_grad(), quiet_exporter():
             try:
                 program = torch.onnx.export(scorer, args, None if exporter == "dynamo" else str(scratch / path.name),
-                                            opset_version=OPSETS[exporter], dynamo=exporter == "dynamo", **names)
+                                            opset_version=(DYNAMO_OPSET if exporter == "dynamo" else OPSET), dynamo=exporter == "dynamo", **names)
             except Exception as e:  # both paths wrap the cause in a long report: its first line, the rest chained
                 cause = e.__cause__ or e
                 first = next((line for line in str(cause).splitlines() if line.strip()), "")
@@ -142,7 +109,7 @@ def check_encoder(model: torch.nn.Module, path: Path, pad_id: int) -> list[tuple
     Returns (check, max |difference|, limit) per check; raises ExportError naming each failed one."""
     graph = OrtBackend(path, "cpu")
     ids, mask = _padded_rows(CHECK_LENGTHS, model.config.vocab_size, pad_id, seed=1)
-    atol, rtol = LIMITS[_weights_dtype(model)]
+    atol, rtol = CHECK_LIMITS[_weights_dtype(model)]
     batch = _rewards(graph, ids, mask)
     longest = int(np.argmax(CHECK_LENGTHS))
     single = ids[longest:longest + 1, :CHECK_LENGTHS[longest]], mask[longest:longest + 1, :CHECK_LENGTHS[longest]]

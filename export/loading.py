@@ -13,7 +13,7 @@ from args_runtime.chat_ids import REPLY_MARK
 from args_runtime.dtypes import element_type
 from args_runtime.errors import ExportError, TokenizerMismatchError, UnsupportedModelError
 
-from .architectures import Family, family_of, is_encoder
+from .architectures import ENCODER_TYPES, Family, family_of, is_encoder
 from .stacks.base import DecoderStack
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -165,20 +165,44 @@ def load_lm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
     return LoadedModel(spec, model.eval(), spec.family.lm_head_attr)
 
 
+def load_encoder_rm(folder: Path, dtype: str = "fp32") -> torch.nn.Module:
+    """The reward model in `folder` as AutoModelForSequenceClassification (eager attention, eval mode); refused with
+    UnsupportedModelError unless it is an encoder with one label."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder = Path(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"reward model {folder} has no readable config.json ({e}): pass a local Hugging Face model folder") from e
+    if not is_encoder(config):
+        raise UnsupportedModelError(
+            f"reward model {folder} is a {config.model_type!r} model, not an encoder classifier; encoder types: {', '.join(ENCODER_TYPES)}"
+        )
+    require_one_label(config, str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(folder, config=config, dtype=torch_dtype(dtype),
+                                                               attn_implementation=EAGER, trust_remote_code=False)
+    return model.eval()
+
+
+def require_one_label(config, name: str) -> None:
+    """A reward model gives one scalar per text: its head has one label (UnsupportedModelError naming the fix otherwise)."""
+    labels = getattr(config, "num_labels", 1)
+    if labels != 1:
+        raise UnsupportedModelError(
+            f"reward model {name} ({config.model_type}) has num_labels={labels}; ARGS needs one scalar reward per text "
+            f"(num_labels=1): re-head it with one output (AutoModelForSequenceClassification, num_labels=1) and retrain the head"
+        )
+
+
 def load_rm(spec: ModelSpec, dtype: str = "fp32") -> LoadedModel:
     """The RM as AutoModelForSequenceClassification with one label (a scalar reward)."""
     from transformers import AutoModelForSequenceClassification
 
     if spec.encoder:
-        from .encoders import load_encoder_rm
-
         return LoadedModel(spec, load_encoder_rm(spec.source.folder, dtype), "")
 
-    labels = getattr(spec.config, "num_labels", 1)
-    if labels != 1:
-        raise UnsupportedModelError(
-            f"reward model {spec.source.name} has num_labels={labels}; ARGS needs a scalar reward (num_labels=1): retrain or re-head it"
-        )
+    require_one_label(spec.config, spec.source.name)
     model = AutoModelForSequenceClassification.from_pretrained(spec.source.folder, config=spec.config, dtype=torch_dtype(dtype),
                                                                attn_implementation=EAGER,
                                                                trust_remote_code=False, **spec.source.kwargs())

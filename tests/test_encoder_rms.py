@@ -8,7 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from args_export.encoders import ENCODER_TYPES, check_encoder, export_encoder, is_encoder, load_encoder_rm
+from args_export.architectures import ENCODER_TYPES, is_encoder
+from args_export.encoders import check_encoder, export_encoder
+from args_export.loading import load_encoder_rm
 from args_runtime.errors import ExportError, UnsupportedModelError
 
 VOCAB = 96
