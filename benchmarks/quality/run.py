@@ -14,7 +14,12 @@ new tokens. Metrics are defined in args_export.quality.metrics.
 The issue's targets are judged at the end (met / not met, with numbers): at the demo's w, ARGS-greedy k=10
 against greedy raises VADER sentiment by ≥ 0.15 and loses at most 0.05 of coherence and of diversity; at the
 paper's w=1.5 coherence stays within 0.10 of greedy's. `--head` evaluates another score head (args-train-rm
---head-out) instead of the shipped one; `--prompt-file` other prompts (JSONL {"prompt"} or one per line)."""
+--head-out) instead of the shipped one; `--prompt-file` other prompts (JSONL {"prompt"} or one per line).
+
+`--rm minilm` measures the encoder RM of `args-demo --rm minilm` (all-MiniLM-L6-v2 + a head trained on the same
+pairs) the same way, on the same prompts, into quality_minilm.{json,csv,png}: its average reward is its own (the
+text it reads, scored whole), and each row also has `demo_rm_reward`, the demo RM's reward of the same replies, so
+both RMs' replies are judged by one RM beside VADER, coherence and diversity."""
 
 from __future__ import annotations
 
@@ -28,15 +33,47 @@ from pathlib import Path
 
 import torch
 
-from args_export.data import SENTIMENT_HEAD
 from args_export.demo.cli import DEFAULT_W
-from args_export.demo.prepare import cache_dir, demo_paths, prepare_bundle
+from args_export.demo.prepare import RMS, cache_dir, prepare_bundle, rm_folder, smollm2_folder
 from args_export.quality.metrics import RewardScorer, SentenceEmbedder, cut_at_eos, diversity
 from args_export.rewards.sentiment_data import load_prompts, vader
 from args_runtime import ArgsGenerator
 
 PAPER_W = 1.5
 WS = tuple(sorted({0.5, 1.0, PAPER_W, 2.0, 4.0, DEFAULT_W}))
+
+
+RM_TITLES = {"sentiment": "sentiment RM on its backbone", "minilm": "MiniLM encoder sentiment RM"}
+
+
+class TextRewardScorer:
+    """An encoder RM folder scoring the LM's prompt + reply ids as the text path reads them (the reference's
+    RewardReading: the LM's text, the RM's own tokenizer, cut from the left) and the encoder scores them, whole texts."""
+
+    def __init__(self, rm_folder: Path, lm_folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        from args_export.encoders import EncoderScorer
+        from args_export.loading import load_encoder_rm
+        from args_export.reference import RewardReading
+        from args_export.text_path import rm_max_positions
+
+        model = load_encoder_rm(rm_folder)
+        self.scorer, self.pad = EncoderScorer(model).eval(), model.config.pad_token_id or 0
+        self.reading = RewardReading(AutoTokenizer.from_pretrained(lm_folder), AutoTokenizer.from_pretrained(rm_folder),
+                                     rm_max_positions(model.config))
+
+    @torch.no_grad()
+    def rewards(self, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 16) -> list[float]:
+        from args_export.rewards.features import padded_batch
+
+        rows = [self.reading.ids(self.reading.text(p, r)) for p, r in zip(prompts, responses)]  # the LM's EOS: not in its text
+        return [float(x) for i in range(0, len(rows), batch_size) for x in self.scorer(*padded_batch(rows[i : i + batch_size], self.pad))]
+
+
+def scorer_for(rm: str, rm_dir: Path, eos_ids: set[int]):
+    """The RM's own reward of a reply: the demo RM at the reply's tokens, an encoder RM on the whole text."""
+    return TextRewardScorer(rm_dir, smollm2_folder(cache_dir())) if rm == "minilm" else RewardScorer(rm_dir, eos_ids)
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -90,12 +127,14 @@ def run_method(gen, scorer, m: dict, prompts: list[str], args) -> tuple[list[lis
     return replies, statistics.mean(ms)
 
 
-def evaluate(gen, scorer, embedder, analyzer, prompts, replies_ids) -> dict:
+def evaluate(gen, scorer, embedder, analyzer, prompts, replies_ids, judge=None) -> dict:
     texts = [gen.tokenizer.decode(r).strip() for r in replies_ids]
     prompt_ids = [gen.tokenizer.encode([{"role": "user", "content": p}]) for p in prompts]
     rewards = scorer.rewards(prompt_ids, replies_ids)
+    judged = {"demo_rm_reward": statistics.mean(judge.rewards(prompt_ids, replies_ids))} if judge is not None else {}
     return {
         "reward": statistics.mean(rewards),
+        **judged,
         "diversity": statistics.mean(diversity(t) for t in texts),
         "coherence": statistics.mean(embedder.coherence(prompts, texts)),
         "sentiment": statistics.mean(analyzer.polarity_scores(t)["compound"] for t in texts),
@@ -127,7 +166,7 @@ def judge_targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, rm_title: str = RM_TITLES["sentiment"]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +184,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M-Instruct + sentiment RM (standardized rewards), k=10: quality against the reward weight w", fontsize=10)
+    fig.suptitle(f"SmolLM2-135M-Instruct + {rm_title} (standardized rewards), k=10: quality against the reward weight w", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -161,7 +200,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>/quality)")
-    p.add_argument("--head", type=Path, default=SENTIMENT_HEAD, help="score head JSON to evaluate (default: the shipped one)")
+    p.add_argument("--rm", choices=list(RMS), default="sentiment",
+                   help="the RM that steers: the demo's (default) or 'minilm', the encoder RM of args-demo --rm minilm (writes quality_minilm.*)")
+    p.add_argument("--head", type=Path, help="score head JSON to evaluate (default: the shipped one of --rm)")
     p.add_argument("--bundle", type=Path, help="decode with this bundle of the demo's pair instead of the demo bundle (e.g. one made with "
                    "`args-export --quantize int8` or `--no-fuse`); the replies are still scored by the demo's RM in PyTorch fp32")
     p.add_argument("--prompt-file", type=Path, help="prompts to use instead of the held-out split (JSONL {\"prompt\"} or one per line)")
@@ -172,11 +213,14 @@ def main() -> int:
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    bundle = prepare_bundle(cache_dir(), head_file=args.head)  # also builds the scoring RM
+    args.head = args.head or RMS[args.rm][0]
+    bundle = prepare_bundle(cache_dir(), head_file=args.head, rm=args.rm)  # also builds the scoring RM
     bundle = args.bundle or bundle
-    _, rm_dir, _ = demo_paths(cache_dir(), args.head)  # the scoring RM (PyTorch fp32), whichever bundle decodes
+    rm_dir = rm_folder(cache_dir(), args.head, args.rm)  # the scoring RM (PyTorch fp32), whichever bundle decodes
     gen = ArgsGenerator.from_bundle(bundle, threads=args.threads)
-    scorer = RewardScorer(rm_dir, set(gen.manifest.tokenizer.eos_token_ids))
+    eos = set(gen.manifest.tokenizer.eos_token_ids)
+    scorer = scorer_for(args.rm, rm_dir, eos)
+    judge = RewardScorer(rm_folder(cache_dir()), eos) if args.rm != "sentiment" else None  # the demo RM, judging the same replies
     embedder, analyzer = SentenceEmbedder(), vader()
     prompts = (read_prompts(args.prompt_file) if args.prompt_file else load_prompts("eval"))[:n_prompts]
     gen.generate([[{"role": "user", "content": prompts[0]}]], k=args.k, w=1.0, max_new_tokens=2)  # warm-up
@@ -184,7 +228,7 @@ def main() -> int:
     rows = []
     for m in methods(args.k, n_best):
         replies, ms = run_method(gen, scorer, m, prompts, args)
-        row = {"method": m["name"], "w": m["w"], **evaluate(gen, scorer, embedder, analyzer, prompts, replies), "ms_per_token": ms}
+        row = {"method": m["name"], "w": m["w"], **evaluate(gen, scorer, embedder, analyzer, prompts, replies, judge), "ms_per_token": ms}
         rows.append(row)
         print(f"{row['method']:<32} reward {row['reward']:+.3f}  diversity {row['diversity']:.3f}  coherence {row['coherence']:.3f}  "
               f"sentiment {row['sentiment']:+.3f}  {ms:.1f} ms/token", file=sys.stderr)
@@ -196,25 +240,28 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     targets = judge_targets(rows)
     weights = {"lm": gen.manifest.lm.weights, "rm": gen.manifest.rm.weights, "fused": gen.manifest.fused}
-    meta = {"machine": info, "bundle": str(bundle), "bundle_weights": weights, "head": str(args.head), "prompts": len(prompts),
+    meta = {"machine": info, "rm": args.rm, "bundle": str(bundle), "bundle_weights": weights, "head": str(args.head), "prompts": len(prompts),
             "new_tokens": args.new_tokens, "k": args.k, "best_of": n_best, "batch": args.batch, "seed": args.seed,
             "quick": args.quick, "wall_s": round(time.perf_counter() - start, 1)}
-    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=1) + "\n")
-    keys = ["method", "w", "reward", "diversity", "coherence", "sentiment", "ms_per_token"]
-    with open(args.out / "quality.csv", "w", newline="") as f:
+    stem = "quality" if args.rm == "sentiment" else f"quality_{args.rm}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=1) + "\n")
+    keys = ["method", "w", "reward", *(["demo_rm_reward"] if judge else []), "diversity", "coherence", "sentiment", "ms_per_token"]
+    with open(args.out / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, args.out / "quality.png")
+    plot(rows, args.out / f"{stem}.png", RM_TITLES[args.rm])
 
-    print("| method | average reward | diversity | coherence | VADER sentiment | ms/token |\n|---|---|---|---|---|---|")
+    judged = " demo RM's reward |" if judge else ""
+    print(f"| method | average reward |{judged} diversity | coherence | VADER sentiment | ms/token |\n|---|---|{'---|' if judge else ''}---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['reward']:+.3f} | {r['diversity']:.3f} | {r['coherence']:.3f} | {r['sentiment']:+.3f} | {r['ms_per_token']:.1f} |")
+        cell = f" {r['demo_rm_reward']:+.3f} |" if judge else ""
+        print(f"| {r['method']} | {r['reward']:+.3f} |{cell} {r['diversity']:.3f} | {r['coherence']:.3f} | {r['sentiment']:+.3f} | {r['ms_per_token']:.1f} |")
     print("\nTargets (issue 18), against greedy:")
     for t in targets:
         print(f"  {t['target']}: {t['value']:+.3f} → {'met' if t['met'] else 'NOT MET'}")
     print(f"\n{len(prompts)} held-out prompts × {args.new_tokens} tokens, batch {args.batch}, {info['cpu']} ({info['cores']} cores), "
-          f"{meta['wall_s']:.0f} s; wrote {args.out}/quality.{{json,csv,png}}")
+          f"{meta['wall_s']:.0f} s; wrote {args.out}/{stem}.{{json,csv,png}}")
     return 0
 
 

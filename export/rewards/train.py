@@ -14,6 +14,11 @@ The rewards are then standardized: the head is divided by the standard deviation
 held-out replies, so one unit of reward (and so ARGS's w) means the same for every RM (`--no-standardize`).
 The result is a Hugging Face `…ForSequenceClassification` folder (num_labels=1) that args-export accepts.
 
+An encoder backbone (a BERT-like folder, e.g. all-MiniLM-L6-v2) trains the same frozen head on what its classifier
+reads of a whole text (BertForSequenceClassification: the pooler output of [CLS]), the text being what ARGS gives
+the RM on the text path: the LM's rendering of the prompt and the reply (`--lm`, docs/reward-models.md's rule),
+re-tokenized by the encoder's own tokenizer. The reward is the whole text's, so only `--pooling last` applies.
+
 Input: JSONL, one pair per line: {"prompt": str or chat messages, "chosen": str, "rejected": str, "kind": str
 (optional, default "preference")}. Accuracies are reported per kind; a kind starting with "negative:" marks a
 hard negative (a degenerate rejected reply), which the reward scale leaves out. A text prompt is wrapped as one
@@ -30,6 +35,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +47,7 @@ from args_runtime.files import atomic_folder, write_atomic
 from args_runtime.tokenizer import check_messages
 
 from ..architectures import family_of
-from .features import Encoded, FeatureStore, backbone_digest, padded_batch
+from .features import Encoded, EncoderFeatureStore, FeatureStore, backbone_digest, padded_batch
 from .frozen_head import POOLINGS, HeadOptions, bt_loss, fit_head
 
 
@@ -65,6 +71,7 @@ class TrainOptions:
     standardize: bool = True
     feature_cache: Path | None = None
     pooling: str = "last"
+    lm: Path | None = None          # an encoder backbone: the LM whose text it reads (default: its own tokenizer's)
 
 
 @dataclass
@@ -146,6 +153,33 @@ def encode_side(tokenizer, prompt, response: str, chat: bool) -> Encoded:
     return Encoded(tuple(prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]), len(prompt_ids))
 
 
+@dataclass
+class TextReader:
+    """How an encoder RM reads a pair's side: the text path's rule (args_export.reference.RewardReading) applied to
+    the LM's ids of prompt + reply, then the encoder's own tokenizer. The whole text is one position (start = its
+    last id): an encoder's feature is the text's, not a token's."""
+
+    lm_tok: object
+    reading: object  # RewardReading
+
+    def encode(self, prompt, response: str, chat: bool) -> Encoded:
+        lm_side = encode_side(self.lm_tok, prompt, response, chat)
+        messages = prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if chat else None)
+        ids = self.reading.ids(self.reading.text(list(lm_side.ids[: lm_side.start]), list(lm_side.ids[lm_side.start :]), messages))
+        return Encoded(tuple(ids), len(ids) - 1)
+
+
+def text_reader(opts: TrainOptions, config, tokenizer) -> TextReader:
+    """The encoder's reading of the LM's text (the LM's tokenizer from --lm, else the encoder's own stands in)."""
+    from transformers import AutoTokenizer
+
+    from ..reference import RewardReading
+    from ..text_path import rm_max_positions
+
+    lm_tok = AutoTokenizer.from_pretrained(opts.lm) if opts.lm is not None else tokenizer
+    return TextReader(lm_tok, RewardReading(lm_tok, tokenizer, rm_max_positions(config)))
+
+
 # ---------------------------------------------------------------------------------------------- model
 
 def last_token_hidden(backbone: nn.Module, rows: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -161,17 +195,57 @@ def top_layers(backbone: nn.Module) -> nn.ModuleList:
     return next(m for m in backbone.modules() if isinstance(m, nn.ModuleList))
 
 
+@dataclass(frozen=True)
+class EncoderHead:
+    """Where an encoder classifier's score head is (the part of `Family` the trainer uses): a linear `classifier`."""
+
+    score_attr: str = "classifier"
+
+
 def load_model(opts: TrainOptions):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..architectures import is_encoder
 
     if not (Path(opts.backbone) / "config.json").is_file():
         raise TrainingError(f"backbone {opts.backbone} is not a Hugging Face model folder (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(opts.backbone)
+    if is_encoder(AutoConfig.from_pretrained(opts.backbone)):
+        return load_encoder(opts, tokenizer)
     model = AutoModelForSequenceClassification.from_pretrained(opts.backbone, num_labels=1, dtype=torch.float32)
     family = family_of(model.config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model.eval(), tokenizer, family
+
+
+def load_encoder(opts: TrainOptions, tokenizer):
+    """An encoder backbone as a one-label classifier whose every layer but the linear `classifier` comes from the
+    folder (a frozen head on untrained layers, such as a missing pooler, would learn from random features)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if opts.train_layers or opts.prefixes or opts.pooling != "last":
+        raise TrainingError(f"backbone {opts.backbone} is an encoder: its reward is the whole text's, so the head trains on a frozen "
+                            "backbone at --pooling last only (drop --train-layers, --prefixes and --pooling mean)")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report calls the new classifier "MISSING": it is, until trained below
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(opts.backbone, num_labels=1, dtype=torch.float32,
+                                                                         attn_implementation="eager", output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    head = getattr(model, EncoderHead.score_attr, None)
+    if not isinstance(head, nn.Linear):
+        raise TrainingError(f"backbone {opts.backbone} ({model.config.model_type}) has no linear `classifier` on its pooled text; "
+                            "args-train-rm trains encoders whose classifier is one linear layer (BERT)")
+    untrained = sorted(k for k in info["missing_keys"] if not k.startswith(f"{EncoderHead.score_attr}."))
+    if untrained:
+        raise TrainingError(f"backbone {opts.backbone} lacks weights the classifier reads through: {', '.join(untrained)}; "
+                            "a frozen head on them would learn from random features: use a folder with them (e.g. BERT's pooler)")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id or 0
+    return model.eval(), tokenizer, EncoderHead()
 
 
 def accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
@@ -186,9 +260,12 @@ Scorer = Callable[[list[Encoded]], torch.Tensor]
 
 def train_frozen(model, family, train: list[Pair], held: list[Pair], opts: TrainOptions) -> Scorer:
     """Features once (no grad, cached with --feature-cache), then a linear head on them (see frozen_head)."""
-    backbone, head = getattr(model, family.backbone_attr), getattr(model, family.score_attr)
+    head = getattr(model, family.score_attr)
     cache = Path(opts.feature_cache) / f"features-{backbone_digest(opts.backbone)}.pt" if opts.feature_cache else None
-    store = FeatureStore(backbone, model.config.pad_token_id, opts.batch_size, cache)
+    if isinstance(family, EncoderHead):
+        store = EncoderFeatureStore(model, head, model.config.pad_token_id, opts.batch_size, cache)
+    else:
+        store = FeatureStore(getattr(model, family.backbone_attr), model.config.pad_token_id, opts.batch_size, cache)
     store.compute([s for pair in train + held for s in pair])
     hopts = HeadOptions(opts.epochs, opts.lr, opts.weight_decay, opts.batch_size, opts.seed, opts.prefixes, opts.prefix_weight, opts.pooling)
     weight = fit_head(store, train, hopts)
@@ -289,10 +366,22 @@ def standardize(model, family, score: Scorer, replies: list[Encoded]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- output
 
+def unpadded(tokenizer):
+    """The tokenizer without the padding and truncation its tokenizer.json may carry (sentence-transformers folders pad
+    every text to 128 ids and cut it there): transformers' calls never use them, so neither training nor the oracle
+    did, but the `tokenizers` library, which the runtime reads the saved file with, would apply them to every text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
+    return tokenizer
+
+
 def save_atomically(model, tokenizer, out: Path, force: bool) -> None:
     """Write into a temporary sibling folder, then rename into place (replacing `out` only with --force)."""
     if Path(out).exists() and not force:
         raise TrainingError(f"{out} exists; pass --force to replace it")
+    unpadded(tokenizer)
     with atomic_folder(out, replace=force) as work:
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
@@ -301,7 +390,8 @@ def save_atomically(model, tokenizer, out: Path, force: bool) -> None:
 def write_head(model, family, path: Path, report: TrainReport, opts: TrainOptions) -> None:
     """The trained score head and its recipe's metadata as JSON (small: hidden_size floats)."""
     head = getattr(model, family.score_attr)
-    meta = {"backbone": str(opts.backbone.name), "seed": opts.seed, "epochs": opts.epochs, "lr": opts.lr,
+    reads = {"reads_text_of": Path(opts.lm).name if opts.lm else None} if isinstance(family, EncoderHead) else {}
+    meta = {"backbone": str(opts.backbone.name), **reads, "seed": opts.seed, "epochs": opts.epochs, "lr": opts.lr,
             "weight_decay": opts.weight_decay, "held_out_fraction": opts.held_out_fraction, "prefixes": opts.prefixes,
             "prefix_weight": opts.prefix_weight if opts.prefixes else None, "pooling": opts.pooling, **report.__dict__}
     body = {"meta": meta, "weight": [round(float(x), 7) for x in head.weight[0].detach()],
@@ -330,6 +420,8 @@ def check_options(opts: TrainOptions) -> None:
         raise TrainingError("--pooling mean trains a token-level head on a frozen backbone; it cannot be combined with --train-layers")
     if opts.head_out and opts.train_layers:
         raise TrainingError("--head-out saves a head for a frozen backbone; it cannot be combined with --train-layers")
+    if opts.lm is not None and not (Path(opts.lm) / "config.json").is_file():
+        raise TrainingError(f"--lm {opts.lm} is not a Hugging Face model folder (no config.json): pass the LM the RM will read")
     if opts.head_out and Path(opts.head_out).is_dir():
         raise TrainingError(f"--head-out {opts.head_out} is a folder: give the JSON file to write, e.g. {Path(opts.head_out) / 'head.json'}")
 
@@ -340,8 +432,11 @@ def train_reward_model(opts: TrainOptions) -> TrainReport:
     torch.manual_seed(opts.seed)
     model, tokenizer, family = load_model(opts)
     train, held = split_by_prompt(pairs, opts.held_out_fraction, opts.seed)
-    encode = lambda ps: [(encode_side(tokenizer, p["prompt"], p["chosen"], opts.chat),  # noqa: E731
-                          encode_side(tokenizer, p["prompt"], p["rejected"], opts.chat)) for p in ps]
+    if opts.lm is not None and not isinstance(family, EncoderHead):
+        raise TrainingError(f"--lm names the LM whose text an encoder reads; backbone {opts.backbone} is a decoder, which reads the "
+                            "LM's own tokens: drop --lm")
+    side = text_reader(opts, model.config, tokenizer).encode if isinstance(family, EncoderHead) else partial(encode_side, tokenizer)
+    encode = lambda ps: [(side(p["prompt"], p["chosen"], opts.chat), side(p["prompt"], p["rejected"], opts.chat)) for p in ps]  # noqa: E731
     train_enc, held_enc = encode(train), encode(held)
     fit = train_layers if opts.train_layers else train_frozen
     score = fit(model, family, train_enc, held_enc, opts)
@@ -368,7 +463,9 @@ def train_reward_model(opts: TrainOptions) -> TrainReport:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="args-train-rm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", type=Path, required=True, help="HF decoder folder (a causal LM or an existing RM) that shares the LM's tokenizer")
+    p.add_argument("--backbone", type=Path, required=True,
+                   help="HF decoder folder (a causal LM or an existing RM) that shares the LM's tokenizer, or an encoder folder (BERT-like)")
+    p.add_argument("--lm", type=Path, help="encoder backbone: the LM folder whose text the RM will read (its chat rendering of the prompt)")
     p.add_argument("--pairs", type=Path, required=True, help="JSONL preference pairs {prompt, chosen, rejected}")
     p.add_argument("--out", type=Path, required=True, help="reward-model folder to write (refused if it exists, unless --force)")
     p.add_argument("--train-layers", type=int, default=0, help="top decoder layers to train as well (default 0: frozen backbone, head only)")
@@ -396,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     opts = TrainOptions(a.backbone, a.pairs, a.out, a.train_layers, a.epochs, a.lr, a.weight_decay, a.batch_size,
                         a.held_out_fraction, a.seed, not a.no_chat, a.force, a.head_out, a.prefixes, a.prefix_weight,
-                        not a.no_standardize, a.feature_cache, a.pooling)
+                        not a.no_standardize, a.feature_cache, a.pooling, a.lm)
     try:
         report = train_reward_model(opts)
     except ArgsError as e:
