@@ -89,7 +89,7 @@ def test_the_minilm_head_rewards_positive_text_above_negative(minilm_pair):
 
 def test_the_quality_benchmarks_scorer_reads_what_the_oracle_reads(minilm_pair, smollm2_dir):
     """benchmarks/quality/run.py --rm minilm judges a finished reply (its EOS included) as the oracle scores its text."""
-    from args_benchmarks.quality.run import TextRewardScorer
+    from args_export.quality.metrics import TextRewardScorer
 
     gen, oracle, rm_dir, _ = minilm_pair
     ids = gen.prompt_ids([{"role": "user", "content": "Tell me about your day."}])

@@ -98,6 +98,32 @@ class RewardScorer:
         return out
 
 
+
+class TextRewardScorer:
+    """An encoder RM folder scoring the LM's prompt + reply ids as the text path reads them (the reference's
+    RewardReading: the LM's text, the RM's own tokenizer, cut from the left) and the encoder scores them, whole texts."""
+
+    def __init__(self, rm_folder: Path, lm_folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        from args_export.encoders import EncoderScorer
+        from args_export.loading import load_encoder_rm
+        from args_export.reference import RewardReading
+        from args_export.text_path import rm_max_positions
+
+        model = load_encoder_rm(rm_folder)
+        self.scorer, self.pad = EncoderScorer(model).eval(), model.config.pad_token_id or 0
+        self.reading = RewardReading(AutoTokenizer.from_pretrained(lm_folder), AutoTokenizer.from_pretrained(rm_folder),
+                                     rm_max_positions(model.config))
+
+    @torch.no_grad()
+    def rewards(self, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 16) -> list[float]:
+        from args_export.rewards.features import padded_batch
+
+        rows = [self.reading.ids(self.reading.text(p, r)) for p, r in zip(prompts, responses)]  # the LM's EOS: not in its text
+        return [float(x) for i in range(0, len(rows), batch_size) for x in self.scorer(*padded_batch(rows[i : i + batch_size], self.pad))]
+
+
 def cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
     """Tokens up to and including the first EOS (decoding ran with ignore_eos, as the paper's code does)."""
     for i, t in enumerate(ids):
