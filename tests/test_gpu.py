@@ -123,3 +123,28 @@ def test_every_new_family_on_cuda_gives_the_cpu_tokens(family_pairs):
                 cuda = ArgsGenerator.from_bundle(bundle, device="cuda", **options)
                 got = [cuda.generate(p, k=6, w=1.5, max_new_tokens=20, ignore_eos=True).token_ids for p in PROMPTS]
                 assert got == expected, (family, kind, options)
+
+
+@pytest.fixture(scope="module")
+def text_bundles(tmp_path_factory):
+    """Text-path bundles (an RM with a tokenizer of its own): a cached decoder RM, and one whose texts outgrow it."""
+    from .test_text_path import _pair
+    from .tiny_tokenizers import byte_bpe, unigram
+
+    root = tmp_path_factory.mktemp("gpu-text")
+    return {"cached": _pair(root, "bpe-unigram", byte_bpe(), unigram(), 0),
+            "short": _pair(root, "bpe-short", byte_bpe(), unigram(), 6, rm_positions=24)}
+
+
+@pytest.mark.parametrize("name", ["cached", "short"])
+def test_text_path_on_cuda_gives_the_cpu_tokens(text_bundles, name):
+    """The text path's RM cache lives on the device; a cache cut back (re-tokenizing changed it, or the texts outgrew
+    the RM) goes through the host. The tokens are the CPU's, alone and batched."""
+    from .test_text_path import CHATS, RAW
+
+    bundle = text_bundles[name].bundles["static"]
+    cpu, cuda = ArgsGenerator.from_bundle(bundle), ArgsGenerator.from_bundle(bundle, device="cuda")
+    prompts = RAW + CHATS
+    expected = [cpu.generate(p, k=6, w=3.0, max_new_tokens=24, ignore_eos=True).token_ids for p in prompts]
+    assert [cuda.generate(p, k=6, w=3.0, max_new_tokens=24, ignore_eos=True).token_ids for p in prompts] == expected
+    assert [r.token_ids for r in cuda.generate(prompts, k=6, w=3.0, max_new_tokens=24, ignore_eos=True)] == expected
