@@ -117,3 +117,13 @@ def test_an_rm_without_a_usable_template_is_refused_naming_the_fix(chat_pair, tm
 def test_an_unknown_format_is_refused(chat_pair, tmp_path):
     with pytest.raises(ExportError, match=r"--rm-format 'jinja' is not one of \['raw', 'chat'\]"):
         export_bundle(ExportOptions(chat_pair["lm_dir"], chat_pair["rm_dir"], tmp_path / "b", rm_format="jinja"), quiet=True)
+
+
+def test_scoring_a_conversation_reads_the_rms_own_template(chat_pair):
+    """/pooling's `messages` (ArgsEngine.score) on a chat-format bundle: the RM's template, as its generations read it."""
+    conversation = [*CHATS[0], {"role": "assistant", "content": "The sea is wide and deep."}]
+    oracle = chat_pair["oracle"]
+    with ArgsEngine.from_bundle(chat_pair["bundles"]["static"], slots=1) as engine:
+        got = engine.score(conversation)
+    text = oracle.reading.rm_tok.apply_chat_template(conversation, tokenize=False)
+    assert text.startswith("<s><|start|>user") and got == pytest.approx([oracle.reward(text)], abs=1e-4)
