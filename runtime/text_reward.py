@@ -157,6 +157,10 @@ class TextRewardModel:
         self.past_names = [t.name for t in spec.inputs if t.name.startswith("past_key_values.")]
         self.present_names = [t.name for t in spec.outputs if t.name.startswith("present.")]
 
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """One pass of the RM's graph: the one door its work goes through (args-serve times it, as the id path's)."""
+        return self.backend.run(feeds)
+
     def reset(self, batch: int) -> None:
         """Nothing to reset: each request's state is its own TextRow."""
 
@@ -222,7 +226,7 @@ class CachedTextRM(TextRewardModel):
             "tail_read": np.asarray([[r - shared for r in reads]], np.int64),
             **self._past(row),
         }
-        out = self.backend.run(feeds)
+        out = self.run(feeds)
         row.past = {past: out[present] for past, present in zip(self.past_names, self.present_names)}
         row.cached = list(each[0][:shared])
         return self.backend.to_host(out["rewards"])[0]
@@ -259,7 +263,7 @@ class EncoderTextRM(TextRewardModel):
         mask = np.zeros((len(texts), width), np.int64)
         for r, ids in enumerate(texts):
             input_ids[r, : len(ids)], mask[r, : len(ids)] = ids, 1
-        rewards = self.backend.to_host(self.backend.run({"input_ids": input_ids, "attention_mask": mask})["rewards"])
+        rewards = self.backend.to_host(self.run({"input_ids": input_ids, "attention_mask": mask})["rewards"])
         start = 0
         for i, _, each in live:
             yield i, rewards[start : start + len(each)]

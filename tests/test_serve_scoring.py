@@ -20,7 +20,7 @@ from args_runtime.errors import GenerationError
 from args_runtime.serve import ServeConfig, create_app
 
 from .conftest import CHAT_PROMPTS, load_pair_models, save_tiny_pair, tiny_configs
-from .serve_utils import ThreadServer
+from .serve_utils import ThreadServer, metric
 from .tiny_tokenizers import byte_bpe, unigram, wordpiece
 
 TEXTS = ["The quick brown fox jumps over the lazy dog", "Once upon a time, in a land far away, there lived a king",
@@ -266,3 +266,7 @@ def test_text_path_pooling_over_http_equals_the_oracles_reward(text_pairs):
         assert body["data"][0]["data"][0] == pytest.approx(oracle.reward(_chat_text(lm_tok, rm_tok)), **TOL)
         assert post(s, "/classify", {"input": TEXT_INPUTS[0]}).json()["data"][0]["probs"][0] == pytest.approx(
             oracle.reward(TEXT_INPUTS[0]), **TOL)
+        # ARGS requests work unchanged beside scoring, and /metrics times the text path's RM graph as the id path's
+        r = post(s, "/v1/completions", {"prompt": TEXT_INPUTS[0], "max_tokens": 4, "args": {"ignore_eos": True}})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4, r.text
+        assert metric(s.url, "args_model_step_seconds_count", model="rm") > 0

@@ -48,8 +48,7 @@ class ServeMetrics:
     def instrument(self, bundle: Any) -> None:
         """Time every run of the bundle's LM and RM graphs (each model's `run` is the one door its work goes through)."""
         for name, model in (("lm", bundle.lm), ("rm", bundle.rm)):
-            runner = model if hasattr(model, "run") else model.backend  # an RM that reads text runs its graph's backend
-            runner.run = self._timed(runner.run, name)
+            model.run = self._timed(model.run, name)
 
     def _timed(self, run: Callable[[dict], dict], model: str) -> Callable[[dict], dict]:
         prefill, decode = self.model_step.labels(model, "prefill"), self.model_step.labels(model, "decode")
